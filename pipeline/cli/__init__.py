@@ -1,0 +1,57 @@
+"""The ``lggseg`` command line: one sub-command per job, each with ``--help``.
+
+Every command module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
+sub-commands and sets ``func`` (called with the parsed arguments, returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES = (
+    "pipeline.cli.data_commands",
+    "pipeline.cli.demo_command",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered sub-command.
+
+    Returns:
+        the ``argparse`` parser of ``lggseg``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lggseg",
+        description="Volumetric LGG brain-tumour segmentation on MONAI.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lggseg``.
+
+    Args:
+        argv: arguments without the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        the process exit code (0 on success).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
