@@ -685,6 +685,58 @@ def _swap_into_place(staging: Path, output_dir: Path) -> None:
         os.replace(staging, output_dir)
 
 
+def load_datalist(
+    datalist_path: str | os.PathLike,
+    folds: Iterable[int] | None = None,
+    exclude_folds: Iterable[int] | None = None,
+) -> list[dict]:
+    """Load a ``datalist.json`` written by :func:`prepare_dataset`, optionally selecting folds.
+
+    It calls ``monai.data.load_decathlon_datalist`` (image and label paths become absolute) and restores the
+    ``patient`` ids: MONAI also turns any other string that names an existing path into an absolute path, and
+    each patient id is the name of its folder.
+
+    Args:
+        datalist_path: the ``datalist.json`` file.
+        folds: keep only entries of these folds (default: all).
+        exclude_folds: drop entries of these folds (e.g. the validation fold for training).
+
+    Returns:
+        the ``training`` entries, each with absolute ``image``/``label`` paths and ``patient``,
+        ``institution``, ``fold``, ``num_slices``.
+
+    Raises:
+        LGGDataError: missing or unreadable datalist, or an entry naming a file that does not exist.
+    """
+    from monai.data import load_decathlon_datalist
+
+    datalist_path = Path(datalist_path)
+    if not datalist_path.is_file():
+        raise LGGDataError(f"datalist {datalist_path} does not exist")
+    try:
+        entries = load_decathlon_datalist(str(datalist_path), True, "training")
+    except (ValueError, KeyError, json.JSONDecodeError) as error:
+        raise LGGDataError(
+            f"{datalist_path}: not a decathlon datalist with a 'training' list ({error})"
+        ) from None
+    keep = None if folds is None else set(folds)
+    drop = set(exclude_folds or ())
+    selected = []
+    for entry in entries:
+        if "patient" in entry:
+            entry["patient"] = Path(str(entry["patient"])).name
+        fold = entry.get("fold")
+        if (keep is not None and fold not in keep) or fold in drop:
+            continue
+        missing = [str(entry[k]) for k in ("image", "label") if k in entry and not Path(entry[k]).exists()]
+        if missing:
+            raise LGGDataError(
+                f"{datalist_path}: entry {entry.get('patient', '?')} names missing files: {missing}"
+            )
+        selected.append(entry)
+    return selected
+
+
 def load_label_volume(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     """Read a label (or predicted label) NIfTI and bring it to the project's orientation (P, L, S).
 
