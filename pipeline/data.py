@@ -184,7 +184,9 @@ def discover_patients(root: str | os.PathLike) -> list[Path]:
         if p.is_dir() and any(f.suffix.lower() in {".tif", ".tiff"} for f in p.iterdir())
     )
     if not folders:
-        raise LGGDataError(f"input folder {root} holds no patient folder with .tif slices")
+        nested = sorted(root.glob("**/kaggle_3m"))
+        hint = f" (did you mean {nested[0]}?)" if nested else ""
+        raise LGGDataError(f"input folder {root} holds no patient folder with .tif slices{hint}")
     return folders
 
 

@@ -390,3 +390,8 @@ def test_cli_help_for_every_command(capsys) -> None:
             lggseg([command, "--help"])
         assert info.value.code == 0
         assert f"lggseg {command}" in capsys.readouterr().out
+
+
+def test_parent_of_kaggle_folder_gets_a_hint(synthetic_root: Path) -> None:
+    with pytest.raises(LGGDataError, match="did you mean .*kaggle_3m"):
+        discover_patients(synthetic_root.parent)
