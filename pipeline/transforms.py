@@ -34,16 +34,16 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapTransform,
-    RandAdjustContrastd,
     Rand2DElasticd,
     Rand3DElasticd,
+    RandAdjustContrastd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    Randomizable,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    Randomizable,
     Resized,
     SpatialPadd,
     Transform,
@@ -68,7 +68,11 @@ class BrainNormalize(Transform):
     """
 
     def __init__(
-        self, lower: float = 1.0, upper: float = 99.0, threshold: float = 0.0, dtype: torch.dtype = torch.float32
+        self,
+        lower: float = 1.0,
+        upper: float = 99.0,
+        threshold: float = 0.0,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if not 0 <= lower < upper <= 100:
             raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
@@ -430,18 +434,18 @@ class LoadVolumed(MapTransform):
         allow_missing_keys: don't raise when the label is missing (inference).
     """
 
-    def __init__(self, keys: KeysCollection = (IMAGE_KEY, LABEL_KEY), allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection = (IMAGE_KEY, LABEL_KEY), allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.nifti = LoadImaged(keys, ensure_channel_first=True, image_only=True, allow_missing_keys=True)
+        self.folder = LoadLGGPatientd(self.keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         image = d.get(IMAGE_KEY)
         if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
-            loader_cls = globals().get("LoadLGGPatientd")
-            if loader_cls is None:
-                raise RuntimeError("loading raw patient folders needs LoadLGGPatientd (pipeline.transforms)")
-            return loader_cls(keys=self.keys, allow_missing_keys=True)(d)
+            return self.folder(d)
         for key in self.key_iterator(d):
             path = d[key]
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
@@ -462,7 +466,11 @@ def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]
         if s.prob_elastic:
             xf.append(
                 Rand2DElasticd(
-                    keys, spacing=(32, 32), magnitude_range=(1, 2), prob=s.prob_elastic, mode=modes,
+                    keys,
+                    spacing=(32, 32),
+                    magnitude_range=(1, 2),
+                    prob=s.prob_elastic,
+                    mode=modes,
                     padding_mode="zeros",
                 )
             )
@@ -471,7 +479,11 @@ def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]
         if s.prob_elastic:
             xf.append(
                 Rand3DElasticd(
-                    keys, sigma_range=(5, 7), magnitude_range=(50, 100), prob=s.prob_elastic, mode=modes,
+                    keys,
+                    sigma_range=(5, 7),
+                    magnitude_range=(50, 100),
+                    prob=s.prob_elastic,
+                    mode=modes,
                     padding_mode="zeros",
                 )
             )

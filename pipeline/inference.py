@@ -1,0 +1,198 @@
+"""Whole-volume inference: slice-by-slice (2D / 2.5D) or sliding-window (3D), with test-time augmentation.
+
+:class:`VolumeInferer` is a MONAI ``Inferer``: ``inferer(volume, network)`` maps a batch of normalised
+volumes ``(B, C, H, W, D)`` to the tumour probability ``(B, 1, H, W, D)`` on the volume's device. The
+windows (slices or patches) run on ``sw_device`` (the network's device, e.g. the GPU) so that a large
+volume can stay on the CPU. :func:`build_postprocessing` thresholds the probability and filters
+connected components.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.engines import PrepareBatch, default_prepare_batch
+from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.transforms import AsDiscreted, Compose
+
+from pipeline.transforms import ConnectedComponentFilterd, SliceContext
+
+TTA_MODES = ("none", "flip", "scale", "flip+scale")
+
+
+class VolumeInferer(Inferer):
+    """Tumour probability of whole volumes, averaged over test-time augmentations.
+
+    Args:
+        spatial_dims: 2 (slice by slice through ``SliceInferer``; 2.5D when ``context > 0``) or 3
+            (``SlidingWindowInferer`` over ``patch_size``).
+        num_classes: 1 (sigmoid of one logit channel) or 2 (softmax, tumour = channel 1).
+        context: neighbouring slices on each side stacked as channels (2.5D networks).
+        divisible: pad in-plane to a multiple of this (the network's total stride); cropped back after.
+        input_size: in-plane size the network was trained at; each slice is resized to it and the
+            probability resized back (``None``: native size).
+        patch_size: 3D window ``(H, W, D)``.
+        sw_batch_size: slices (or patches) per forward pass.
+        overlap: 3D window overlap.
+        tta: ``"none"``, ``"flip"`` (left-right and up-down flips), ``"scale"`` (Segmenter's multi-scale:
+            ``scales`` of the in-plane size) or ``"flip+scale"``; probabilities are averaged.
+        scales: the multi-scale factors.
+        sw_device: device of the windows (defaults to the network's device).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        num_classes: int = 1,
+        context: int = 0,
+        divisible: int = 16,
+        input_size: Sequence[int] | None = None,
+        patch_size: Sequence[int] = (128, 128, 16),
+        sw_batch_size: int = 32,
+        overlap: float = 0.25,
+        tta: str = "none",
+        scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+        sw_device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims, self.num_classes = spatial_dims, num_classes
+        self.context = SliceContext(context)
+        self.divisible = max(1, divisible)
+        self.input_size = tuple(input_size) if input_size else None
+        self.patch_size = tuple(patch_size)
+        self.sw_batch_size, self.overlap = sw_batch_size, overlap
+        # flips of (B, C, H, W, D): none, left-right, up-down (in-plane)
+        self.flips: list[tuple[int, ...]] = [()] + ([(3,), (2,)] if "flip" in tta else [])
+        self.scales = tuple(scales) if "scale" in tta else (1.0,)
+        self.sw_device = sw_device
+
+    def _probability(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.num_classes == 1:
+            return torch.sigmoid(logits.float())
+        return torch.softmax(logits.float(), dim=1)[:, 1:2]
+
+    def _size_at(self, scale: float, size: Sequence[int]) -> tuple[int, int]:
+        base = self.input_size or tuple(size)
+        return tuple(
+            max(self.divisible, int(round(b * scale / self.divisible)) * self.divisible) for b in base
+        )
+
+    def _slices(self, volume: torch.Tensor, network: Callable, scale: float, sw_device: Any) -> torch.Tensor:
+        """2D: probability of every slice of ``(B, C', H, W, D)``, run at ``scale`` of the training size."""
+        b, c, h, w, d = volume.shape
+        target = self._size_at(scale, (h, w))
+        resized = (h, w) != target
+
+        def run_slices(x: torch.Tensor) -> torch.Tensor:
+            if resized:
+                x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
+            y = self._probability(network(x))
+            if resized:
+                y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+            return y
+
+        roi = (
+            (h, w) if resized else tuple(int(math.ceil(s / self.divisible) * self.divisible) for s in (h, w))
+        )
+        inferer = SliceInferer(
+            spatial_dim=2,
+            roi_size=roi,
+            sw_batch_size=self.sw_batch_size,
+            sw_device=sw_device,
+            device=volume.device,
+            padding_mode="constant",
+            progress=False,
+        )
+        return inferer(volume, run_slices)
+
+    def _patches(self, volume: torch.Tensor, network: Callable, sw_device: Any) -> torch.Tensor:
+        inferer = SlidingWindowInferer(
+            roi_size=self.patch_size,
+            sw_batch_size=self.sw_batch_size,
+            overlap=self.overlap,
+            mode="gaussian",
+            sw_device=sw_device,
+            device=volume.device,
+        )
+        return inferer(volume, lambda x: self._probability(network(x)))
+
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Probability ``(B, 1, H, W, D)`` of the normalised volumes ``inputs`` ``(B, C, H, W, D)``."""
+        sw_device = self.sw_device
+        if sw_device is None and isinstance(network, torch.nn.Module):
+            sw_device = next(network.parameters()).device
+        volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        if self.spatial_dims == 2:
+            volume = self.context(volume)
+        total: torch.Tensor | None = None
+        count = 0
+        for dims in self.flips:
+            x = torch.flip(volume, dims) if dims else volume
+            for scale in self.scales if self.spatial_dims == 2 else (1.0,):
+                if self.spatial_dims == 2:
+                    prob = self._slices(x, network, scale, sw_device)
+                else:
+                    prob = self._patches(x, network, sw_device)
+                prob = torch.flip(prob, dims) if dims else prob
+                total = prob if total is None else total + prob
+                count += 1
+        assert total is not None
+        out = total / count
+        if isinstance(inputs, MetaTensor):
+            out = MetaTensor(out, meta=inputs.meta)
+        return out
+
+
+def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size: int = 0) -> Compose:
+    """Post-processing of the decollated evaluator output: probability -> binary mask.
+
+    Args:
+        threshold: tumour when the (averaged) probability is above this.
+        keep_largest: keep the N largest 3D connected components (Buda et al. keep 1; 0: off).
+        min_size: drop 3D connected components smaller than this many voxels (0: off).
+
+    Returns:
+        a ``Compose`` acting on the ``"pred"`` key.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    return Compose(
+        [
+            AsDiscreted(keys="pred", threshold=threshold),
+            ConnectedComponentFilterd(keys="pred", keep_largest=keep_largest, min_size=min_size),
+        ]
+    )
+
+
+class VolumePrepareBatch(PrepareBatch):
+    """Move image and label to the engine's device unless the volume is large (then keep it on the CPU).
+
+    Args:
+        max_device_voxels: volumes with more voxels than this stay on the CPU (the inferer still runs the
+            windows on the network's device).
+    """
+
+    def __init__(self, max_device_voxels: int = 64 * 1024 * 1024) -> None:
+        self.max_device_voxels = max_device_voxels
+
+    def __call__(
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        if batchdata["image"].numel() > self.max_device_voxels:
+            device = torch.device("cpu")
+        return default_prepare_batch(batchdata, device, non_blocking, **kwargs)
