@@ -85,6 +85,7 @@ SUMMARY_CONVENTION = (
 )
 
 UNKNOWN_INSTITUTION = "unknown"
+_LABELS = {"dice": "Dice", "iou": "IoU", "hd95_mm": "HD95 (mm)", "assd_mm": "ASSD (mm)"}
 _OVERLAY_NAMES = ("best", "median", "worst")
 
 
@@ -293,6 +294,7 @@ def plot_dice_per_institution(
         if value is not None and not math.isnan(float(value)):
             groups.setdefault(_institution(r), []).append(float(value))
     codes = sorted(groups)
+    label = _LABELS.get(metric, metric)
     fig = Figure(figsize=(max(4.0, 1.2 * len(codes) + 2.0), 4.2))
     ax = fig.add_subplot()
     rng = np.random.default_rng(0)
@@ -309,14 +311,14 @@ def plot_dice_per_institution(
         everything = np.concatenate([np.asarray(v) for v in data])
         ax.axhline(float(everything.mean()), color="grey", linestyle="--", linewidth=1, label="overall mean")
         ax.set_title(
-            f"{metric} per patient by institution: "
+            f"{label} per patient by institution: "
             f"mean {everything.mean():.3f}, median {np.median(everything):.3f}"
         )
         ax.legend(loc="lower right", fontsize=8)
     else:
-        ax.set_title(f"{metric} per institution: no defined values")
+        ax.set_title(f"{label} per institution: no defined values")
     ax.set_xlabel("institution")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(label)
     if metric in {"dice", "iou", "sensitivity", "precision"}:
         ax.set_ylim(-0.02, 1.02)
     ax.grid(axis="y", alpha=0.3)
