@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "pipeline.cli.data_commands",
     "pipeline.cli.demo_command",
+    "pipeline.cli.train_commands",
 )
 
 
