@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +248,18 @@ def test_slice_accumulator_hand_computed():
     assert s["slice_mean_dice_positive"] == pytest.approx((2 / 3 + 1) / 2)
     acc.reset()
     assert acc.compute()["n_slices"] == 0 and math.isnan(acc.compute()["slice_mean_dice"])
+
+
+@pytest.mark.realdata
+def test_benchmark_script_on_real_masks(kaggle_root, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_metrics.py"
+    spec = importlib.util.spec_from_file_location("benchmark_metrics", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--root", str(kaggle_root), "--limit", "2", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n_patients"] == 2
+    for row in result["patients"]:
+        assert row["shape"][:2] == [256, 256] and 20 <= row["shape"][2] <= 88
+        assert 0.3 < row["dice"] < 1.0 and row["hd95_mm"] > 0

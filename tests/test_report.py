@@ -188,3 +188,11 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         _atomic_write_text(target, None)  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_write_report_without_patients(tmp_path):
+    paths = write_report([], SliceMetricsAccumulator().compute(), tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["n_patients"] == 0 and doc["cases"] == {}
+    assert doc["summary"]["overall"]["metrics"] == {} and doc["slice_level"]["n_slices"] == 0
+    assert _is_png(paths["dice_plot"]) and _is_png(paths["volume_plot"])
