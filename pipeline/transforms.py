@@ -207,6 +207,8 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         self._indices = torch.zeros(0, dtype=torch.long)
 
     def randomize(self, positive: torch.Tensor) -> None:
+        """Draw the slice indices given the boolean tumour flag of every slice."""
+        positive = positive.bool()
         pos_idx = torch.nonzero(positive).flatten()
         neg_idx = torch.nonzero(~positive).flatten()
         chosen = []
@@ -219,7 +221,7 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)
         label = torch.as_tensor(d[self.label_key])
-        self.randomize(label.reshape(label.shape[0] * label.shape[1] * label.shape[2], -1).any(dim=0))
+        self.randomize(label.reshape(-1, label.shape[-1]).bool().any(dim=0))
         sliced: dict[Hashable, torch.Tensor] = {
             self.label_key: torch.as_tensor(label[..., self._indices]).to(self.dtype)
         }
