@@ -34,6 +34,7 @@ from monai.handlers import LrScheduleHandler, MeanDice, ValidationHandler, from_
 from monai.inferers import SimpleInferer
 from monai.utils import set_determinism
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.utils.data import RandomSampler
 
 from pipeline.checkpoint import BEST_NAME, ConfigState, RNGState, find_last_checkpoint, load_checkpoint
 from pipeline.data import load_datalist
@@ -68,6 +69,8 @@ class RunConfig(TransformSettings):
             2: softmax), loss, optimizer, lr, momentum, weight_decay, nesterov, scheduler, min_lr, factor,
             patience, milestones, gamma, warmup_epochs, early_stopping (patience in validations; <= 0 off),
             num_workers: as in the UNeXt training script.
+        volume_repeats: visits of each training volume per epoch (each visit draws ``num_samples`` slices;
+            with the defaults an epoch sees about as many slices as the training volumes hold).
         network_kwargs: extra keyword arguments of the network constructor.
         cache: ``"memory"`` (``CacheDataset``), ``"disk"`` (``PersistentDataset`` in ``cache_dir``) or
             ``"none"``.
@@ -111,6 +114,7 @@ class RunConfig(TransformSettings):
     warmup_epochs: int = 0
     early_stopping: int = -1
     num_workers: int = 0
+    volume_repeats: int = 4
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     cache: str = "memory"
     cache_dir: str | None = None
@@ -167,7 +171,7 @@ def validate_config(cfg: RunConfig) -> None:
         )
     if cfg.spatial_dims == 3 and cfg.context:
         raise ValueError("context (2.5D) applies to 2D networks only; use spatial_dims=2 or context=0")
-    for key in ("epochs", "batch_size", "val_interval", "num_samples"):
+    for key in ("epochs", "batch_size", "val_interval", "num_samples", "volume_repeats"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.cache not in ("memory", "disk", "none"):
@@ -366,10 +370,12 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
     train_ds = _dataset(cfg, train_files, train_xf, "train")
     val_ds = _dataset(cfg, val_files, val_xf, "val")
     volumes_per_batch = max(1, math.ceil(cfg.batch_size / cfg.num_samples))
+    # each epoch visits every volume volume_repeats times, in fresh random orders (torch's generator)
+    sampler = RandomSampler(train_ds, num_samples=len(train_ds) * cfg.volume_repeats)
     train_loader = DataLoader(
         train_ds,
         batch_size=volumes_per_batch,
-        shuffle=True,
+        sampler=sampler,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
     )

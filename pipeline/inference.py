@@ -88,8 +88,9 @@ class VolumeInferer(Inferer):
 
     def _slices(self, volume: torch.Tensor, network: Callable, scale: float, sw_device: Any) -> torch.Tensor:
         """2D: probability of every slice of ``(B, C', H, W, D)``, run at ``scale`` of the training size."""
-        b, c, h, w, d = volume.shape
-        target = self._size_at(scale, (h, w))
+        h, w = volume.shape[2:4]
+        # native size: pad to the stride (the inferer crops back); otherwise resize to a multiple of it
+        target = (h, w) if self.input_size is None and scale == 1.0 else self._size_at(scale, (h, w))
         resized = (h, w) != target
 
         def run_slices(x: torch.Tensor) -> torch.Tensor:

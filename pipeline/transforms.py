@@ -325,7 +325,7 @@ class TransformSettings:
     context: int = 0
     input_size: tuple[int, int] | None = None
     patch_size: tuple[int, int, int] = (128, 128, 16)
-    num_samples: int = 4
+    num_samples: int = 8
     pos: float = 1.0
     neg: float = 1.0
     divisible: int = 1
