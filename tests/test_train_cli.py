@@ -1,0 +1,199 @@
+"""``lggseg train`` / ``evaluate`` / ``infer``: options, exit codes, and resume after ``kill -9``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import main
+from pipeline.data import prepare_dataset
+from pipeline.synthetic import write_synthetic_kaggle
+
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--num-samples",
+    "8",
+    "--input-size",
+    "32",
+    "32",
+    "--arch",
+    "unet",
+    "--no-progress",
+    "--overlay-images",
+    "0",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=1, size=64, slices=(10, 12))
+    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
+    return root / "prepared"
+
+
+def test_train_evaluate_infer_commands(prepared, tmp_path, capsys):
+    config = tmp_path / "options.json"
+    config.write_text(json.dumps({"lr": 0.002, "loss": "bce_dice", "optimizer": "sgd", "nesterov": True}))
+    code = main(
+        [
+            "train",
+            "--data",
+            str(prepared),
+            "--output",
+            str(tmp_path),
+            "--name",
+            "cli",
+            "--config",
+            str(config),
+            "--lr",
+            "0.005",
+            *TINY,
+        ]
+    )
+    assert code == 0
+    run = tmp_path / "cli" / "fold0"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["lr"] == 0.005  # the command line wins over --config
+    assert saved["loss"] == "bce_dice" and saved["optimizer"] == "sgd" and saved["nesterov"] is True
+    assert saved["input_size"] == [32, 32]
+    best = run / "checkpoints" / "best_model.pt"
+    assert (
+        main(["evaluate", "--checkpoint", str(best), "--output", str(tmp_path / "eval"), "--min-size", "5"])
+        == 0
+    )
+    assert "patients: Dice mean" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (
+        main(
+            ["infer", "--checkpoint", str(best), "--input", str(prepared), "--output", str(tmp_path / "pred")]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "pred").glob("*/prediction.nii.gz"))) == 6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["evaluate", "--checkpoint", "missing.pt"], "checkpoint not found"),
+        (["infer", "--checkpoint", "missing.pt", "--input", "x", "--output", "y"], "checkpoint not found"),
+        (
+            ["train", "--data", "{data}", "--input-channels", "9", *TINY],
+            "input_channels=9, but the data gives 3",
+        ),
+        (["train", "--data", "{tmp}/nowhere", *TINY], "does not exist"),
+        (["train", "--data", "{data}", "--resume", "--output", "{tmp}", *TINY], "no checkpoint_epoch"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(prepared, tmp_path, capsys, argv, message):
+    argv = [a.format(data=prepared, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_help_lists_the_unext_config_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key in (
+        "--epochs",
+        "--batch-size",
+        "--arch",
+        "--deep-supervision",
+        "--input-channels",
+        "--num-classes",
+        "--input-size",
+        "--loss",
+        "--optimizer",
+        "--lr",
+        "--momentum",
+        "--weight-decay",
+        "--nesterov",
+        "--scheduler",
+        "--min-lr",
+        "--factor",
+        "--patience",
+        "--milestones",
+        "--gamma",
+        "--early-stopping",
+        "--num-workers",
+        "--fold",
+        "--resume",
+    ):
+        assert key in out
+
+
+def _train_cmd(prepared: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "--data",
+        str(prepared),
+        "--output",
+        str(output),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--num-samples",
+        "8",
+        "--volume-repeats",
+        "6",
+        "--input-size",
+        "32",
+        "32",
+        "--arch",
+        "unet",
+        "--no-progress",
+        "--overlay-images",
+        "0",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_ends_with_the_same_weights(prepared, tmp_path):
+    """SIGKILL during epoch 2 (after the epoch-1 checkpoint), ``--resume``, compare with a straight run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run(_train_cmd(prepared, tmp_path / "a"), env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    ckpts = tmp_path / "b" / "lggseg" / "fold0" / "checkpoints"
+    proc = subprocess.Popen(
+        _train_cmd(prepared, tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while (
+        not (ckpts / "checkpoint_epoch=1.pt").exists() and proc.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (ckpts / "checkpoint_epoch=3.pt").exists()  # it really was interrupted
+
+    resumed = subprocess.run(
+        [*_train_cmd(prepared, tmp_path / "b"), "--resume"], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = load_checkpoint(tmp_path / "a" / "lggseg" / "fold0" / "checkpoints" / "checkpoint_epoch=3.pt")[
+        "network"
+    ]
+    b = load_checkpoint(ckpts / "checkpoint_epoch=3.pt")["network"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
