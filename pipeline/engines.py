@@ -14,6 +14,7 @@ best checkpoint and drives early stopping; training uses every other fold.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -41,6 +42,8 @@ from pipeline.data import load_datalist
 from pipeline.handlers import EpochSummaryHandler, TensorBoardHandlers
 from pipeline.inference import VolumeInferer, VolumePrepareBatch, build_postprocessing
 from pipeline.losses import build_loss
+from pipeline.networks import build_network
+from pipeline.networks import network_stride as registry_stride
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.transforms import LoadVolumed, TransformSettings, build_transforms
 
@@ -174,29 +177,32 @@ def validate_config(cfg: RunConfig) -> None:
     for key in ("epochs", "batch_size", "val_interval", "num_samples", "volume_repeats"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.spatial_dims == 3:
+        stride = registry_stride(cfg.arch, 3, **cfg.network_kwargs)
+        if any(p % s for p, s in zip(cfg.patch_size, stride, strict=True)):
+            raise ValueError(
+                f"patch_size {tuple(cfg.patch_size)} must be a multiple of {cfg.arch}'s stride {stride}"
+            )
     if cfg.cache not in ("memory", "disk", "none"):
         raise ValueError(f"cache must be 'memory', 'disk' or 'none', got {cfg.cache!r}")
 
 
 def create_network(cfg: RunConfig | Mapping[str, Any]) -> torch.nn.Module:
-    """The network of a configuration (from :mod:`pipeline.networks`)."""
-    from monai.networks.nets import UNet
-
+    """The network of a configuration, from the registry :func:`pipeline.networks.build_network`."""
     c = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(dict(cfg))
-    return UNet(
-        spatial_dims=c.spatial_dims,
-        in_channels=c.in_channels,
-        out_channels=c.num_classes,
-        channels=(16, 32, 64, 128, 256),
-        strides=(2, 2, 2, 2),
-        num_res_units=1,
+    return build_network(
+        c.arch,
+        c.spatial_dims,
+        c.in_channels,
+        c.num_classes,
+        deep_supervision=c.deep_supervision,
         **c.network_kwargs,
     )
 
 
 def network_stride(cfg: RunConfig) -> int:
     """Total in-plane stride of the configured network (inputs are padded to a multiple of it)."""
-    return 16
+    return max(registry_stride(cfg.arch, cfg.spatial_dims, **cfg.network_kwargs)[:2])
 
 
 def make_inferer(cfg: RunConfig, sw_device: torch.device | None = None) -> VolumeInferer:
@@ -225,10 +231,30 @@ def _dataset(cfg: RunConfig, files: Sequence[dict], transform: Any, tag: str) ->
             progress=cfg.progress,
         )
     if cfg.cache == "disk":
-        cache_dir = Path(cfg.cache_dir or Path(cfg.output) / cfg.name / "cache") / tag
+        # PersistentDataset keys its files by the data item only: one folder per transform setting
+        settings = json.dumps(asdict(TransformSettings.from_dict(asdict(cfg))), sort_keys=True, default=str)
+        digest = hashlib.sha1(settings.encode()).hexdigest()[:12]
+        cache_dir = Path(cfg.cache_dir or Path(cfg.output) / cfg.name / "cache") / f"{tag}-{digest}"
         cache_dir.mkdir(parents=True, exist_ok=True)
         return PersistentDataset(files, transform, cache_dir=cache_dir)
     return Dataset(files, transform)
+
+
+def make_train_loader(cfg: RunConfig, files: Sequence[dict], device: torch.device) -> DataLoader:
+    """The training loader: cached normalised volumes, ``num_samples`` slices (or patches) per visit,
+    ``volume_repeats`` visits per volume per epoch in random order; ``batch_size`` slices per batch
+    (rounded up to whole volumes). ``loader.dataset.transform`` is the training chain."""
+    settings = TransformSettings.from_dict({**asdict(cfg), "divisible": network_stride(cfg)})
+    dataset = _dataset(cfg, files, build_transforms("train", settings), "train")
+    # each epoch visits every volume volume_repeats times, in fresh random orders (torch's generator)
+    sampler = RandomSampler(dataset, num_samples=len(dataset) * cfg.volume_repeats)
+    return DataLoader(
+        dataset,
+        batch_size=max(1, math.ceil(cfg.batch_size / cfg.num_samples)),
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
@@ -289,6 +315,7 @@ def build_trainer(
         decollate=False,
         optim_set_to_none=True,
     )
+    trainer.logger.setLevel(logging.WARNING)  # the epoch line of EpochSummaryHandler says it all
     trainer.lr_scheduler = build_scheduler(
         cfg.scheduler,
         optimizer,
@@ -324,7 +351,7 @@ def build_evaluator(
     the key metric ``val_mean_dice`` is the mean over patients of the 3D Dice.
     """
     metric = {KEY_METRIC: MeanDice(include_background=True, output_transform=from_engine(["pred", "label"]))}
-    return SupervisedEvaluator(
+    evaluator = SupervisedEvaluator(
         device=device,
         val_data_loader=loader,
         network=network,
@@ -334,6 +361,8 @@ def build_evaluator(
         key_val_metric=metric if with_label else None,
         amp=cfg.amp and device.type == "cuda",
     )
+    evaluator.logger.setLevel(logging.WARNING)
+    return evaluator
 
 
 def _log_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -352,10 +381,10 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
     validate_config(cfg)
     run_dir = cfg.run_dir()
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    set_determinism(seed=cfg.seed)
     train_files, val_files, test_files = split_datalist(cfg)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed=cfg.seed)
     logger.info(
         "fold %d: %d training, %d validation, %d test patients",
         cfg.fold,
@@ -364,21 +393,9 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         len(test_files),
     )
 
-    settings = TransformSettings.from_dict({**asdict(cfg), "divisible": network_stride(cfg)})
-    train_xf = build_transforms("train", settings)
-    val_xf = build_transforms("val", settings)
-    train_ds = _dataset(cfg, train_files, train_xf, "train")
-    val_ds = _dataset(cfg, val_files, val_xf, "val")
-    volumes_per_batch = max(1, math.ceil(cfg.batch_size / cfg.num_samples))
-    # each epoch visits every volume volume_repeats times, in fresh random orders (torch's generator)
-    sampler = RandomSampler(train_ds, num_samples=len(train_ds) * cfg.volume_repeats)
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=volumes_per_batch,
-        sampler=sampler,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    train_loader = make_train_loader(cfg, train_files, device)
+    train_xf = train_loader.dataset.transform
+    val_ds = _dataset(cfg, val_files, build_transforms("val", cfg), "val")
     val_loader = DataLoader(val_ds, batch_size=1, num_workers=cfg.num_workers)
 
     network = create_network(cfg).to(device)
@@ -518,16 +535,19 @@ def train(
     run = prepare_run(cfg)
     _log_config(cfg, run["run_dir"])
     attach_training_handlers(run)
-    if cfg.resume:
-        resume_run(run)
-    if on_built is not None:
-        on_built(run)
-    run["trainer"].run()
+    trainer = run["trainer"]
+    if cfg.resume and resume_run(run) >= cfg.epochs:
+        logger.info("nothing to resume: the run already finished its %d epochs", cfg.epochs)
+    else:
+        if on_built is not None:
+            on_built(run)
+        trainer.run()
     evaluator = run["evaluator"]
     result = {
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),
-        "epochs": int(run["trainer"].state.epoch),
+        # completed epochs (after an early stop Ignite has already counted the next epoch in state.epoch)
+        "epochs": int(run["trainer"].state.iteration // run["trainer"].state.epoch_length),
         "run_dir": str(run["run_dir"]),
     }
     logger.info(

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.data import LGGDataError, prepare_dataset
@@ -21,6 +22,7 @@ from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.synthetic import write_synthetic_kaggle
 
 # tiny runs: 64x64 synthetic slices, a few iterations per epoch
+ARCH = "unext"  # the project's default network: small, fast, and it learns within a few iterations
 TINY = {"epochs": 2, "batch_size": 8, "num_samples": 8, "progress": False, "overlay_images": 2, "lr": 3e-3}
 
 
@@ -141,7 +143,7 @@ def test_two_epoch_run_writes_checkpoints_tensorboard_and_a_report(synthetic_dat
         **TINY,
         "data": str(synthetic_data),
         "output": str(tmp_path),
-        "arch": "unet",
+        "arch": ARCH,
         "input_size": (32, 32),
     }
     result = train(cfg)
@@ -149,9 +151,12 @@ def test_two_epoch_run_writes_checkpoints_tensorboard_and_a_report(synthetic_dat
     assert result["epochs"] == 2 and 0.0 <= result["best_metric"] <= 1.0
     names = {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert {"best_model.pt", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"} <= names
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert "val/overlay" in events.Tags()["images"]
+    assert {"train/loss", "train/epoch_loss", "train/lr", KEY_METRIC} <= set(events.Tags()["scalars"])
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["arch"] == "unet" and saved["input_size"] == [32, 32]
+    assert saved["arch"] == ARCH and saved["input_size"] == [32, 32]
     last = load_checkpoint(run_dir / "checkpoints" / "checkpoint_epoch=2.pt")
     assert {"optimizer", "lr_scheduler", "trainer", "rng", "best_checkpointer"} <= set(last)
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]
@@ -203,13 +208,13 @@ def _interrupt_in_epoch(epoch: int):
     return hook, Interrupted
 
 
-@pytest.mark.parametrize("num_workers", [0])
+@pytest.mark.parametrize("num_workers", [0, 1])
 def test_resume_after_interruption_gives_the_same_weights(synthetic_data, tmp_path, num_workers):
     base = {
         **TINY,
         "epochs": 3,
         "data": str(synthetic_data),
-        "arch": "unet",
+        "arch": ARCH,
         "input_size": (32, 32),
         "num_workers": num_workers,
         "scheduler": "cosine",
@@ -227,6 +232,10 @@ def test_resume_after_interruption_gives_the_same_weights(synthetic_data, tmp_pa
         _weights(Path(result["run_dir"]), "checkpoint_epoch=3.pt"),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+    again = train({**base, "output": str(tmp_path / "b"), "resume": True})  # finished: nothing to do
+    assert again["epochs"] == 3 and again["best_metric"] == result["best_metric"]
+    c = _weights(Path(result["run_dir"]), "checkpoint_epoch=3.pt")
+    assert all(torch.equal(b[k], c[k]) for k in b)
     best_a = load_checkpoint(straight / "checkpoints" / "best_model.pt")["network"]
     best_b = load_checkpoint(Path(result["run_dir"]) / "checkpoints" / "best_model.pt")["network"]
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
@@ -237,7 +246,7 @@ def test_same_seed_same_metrics(synthetic_data, tmp_path):
         **TINY,
         "epochs": 1,
         "data": str(synthetic_data),
-        "arch": "unet",
+        "arch": ARCH,
         "input_size": (32, 32),
         "context": 1,
     }
@@ -258,7 +267,7 @@ def test_cross_validation_pools_every_patient(synthetic_data, tmp_path):
         "epochs": 1,
         "data": str(synthetic_data),
         "output": str(tmp_path),
-        "arch": "unet",
+        "arch": ARCH,
         "input_size": (32, 32),
         "overlay_images": 0,
     }
@@ -275,11 +284,94 @@ def test_cross_validation_pools_every_patient(synthetic_data, tmp_path):
     ).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {
+            "deep_supervision": True,
+            "loss": "bce_dice",
+            "optimizer": "sgd",
+            "nesterov": True,
+            "grad_clip": 1.0,
+            "scheduler": "plateau",
+            "early_stopping": 1,
+            "context": 1,
+            "input_channels": 9,
+        },
+        {
+            "loss": "tversky",
+            "optimizer": "adamw",
+            "scheduler": "multistep",
+            "milestones": (1,),
+            "warmup_epochs": 1,
+            "num_classes": 2,
+            "cache": "disk",
+            "tta": "flip",
+        },
+        {
+            "spatial_dims": 3,
+            "arch": "segresnet",
+            "patch_size": (32, 32, 8),
+            "num_samples": 2,
+            "batch_size": 2,
+            "loss": "dice_focal",
+            "input_size": None,
+            "scheduler": "constant",
+        },
+    ],
+    ids=["deep-supervision-2.5d", "softmax-disk-cache", "3d-patches"],
+)
+def test_training_options(synthetic_data, tmp_path, options):
+    cfg = {
+        **TINY,
+        "data": str(synthetic_data),
+        "output": str(tmp_path),
+        "arch": ARCH,
+        "input_size": (32, 32),
+        **options,
+    }
+    result = train(cfg)
+    assert result["epochs"] >= 1 and 0.0 <= result["best_metric"] <= 1.0
+    assert (Path(result["run_dir"]) / "checkpoints" / "best_model.pt").is_file()
+    if options.get("cache") == "disk":
+        assert list((tmp_path / "lggseg" / "cache").glob("train-*/*.pt"))
+
+
+def test_early_stopping_and_validation_interval(synthetic_data, tmp_path):
+    cfg = {
+        **TINY,
+        "data": str(synthetic_data),
+        "output": str(tmp_path),
+        "arch": ARCH,
+        "input_size": (32, 32),
+        "epochs": 6,
+        "lr": 0.0,
+        "scheduler": "constant",
+        "early_stopping": 2,
+        "volume_repeats": 1,
+        "threshold": 0.999,
+    }
+    # untrained, threshold 0.999: empty predictions and validation Dice 0 every time; patience 2 stops at 3
+    assert train(cfg)["epochs"] == 3
+    validated: list[int] = []
+
+    def record(run):
+        run["evaluator"].add_event_handler(
+            Events.COMPLETED, lambda e: validated.append(run["trainer"].state.epoch)
+        )
+
+    train(
+        {**cfg, "output": str(tmp_path / "interval"), "early_stopping": -1, "epochs": 5, "val_interval": 2},
+        on_built=record,
+    )
+    assert validated == [2, 4, 5]  # every second epoch, and after the last
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
 def test_bad_inputs_give_clear_errors(synthetic_data, tmp_path):
-    base = {**TINY, "data": str(synthetic_data), "output": str(tmp_path), "arch": "unet"}
+    base = {**TINY, "data": str(synthetic_data), "output": str(tmp_path), "arch": ARCH}
     with pytest.raises(ValueError, match="input_channels=3, but the data gives 9"):
         prepare_run(RunConfig.from_dict({**base, "context": 1, "input_channels": 3}))
     with pytest.raises(ValueError, match="unknown configuration keys: learning_rate"):
@@ -302,21 +394,26 @@ def test_bad_inputs_give_clear_errors(synthetic_data, tmp_path):
 
 @pytest.mark.realdata
 def test_two_epochs_on_real_patients_raise_validation_dice(kaggle_root, tmp_path):
-    """Three real patients at 64x64: validation Dice after two epochs beats the untrained network."""
+    """Four real patients at 64x64 (two train, one validates): two epochs beat the untrained network."""
     raw = tmp_path / "kaggle_3m"
     raw.mkdir()
-    for name in ("TCGA_CS_4941_19960909", "TCGA_CS_4942_19970222", "TCGA_CS_5393_19990606"):
+    for name in (
+        "TCGA_CS_4941_19960909",
+        "TCGA_CS_4942_19970222",
+        "TCGA_CS_5393_19990606",
+        "TCGA_CS_5395_19981004",
+    ):
         (raw / name).symlink_to(kaggle_root / name)
-    prepare_dataset(raw, tmp_path / "prepared", num_folds=3, seed=0, workers=1)
+    prepare_dataset(raw, tmp_path / "prepared", num_folds=4, seed=0, workers=1)
     cfg = {
         **TINY,
         "data": str(tmp_path / "prepared"),
         "output": str(tmp_path / "runs"),
-        "arch": "unet",
+        "arch": ARCH,
         "input_size": (64, 64),
-        "num_samples": 32,
+        "num_samples": 16,
+        "volume_repeats": 8,
         "batch_size": 16,
-        "lr": 1e-2,
         "pos": 3,
         "neg": 1,
     }
