@@ -53,6 +53,42 @@ def demo_steps(args: argparse.Namespace) -> list[list[str]]:
             str(args.seed),
         ],
         ["prepare", "--input", str(raw), "--output", str(prepared), "--seed", str(args.seed)],
+        *train_evaluate_infer_steps(args, raw, prepared),
+    ]
+
+
+def train_evaluate_infer_steps(args: argparse.Namespace, raw: Path, prepared: Path) -> list[list[str]]:
+    """Train UNeXt briefly on fold 0's training folds, evaluate it per patient on the held-out fold, and
+    segment every raw patient folder (NIfTI and Kaggle-layout masks)."""
+    runs = args.output / "runs"
+    best = str(runs / "demo" / "fold0" / "checkpoints" / "best_model.pt")
+    training = (
+        "--name demo --fold 0 --arch unext --epochs 6 --batch-size 16 --num-samples 16 --volume-repeats 2"
+    )
+    return [
+        [
+            "train",
+            "--data",
+            str(prepared),
+            "--output",
+            str(runs),
+            *training.split(),
+            "--seed",
+            str(args.seed),
+        ],
+        ["evaluate", "--checkpoint", best, "--keep-largest", "1", "--save-predictions"],
+        [
+            "infer",
+            "--checkpoint",
+            best,
+            "--input",
+            str(raw),
+            "--output",
+            str(args.output / "predictions"),
+            "--keep-largest",
+            "1",
+            "--kaggle-masks",
+        ],
     ]
 
 
