@@ -28,6 +28,21 @@ def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
         Path(e["image"]).is_file() and Path(e["label"]).is_file() for e in entries
     )
     assert json.loads(datalist.read_text())["num_folds"] == 5
+    # trained, evaluated per patient on the held-out fold, and every raw patient segmented
+    fold_dir = output / "runs" / "demo" / "fold0"
+    assert (fold_dir / "checkpoints" / "best_model.pt").is_file() and (fold_dir / "config.json").is_file()
+    assert list((fold_dir / "tensorboard").glob("events.out.tfevents.*"))
+    report = json.loads((fold_dir / "evaluation" / "metrics.json").read_text())
+    held_out = {e["patient"] for e in json.loads(datalist.read_text())["training"] if e["fold"] == 0}
+    assert {p["patient_id"] for p in report["patients"]} == held_out
+    mean_dice = report["summary"]["overall"]["metrics"]["dice"]["mean"]
+    assert mean_dice > 0.5, f"the demo model must learn the synthetic task (mean Dice {mean_dice:.3f})"
+    for name in ("metrics_per_patient.csv", "dice_per_institution.png", "overlay_worst.png"):
+        assert (fold_dir / "evaluation" / name).is_file(), name
+    predictions = sorted((output / "predictions").glob("*/prediction.nii.gz"))
+    assert len(predictions) == 10
+    masks = list((predictions[0].parent / "kaggle_masks").glob("*_mask.tif"))
+    assert len(masks) == len(list((output / "kaggle_3m" / predictions[0].parent.name).glob("*_mask.tif")))
     # a second run refuses to overwrite, and keeps what is there
     again = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "demo", "--output", str(output)],
