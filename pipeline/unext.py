@@ -8,7 +8,8 @@ Architecture (the public design, widths ``(c1, c2, c3, m1, m2)``, default ``16, 
 - shifted block: ``x + MLP(LayerNorm(x))`` where the MLP is ``shift along H -> fc1 -> depth-wise 3x3
   conv -> GELU -> shift along W -> fc2``; a shift splits the channels into ``shift_size`` groups
   (as ``torch.chunk`` does) and moves group ``g`` by ``g - shift_size // 2`` pixels, filling with
-  zeros;
+  zeros (the paper's text shifts along W first; the public code, followed here, shifts along H,
+  its dim 2, before ``fc1`` and along W before ``fc2``);
 - decoder: ``3x3 conv (m2->m1) -> BN -> bilinear x2 -> ReLU, + t4 -> shifted block -> LayerNorm``,
   ``3x3 conv (m1->c3) -> BN -> x2 -> ReLU, + t3 -> shifted block -> LayerNorm``, then three
   convolutional stages ``3x3 conv -> BN -> x2 -> ReLU (+ t2, + t1)``, the last one without BN;

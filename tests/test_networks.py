@@ -231,11 +231,10 @@ def test_3d_anisotropic_monai_unet():
 # ------------------------------------------------------------------------------ deep supervision
 
 
-@pytest.mark.parametrize("name", DS_NAMES)
-@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize(
+    ("name", "spatial_dims"), [(n, d) for n in DS_NAMES for d in network_info(n).spatial_dims]
+)
 def test_deep_supervision_outputs(name, spatial_dims):
-    if spatial_dims not in network_info(name).spatial_dims:
-        pytest.skip(f"{name} is 2D only")
     net = _small(name, spatial_dims, deep_supervision=True)
     x = _small_input(name, spatial_dims)
     outputs = net(x)
@@ -375,3 +374,25 @@ def test_a_few_steps_learn_a_synthetic_task(name):
     with torch.no_grad():
         after = _dice(net(test_images), test_masks)
     assert after >= before + 0.3 and after > 0.6, (before, after)
+
+
+def test_benchmark_script_writes_its_table(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_networks.py"
+    spec = importlib.util.spec_from_file_location("benchmark_networks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--networks", "unext", "unext-reference", "--batch-size", "2", "--size", "64"]
+    args += ["--iterations", "1", "--rounds", "1", "--no-gpu", "--threads", "1"]
+    assert module.main([*args, "--output", str(tmp_path / "bench.json")]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["network"]: row for row in result["rows"]}
+    assert rows["unext"]["parameters"] == rows["unext-reference"]["parameters"] == 1_471_921
+    assert rows["unext"]["cpu_inference"]["best"] > 0 and rows["unext"]["cpu_training"]["best"] > 0
+    assert result["side_by_side"][0]["speedup_inference"] > 0
+    assert module.main([*args, "--rounds", "0", "--output", str(tmp_path / "bench.md")]) == 0
+    assert "| unext |" in (tmp_path / "bench.md").read_text()
+    assert set(module.default_networks()) >= {"unext", "unext-reference", "deeplabv3plus"}
