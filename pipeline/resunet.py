@@ -21,6 +21,8 @@ import torch
 from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
+from pipeline.unet import EncoderDecoderUNet
+
 __all__ = ["ResUNet", "ResidualUnit"]
 
 
@@ -58,7 +60,7 @@ class ResidualUnit(nn.Module):
         return self.body(x) + self.shortcut(x)
 
 
-class ResUNet(nn.Module):
+class ResUNet(EncoderDecoderUNet):
     """Deep residual U-Net.
 
     Args:
@@ -89,6 +91,7 @@ class ResUNet(nn.Module):
         self.encoders = nn.ModuleList([ResidualUnit(spatial_dims, in_channels, features[0], 1, first=True)])
         for previous, width in zip(features[:-2], features[1:-1], strict=False):
             self.encoders.append(ResidualUnit(spatial_dims, previous, width, stride=2))
+        self.pool = nn.Identity()  # the residual units down-sample themselves
         self.bridge = ResidualUnit(spatial_dims, features[-2], features[-1], stride=2)
         self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
@@ -100,20 +103,3 @@ class ResUNet(nn.Module):
         self.aux_heads = nn.ModuleList(
             [conv(w, out_channels, 1) for w in features[1:-1]] if deep_supervision else []
         )
-
-    def forward(self, x: torch.Tensor):
-        """Logits of the size of ``x`` (a multiple of the total stride); a list ``[main, aux...]``
-        (finest auxiliary first) with deep supervision in training mode."""
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-        x = self.bridge(x)
-        decoded = []
-        for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips), strict=False):
-            x = decoder(torch.cat([up(x), skip], dim=1))
-            decoded.append(x)
-        main = self.head(x)
-        if self.deep_supervision and self.training:
-            return [main] + [head(f) for head, f in zip(self.aux_heads, decoded[-2::-1], strict=False)]
-        return main

@@ -37,7 +37,35 @@ class DoubleConv(nn.Sequential):
         )
 
 
-class UNet(nn.Module):
+class EncoderDecoderUNet(nn.Module):
+    """The forward pass shared by the U-shaped networks with concatenated skips (U-Net, ResU-Net).
+
+    Subclasses build ``encoders``, ``pool`` (applied after each encoder; ``nn.Identity`` when the encoder
+    blocks down-sample themselves), ``bridge``, ``upsamples``, ``decoders``, ``head``, ``aux_heads`` and set
+    ``deep_supervision``.
+    """
+
+    def forward(self, x: torch.Tensor):
+        """Logits of the spatial size of ``x`` (a multiple of the total stride); with deep supervision in
+        training mode a list ``[main, aux...]``, finest auxiliary first."""
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bridge(x)
+        decoded = []
+        for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips), strict=False):
+            x = decoder(torch.cat([up(x), skip], dim=1))
+            decoded.append(x)
+        main = self.head(x)
+        if self.deep_supervision and self.training:
+            # decoded runs coarse to fine; the heads take every decoder output but the last, finest first
+            return [main] + [head(f) for head, f in zip(self.aux_heads, decoded[-2::-1], strict=False)]
+        return main
+
+
+class UNet(EncoderDecoderUNet):
     """Classic U-Net with BatchNorm.
 
     Args:
@@ -81,22 +109,3 @@ class UNet(nn.Module):
         self.aux_heads = nn.ModuleList(
             [conv(w, out_channels, 1) for w in (widths[1], widths[2], widths[3])] if deep_supervision else []
         )
-
-    def forward(self, x: torch.Tensor):
-        """Logits of the same spatial size as ``x`` (a multiple of 16); a list with deep supervision
-        in training mode: ``[main, aux_1/2, aux_1/4, aux_1/8]``."""
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bridge(x)
-        decoded = []
-        for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips), strict=False):
-            x = decoder(torch.cat([up(x), skip], dim=1))
-            decoded.append(x)
-        main = self.head(x)
-        if self.deep_supervision and self.training:
-            # decoded: 1/8, 1/4, 1/2, 1/1; heads: (1/2, 1/4, 1/8)
-            return [main] + [head(f) for head, f in zip(self.aux_heads, decoded[-2::-1], strict=False)]
-        return main
