@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_data import add_data_arguments, prepared_entries
 
-from pipeline.data import load_datalist, prepare_dataset
 from pipeline.engines import RunConfig, create_network, evaluate
 
-REPO = Path(__file__).resolve().parents[1]
 TIMINGS = ("load_s", "inference_s", "postprocess_s", "metrics_s", "eval_s")
 
 
@@ -46,16 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kaggle", type=Path, default=REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=REPO / "runs" / "bench" / "prepared",
-        help="prepared data folder (made from --kaggle when missing)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--checkpoint", type=Path, help="model to evaluate (default: an untrained --arch)")
     parser.add_argument("--arch", default="unext")
-    parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N patients (0: all)")
     parser.add_argument("--tta", default="none", choices=("none", "flip", "scale", "flip+scale"))
     parser.add_argument("--keep-largest", type=int, default=1)
     parser.add_argument("--sw-batch-size", type=int, default=32)
@@ -63,11 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    if not (args.work / "datalist.json").is_file():
-        prepare_dataset(args.kaggle, args.work)
-    entries = load_datalist(args.work / "datalist.json")
-    if args.limit:
-        entries = entries[: args.limit]
+    entries = prepared_entries(args)
     overrides = {
         "tta": args.tta,
         "keep_largest": args.keep_largest,

@@ -22,14 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from bench_data import add_data_arguments, prepared_entries
 from ignite.engine import Events
 
-from pipeline.data import load_datalist, prepare_dataset
 from pipeline.engines import RunConfig, build_trainer, create_network, make_train_loader
 from pipeline.losses import build_loss
 from pipeline.optim import build_optimizer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mib() -> float:
@@ -79,30 +77,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--kaggle", type=Path, default=REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m")
-    parser.add_argument(
-        "--work",
-        type=Path,
-        default=REPO / "runs" / "bench" / "prepared",
-        help="prepared data folder (made from --kaggle when missing)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--arch", default="unext")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N patients (0: all)")
     parser.add_argument("--output", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
 
-    if not (args.work / "datalist.json").is_file():
-        prepare_dataset(args.kaggle, args.work)
-    files = load_datalist(args.work / "datalist.json")
-    if args.limit:
-        files = files[: args.limit]
+    files = prepared_entries(args)
     cfg = RunConfig.from_dict(
         {
             "arch": args.arch,
