@@ -72,6 +72,7 @@ class RunConfig(TransformSettings):
             2: softmax), loss, optimizer, lr, momentum, weight_decay, nesterov, scheduler, min_lr, factor,
             patience, milestones, gamma, warmup_epochs, early_stopping (patience in validations; <= 0 off),
             num_workers: as in the UNeXt training script.
+        batch_dice: Dice term of the loss over the whole batch rather than per slice.
         volume_repeats: visits of each training volume per epoch (each visit draws ``num_samples`` slices;
             with the defaults an epoch sees about as many slices as the training volumes hold).
         network_kwargs: extra keyword arguments of the network constructor.
@@ -103,6 +104,7 @@ class RunConfig(TransformSettings):
     input_channels: int | None = None
     num_classes: int = 1
     loss: str = "dice_ce"
+    batch_dice: bool = False
     optimizer: str = "adam"
     lr: float = 1e-3
     momentum: float = 0.9
@@ -309,7 +311,7 @@ def build_trainer(
         train_data_loader=train_loader,
         network=network,
         optimizer=optimizer,
-        loss_function=build_loss(cfg.loss, cfg.num_classes, cfg.deep_supervision),
+        loss_function=build_loss(cfg.loss, cfg.num_classes, cfg.deep_supervision, cfg.batch_dice),
         inferer=SimpleInferer(),
         amp=amp,
         decollate=False,

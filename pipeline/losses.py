@@ -12,7 +12,9 @@ from torch.nn.modules.loss import _Loss
 LOSSES = ("dice_ce", "bce_dice", "dice_focal", "tversky")
 
 
-def build_loss(name: str = "dice_ce", num_classes: int = 1, deep_supervision: bool = False) -> _Loss:
+def build_loss(
+    name: str = "dice_ce", num_classes: int = 1, deep_supervision: bool = False, batch_dice: bool = False
+) -> _Loss:
     """Build a loss for binary segmentation.
 
     Args:
@@ -22,13 +24,16 @@ def build_loss(name: str = "dice_ce", num_classes: int = 1, deep_supervision: bo
         num_classes: 1 (sigmoid) or 2 (softmax over background/tumour).
         deep_supervision: wrap in ``DeepSupervisionLoss`` (weights 1, 0.5, 0.25, ... over the heads;
             targets resized to each head).
+        batch_dice: compute the Dice term over the whole batch instead of per slice (MONAI's
+            ``batch=True``): tumour-free slices then no longer make the Dice term jump between 0 and 1.
 
     Returns:
         the loss module, called as ``loss(logits, target)`` with the target ``(B, 1, ...)`` of 0/1.
     """
     if num_classes not in (1, 2):
         raise ValueError(f"num_classes must be 1 (sigmoid) or 2 (softmax), got {num_classes}")
-    act = {"sigmoid": True} if num_classes == 1 else {"softmax": True, "to_onehot_y": True}
+    act: dict = {"sigmoid": True} if num_classes == 1 else {"softmax": True, "to_onehot_y": True}
+    act["batch"] = batch_dice
     if name == "dice_ce":
         loss: _Loss = DiceCELoss(**act)
     elif name == "bce_dice":

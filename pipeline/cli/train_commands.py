@@ -32,6 +32,7 @@ HELP = {
     "num_classes": "1: one sigmoid channel; 2: softmax over background/tumour",
     "input_size": "in-plane training size H W (the UNeXt script's input_h input_w; default native)",
     "loss": "dice_ce, bce_dice, dice_focal or tversky",
+    "batch_dice": "Dice term over the whole batch instead of per slice (MONAI batch=True)",
     "optimizer": "adam, adamw or sgd",
     "scheduler": "cosine, plateau, multistep or constant",
     "early_stopping": "stop after this many validations without improvement (<= 0: off)",
