@@ -1,0 +1,456 @@
+"""Never lose a user's data: atomic writes, the output guard, the manifest of written files, staging folders.
+
+The project rule: **no command deletes or overwrites a file it did not write.** This module is the one home
+of the pieces every command uses to keep it (floor 1: it imports no other project module):
+
+- atomic writes: :func:`atomic_write_text`, :func:`atomic_write_bytes` and :func:`atomic_path` (a temporary
+  sibling renamed into place on success, removed on failure), so a crash never leaves a half-written file
+  under the final name;
+- the output guard: :func:`check_output_location` refuses an output that equals, contains or lies inside
+  an input, that is a file, or whose folder cannot be written, before any long work starts; it raises
+  :class:`UnsafeOutputError`, whose message is one line ``<path>: <problem>; <what to do>``;
+- the manifest ``<folder>/.lggseg-manifest.json``: the relative paths a command wrote into a folder
+  (:func:`write_manifest`, :func:`read_manifest`, :func:`owned_files`, :func:`foreign_files`); only those
+  files may later be replaced or removed (:func:`remove_owned`), everything else is left alone;
+- staging folders ``.<name>.lggseg-staging-<pid>-<random>`` beside an output, holding a marker file with
+  the creating process id: :func:`staging_folder` makes one (removing it at the end) and
+  :func:`remove_stale_staging` removes those left by a killed run (their process is gone). Only folders
+  with the name pattern *and* the marker are ever removed.
+
+Typical use for a command writing ``out/``::
+
+    out = check_output_location(args.output, [args.input])
+    ours, others = owned_files(out), foreign_files(out)        # refuse or keep the others
+    with staging_folder(out) as staging:                       # cleans up stale staging folders first
+        ...write into staging...
+        write_manifest(out, planned, command="prepare")        # claim the names before moving
+        for rel in planned:
+            os.replace(staging / rel, out / rel)               # only names that are new or ours
+    remove_owned(out, ours - set(planned))
+    write_manifest(out, planned, command="prepare", replace=True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+
+__all__ = [
+    "MANIFEST_FILENAME",
+    "STAGING_MARKER",
+    "UnsafeOutputError",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_output_location",
+    "foreign_files",
+    "is_inside",
+    "owned_files",
+    "read_manifest",
+    "remove_owned",
+    "remove_stale_staging",
+    "staging_folder",
+    "write_manifest",
+]
+
+MANIFEST_FILENAME = ".lggseg-manifest.json"
+STAGING_MARKER = ".lggseg-staging.json"
+_STAGING_INFIX = ".lggseg-staging-"
+_MANIFEST_FORMAT = 1
+
+
+class UnsafeOutputError(ValueError):
+    """An output location or operation that could lose data; the message is one line.
+
+    The message reads ``<path>: <problem>; <what to do>`` (the CLI prefixes ``lggseg: error:``).
+
+    Args:
+        path: the file or folder concerned.
+        problem: what is wrong, e.g. ``"is inside the input folder data/kaggle_3m"``.
+        hint: what the user can do about it (optional).
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str, hint: str = "") -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def _temporary_sibling(path: Path) -> Path:
+    """A hidden, unique temporary name in ``path``'s folder that keeps its extensions (``.nii.gz``)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}{''.join(path.suffixes)}")
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path``: write to it; on success it is renamed to ``path`` in one step.
+
+    The temporary file is in the same folder (so the rename is atomic) and keeps the extensions, so
+    writers that choose the format by name (``nibabel.save``, ``tifffile.imwrite``) work unchanged. If the
+    block raises, the temporary file is removed and ``path`` is untouched. Replacing an existing ``path``
+    is the caller's decision: check it is yours first (:func:`owned_files`).
+
+    Args:
+        path: the final file name; its folder must exist.
+
+    Yields:
+        the temporary path to write.
+
+    Raises:
+        whatever the block raises; ``OSError`` when the rename fails.
+    """
+    path = Path(path)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary sibling, fsync, rename).
+
+    Args:
+        path: the file to write; its folder must exist.
+        data: the content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (temporary sibling, fsync, rename).
+
+    Args:
+        path: the file to write; its folder must exist.
+        text: the content.
+        encoding: text encoding (default UTF-8).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+# ------------------------------------------------------------------------------------------ output guard
+def _resolve(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path))).resolve()
+
+
+def is_inside(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` is ``b`` or lies inside it, after resolving symlinks, ``~``, ``.`` and ``..``.
+
+    Paths need not exist. When ``b`` exists, ``a``'s existing ancestors are also compared with it by
+    device and inode, which catches bind mounts and other aliases that resolving cannot see.
+
+    Args:
+        a: the candidate path.
+        b: the folder.
+
+    Returns:
+        ``True`` when ``a`` equals ``b`` or is below it.
+    """
+    ra, rb = _resolve(a), _resolve(b)
+    if ra == rb or rb in ra.parents:
+        return True
+    try:
+        b_stat = os.stat(rb)
+    except OSError:
+        return False
+    for candidate in (ra, *ra.parents):
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.stat(candidate), b_stat):
+                return True
+    return False
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(path.anchor)
+
+
+def check_output_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output folder that could destroy data or could not be written, before any work starts.
+
+    Checks, in order: the output is not an input, does not contain an input and is not inside one (after
+    resolving symlinks and relative or dotted paths, see :func:`is_inside`); the output, if it exists, is a
+    folder; no existing ancestor of it is a file; the nearest existing folder (the output itself, or the
+    ancestor where it would be created) can be written, tested by creating and removing a temporary folder
+    there (so it also holds for root and read-only file systems). Nothing else is created.
+
+    Args:
+        output: the output folder (need not exist).
+        inputs: the input files or folders the command reads.
+
+    Returns:
+        the output as an absolute, resolved path.
+
+    Raises:
+        UnsafeOutputError: with a one-line message naming the path, the problem and what to do.
+    """
+    resolved = _resolve(output)
+    for source in inputs:
+        if not str(source):
+            continue
+        if _resolve(source) == resolved:
+            raise UnsafeOutputError(
+                output, f"is the input folder {source}", "choose an output folder outside the input"
+            )
+        if is_inside(output, source):
+            raise UnsafeOutputError(
+                output, f"is inside the input folder {source}", "choose an output folder outside the input"
+            )
+        if is_inside(source, output):
+            raise UnsafeOutputError(
+                output, f"contains the input {source}", "choose an output folder outside the input"
+            )
+    if resolved.exists() and not resolved.is_dir():
+        raise UnsafeOutputError(output, "exists and is not a folder", "choose a folder name")
+    existing = _nearest_existing(resolved)
+    if not existing.is_dir():
+        raise UnsafeOutputError(
+            existing, "is a file, not a folder", f"choose an output folder not under {existing}"
+        )
+    try:
+        probe = tempfile.mkdtemp(prefix=".lggseg-write-test-", dir=existing)
+    except OSError as error:
+        raise UnsafeOutputError(
+            existing,
+            f"folder is not writable ({error.strerror or error})",
+            "choose another output folder or fix its permissions",
+        ) from None
+    os.rmdir(probe)
+    return resolved
+
+
+# ------------------------------------------------------------------------------------------------- manifest
+def _clean_relative(path: str | os.PathLike) -> str:
+    rel = PurePosixPath(Path(path).as_posix())
+    if rel.is_absolute() or ".." in rel.parts or str(rel) in ("", "."):
+        raise ValueError(f"manifest entries must be relative paths inside the folder, got {path!r}")
+    return str(rel)
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """Read ``<folder>/.lggseg-manifest.json``.
+
+    Args:
+        folder: the output folder.
+
+    Returns:
+        ``{"format": 1, "command": str, "files": [relative posix paths]}``; ``{"files": []}`` when the
+        folder has no manifest or it cannot be read (then the folder owns nothing: safe by default).
+    """
+    try:
+        data = json.loads((Path(folder) / MANIFEST_FILENAME).read_text(encoding="utf-8"))
+        files = [_clean_relative(f) for f in data["files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"files": []}
+    return {**data, "files": files}
+
+
+def owned_files(folder: str | os.PathLike) -> set[str]:
+    """The relative paths (posix) that lggseg wrote into ``folder``, from its manifest.
+
+    Args:
+        folder: the output folder.
+
+    Returns:
+        the set of paths listed in the manifest (some may no longer exist).
+    """
+    return set(read_manifest(folder)["files"])
+
+
+def write_manifest(
+    folder: str | os.PathLike,
+    paths: Iterable[str | os.PathLike],
+    command: str = "",
+    replace: bool = False,
+) -> Path:
+    """Record, atomically, that lggseg wrote ``paths`` into ``folder``.
+
+    Record a file *before* moving it into place, so an interrupted command never leaves a file of its own
+    that the manifest does not claim.
+
+    Args:
+        folder: the output folder (must exist).
+        paths: file paths relative to ``folder`` (``a/b.nii.gz``).
+        command: the command that wrote them, for people reading the file.
+        replace: list exactly ``paths``; by default they are added to the files already listed.
+
+    Returns:
+        the manifest file.
+
+    Raises:
+        ValueError: a path is absolute or leaves the folder.
+    """
+    files = {_clean_relative(p) for p in paths}
+    if not replace:
+        files |= owned_files(folder)
+    files.discard(MANIFEST_FILENAME)
+    payload = {"format": _MANIFEST_FORMAT, "written_by": "lggseg", "command": command, "files": sorted(files)}
+    return atomic_write_text(Path(folder) / MANIFEST_FILENAME, json.dumps(payload, indent=1) + "\n")
+
+
+def foreign_files(folder: str | os.PathLike) -> list[str]:
+    """Files (and symlinks, and empty folders) under ``folder`` that lggseg did not write.
+
+    Args:
+        folder: the output folder; need not exist.
+
+    Returns:
+        sorted relative posix paths not listed in the manifest (the manifest itself excluded).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    owned = owned_files(root) | {MANIFEST_FILENAME}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
+            rel = (base / name).relative_to(root).as_posix()
+            if rel not in owned:
+                found.append(rel)
+        if base != root and not dirnames and not filenames:
+            found.append(base.relative_to(root).as_posix() + "/")
+    return sorted(found)
+
+
+def remove_owned(folder: str | os.PathLike, paths: Iterable[str | os.PathLike] | None = None) -> list[str]:
+    """Remove files lggseg wrote into ``folder``; anything the manifest does not list is left alone.
+
+    Folders that become empty by the removal are removed too (never ``folder`` itself); the removed
+    entries are dropped from the manifest.
+
+    Args:
+        folder: the output folder.
+        paths: relative paths to remove (default: every owned file). Paths not in the manifest are skipped.
+
+    Returns:
+        the relative paths actually removed.
+    """
+    root = Path(folder)
+    owned = owned_files(root)
+    wanted = owned if paths is None else {_clean_relative(p) for p in paths} & owned
+    removed = []
+    for rel in sorted(wanted):
+        target = root / rel
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+            removed.append(rel)
+            parent = target.parent
+            while parent != root and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+    if removed:
+        write_manifest(
+            root, owned - set(removed), command=read_manifest(root).get("command", ""), replace=True
+        )
+    return removed
+
+
+# ------------------------------------------------------------------------------------------ staging folders
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (Linux ``/proc``), to tell a live process from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _process_alive(pid: int, start: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    current = _process_start(pid)
+    return start is None or current is None or current == start
+
+
+def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders of ``target`` left by runs that were killed.
+
+    A folder is removed only if it sits beside ``target``, is named ``.<target name>.lggseg-staging-*``,
+    holds the marker file :data:`STAGING_MARKER` naming ``target`` and its process, and that process is
+    no longer running. Staging folders of runs still in progress are kept.
+
+    Args:
+        target: the output folder the staging folders belong to.
+
+    Returns:
+        the folders removed.
+    """
+    target = _resolve(target)
+    if not target.parent.is_dir():
+        return []
+    removed = []
+    for candidate in target.parent.glob(f".{target.name}{_STAGING_INFIX}*"):
+        if candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            marker = json.loads((candidate / STAGING_MARKER).read_text(encoding="utf-8"))
+            pid, start, name = int(marker["pid"]), marker.get("start"), marker["target"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if name != target.name or _process_alive(pid, start):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_folder(target: str | os.PathLike) -> Iterator[Path]:
+    """A fresh staging folder beside ``target`` (same file system, so moves out of it are renames).
+
+    Stale staging folders of ``target`` are removed first (:func:`remove_stale_staging`). The folder is
+    named ``.<target name>.lggseg-staging-<pid>-<random>`` and holds the marker :data:`STAGING_MARKER`
+    (pid, process start time, target name); it is removed with whatever is left in it when the block ends,
+    whether it succeeded or not. A run killed with ``kill -9`` leaves it behind for the next run to remove.
+
+    Args:
+        target: the output folder; its parent is created if needed.
+
+    Yields:
+        the staging folder.
+    """
+    target = _resolve(target)
+    remove_stale_staging(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_INFIX}{os.getpid()}-", dir=target.parent)
+    )
+    try:
+        marker = {"pid": os.getpid(), "start": _process_start(os.getpid()), "target": target.name}
+        marker["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        atomic_write_text(staging / STAGING_MARKER, json.dumps(marker) + "\n")
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
