@@ -20,20 +20,27 @@ run anterior -> posterior, columns right -> left and slices (assumed) inferior -
 are P, L, S (``nibabel.aff2axcodes`` gives ``('P', 'L', 'S')``), which makes 3D Slicer show the volume
 as the TIFFs look. The true spacing is not stored in the TIFFs; it is a parameter (default 1x1x1 mm).
 
-Every problem is reported with the patient and file it concerns (:class:`LGGDataError`); outputs are written
-to temporary names and renamed, so an interrupted or failed run leaves earlier results untouched.
+Every problem is reported with the patient and file it concerns (:class:`LGGDataError`). Outputs follow the
+project rule of :mod:`pipeline.safety` (no command deletes or overwrites a file it did not write): options and
+the output location are checked before any work, results are written to a staging folder and renamed into
+place, the files written are listed in the output's manifest, and only those are ever replaced or removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
+import io
 import json
 import logging
 import os
 import random
 import re
-import shutil
-import tempfile
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -42,6 +49,20 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import tifffile
+
+from pipeline.safety import (
+    MANIFEST_FILENAME,
+    STAGING_MARKER,
+    UnsafeOutputError,
+    atomic_path,
+    atomic_write_text,
+    check_output_location,
+    foreign_files,
+    owned_files,
+    remove_owned,
+    staging_folder,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +86,19 @@ class LGGDataError(ValueError):
     Args:
         problems: one human-readable message per problem, each naming the file or folder.
         patient: the patient folder name, when the problems belong to one patient.
+        failures: for a run where some patients failed, ``{patient: problems}`` (the CLI exits with 1);
+            otherwise empty (bad usage or input as a whole: the CLI exits with 2).
     """
 
-    def __init__(self, problems: str | Sequence[str], patient: str | None = None) -> None:
+    def __init__(
+        self,
+        problems: str | Sequence[str],
+        patient: str | None = None,
+        failures: dict[str, str] | None = None,
+    ) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.patient = patient
+        self.failures = dict(failures or {})
         prefix = f"patient {patient}: " if patient else ""
         if len(self.problems) == 1:
             message = prefix + self.problems[0]
@@ -152,7 +181,7 @@ def make_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     Returns:
         a 4x4 float64 matrix.
     """
-    if len(spacing) != 3 or any(float(s) <= 0 for s in spacing):
+    if len(spacing) != 3 or not all(np.isfinite(float(s)) and float(s) > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive numbers, got {tuple(spacing)}")
     row, col, slc = (float(s) for s in spacing)
     affine = np.zeros((4, 4))
@@ -163,31 +192,55 @@ def make_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     return affine
 
 
-def discover_patients(root: str | os.PathLike) -> list[Path]:
+def _is_hidden(path: Path) -> bool:
+    """Hidden or system entries, never patients or slices (``.DS_Store``, ``._x.tif``, ``__MACOSX``)."""
+    return path.name.startswith((".", "__MACOSX")) or path.name.lower() in {"thumbs.db", "desktop.ini"}
+
+
+def _has_tiff(folder: Path) -> bool:
+    return any(f.suffix.lower() in {".tif", ".tiff"} and not _is_hidden(f) for f in folder.iterdir())
+
+
+def discover_patients(root: str | os.PathLike, include_empty: bool = False) -> list[Path]:
     """The patient folders under a ``kaggle_3m`` directory: sub-folders that hold TIFF files.
+
+    Hidden and system entries (``.DS_Store``, ``__MACOSX``, ``._*`` copies) are ignored. Sub-folders
+    without TIFF files are logged as a warning, or returned too with ``include_empty`` so that the caller
+    reports them as problems (``prepare`` does).
 
     Args:
         root: the data set directory.
+        include_empty: also return visible sub-folders that hold no TIFF file.
 
     Returns:
         patient folders sorted by name.
 
     Raises:
-        LGGDataError: the folder is missing, or holds no patient folder.
+        LGGDataError: the folder is missing, or no sub-folder holds TIFF slices.
     """
     root = Path(root)
     if not root.is_dir():
-        raise LGGDataError(f"input folder {root} does not exist or is not a folder")
-    folders = sorted(
-        p
-        for p in root.iterdir()
-        if p.is_dir() and any(f.suffix.lower() in {".tif", ".tiff"} for f in p.iterdir())
-    )
-    if not folders:
+        raise LGGDataError(
+            f"{root}: input folder does not exist or is not a folder; pass the kaggle_3m folder as --input"
+        )
+    try:
+        subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
+        with_tiffs = [p for p in subfolders if _has_tiff(p)]
+    except OSError as error:
+        raise LGGDataError(f"{root}: cannot list the input folder ({error.strerror or error})") from None
+    if not with_tiffs:
         nested = sorted(root.glob("**/kaggle_3m"))
         hint = f" (did you mean {nested[0]}?)" if nested else ""
-        raise LGGDataError(f"input folder {root} holds no patient folder with .tif slices{hint}")
-    return folders
+        raise LGGDataError(
+            f"{root}: input folder holds no patient folder with .tif slices{hint}; "
+            "pass the kaggle_3m folder as --input"
+        )
+    empty = [p for p in subfolders if p not in with_tiffs]
+    if empty and not include_empty:
+        logger.warning(
+            "ignoring %d folders without .tif slices: %s", len(empty), ", ".join(p.name for p in empty)
+        )
+    return subfolders if include_empty else with_tiffs
 
 
 def scan_patient_folder(folder: str | os.PathLike) -> PatientSlices:
@@ -211,7 +264,7 @@ def scan_patient_folder(folder: str | os.PathLike) -> PatientSlices:
     masks: dict[int, list[Path]] = {}
     problems: list[str] = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in {".tif", ".tiff"}:
+        if path.suffix.lower() not in {".tif", ".tiff"} or _is_hidden(path):
             continue
         match = _SLICE_NAME.match(path.name)
         if match is None:
@@ -232,7 +285,7 @@ def scan_patient_folder(folder: str | os.PathLike) -> PatientSlices:
         problems.append(f"{masks[index][0].name}: mask without image")
     numbers = sorted(set(images) | set(masks))
     if not numbers:
-        problems.append(f"{folder}: no .tif slice found")
+        problems.append("no .tif slice found in the folder (empty, or not a patient folder)")
     else:
         missing = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
         if missing:
@@ -357,13 +410,6 @@ def read_patient_folder(
     )
 
 
-def _atomic_path(path: Path) -> Path:
-    """A temporary sibling of ``path`` whose name keeps the same extension."""
-    return path.with_name(
-        f".{path.name}.tmp-{os.getpid()}-{random.getrandbits(32):08x}{''.join(path.suffixes)}"
-    )
-
-
 def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an array as (compressed) NIfTI atomically: to a temporary name, then rename.
 
@@ -382,12 +428,8 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -
     image.set_sform(affine, code=1)
     if array.ndim == 4:
         image.header.set_intent("vector", (), name="MRI channels")
-    tmp = _atomic_path(path)
-    try:
+    with atomic_path(path) as tmp:
         nib.save(image, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -413,6 +455,9 @@ def write_patient_nifti(volume: PatientVolume, patient_dir: str | os.PathLike) -
 def read_clinical_table(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     """Read the Kaggle ``data.csv`` (one row a patient, keyed by ``Patient`` e.g. ``TCGA_CS_4941``).
 
+    The text may be UTF-8 (with or without a byte-order mark) or, failing that, Latin-1 (a warning is
+    logged). Cells beyond the header are ignored; missing cells are empty.
+
     Args:
         path: the CSV file.
 
@@ -420,17 +465,39 @@ def read_clinical_table(path: str | os.PathLike) -> dict[str, dict[str, str]]:
         ``{case id: {column: value}}`` with the values as text (empty when unknown).
 
     Raises:
-        LGGDataError: the file cannot be parsed or has no ``Patient`` column.
+        LGGDataError: the file cannot be read or parsed, or has no ``Patient`` column.
     """
     path = Path(path)
     try:
-        with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise LGGDataError(f"{path}: cannot read the clinical table ({error})") from None
-    if rows and "Patient" not in rows[0]:
-        raise LGGDataError(f"{path}: no 'Patient' column in the clinical table")
-    return {row["Patient"]: {k: (v or "") for k, v in row.items() if k != "Patient"} for row in rows}
+        raw = path.read_bytes()
+    except OSError as error:
+        raise LGGDataError(
+            f"{path}: cannot read the clinical table ({error.strerror or error}); fix or move it away"
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+        logger.warning("%s: not UTF-8 text, read as Latin-1", path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        header = [name.strip() for name in reader.fieldnames or []]
+    except csv.Error as error:
+        raise LGGDataError(
+            f"{path}: cannot parse the clinical table ({error}); fix or move it away"
+        ) from None
+    if "Patient" not in header:
+        raise LGGDataError(
+            f"{path}: no 'Patient' column in the clinical table (columns: {', '.join(header) or 'none'}); "
+            "fix its header or move it away"
+        )
+    table: dict[str, dict[str, str]] = {}
+    for row in rows:
+        row = {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
+        if row.get("Patient"):
+            table[row.pop("Patient")] = row
+    return table
 
 
 def make_folds(patients: Sequence[str], num_folds: int = 5, seed: int = 0) -> dict[str, int]:
@@ -505,10 +572,71 @@ def _prepare_one(folder: Path, staging: Path, spacing: tuple[float, float, float
     }
 
 
-def _has_results(output_dir: Path) -> bool:
-    return output_dir.exists() and (
-        (output_dir / DATALIST_FILENAME).exists() or any(output_dir.glob(f"*/{IMAGE_FILENAME}"))
-    )
+PROBLEMS_FILENAME = "problems.json"
+
+
+def _check_options(
+    num_folds: int, spacing: Sequence[float], workers: int | None
+) -> tuple[float, float, float]:
+    """Validate ``prepare``'s options before any work; returns the spacing as floats."""
+    try:
+        values = tuple(float(s) for s in spacing)
+        make_affine(values)
+    except (TypeError, ValueError):
+        raise LGGDataError(
+            f"--spacing {' '.join(map(str, spacing))}: expected three positive voxel sizes in mm; "
+            "e.g. --spacing 1 1 1"
+        ) from None
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise LGGDataError(f"--folds {num_folds}: at least 2 folds are needed; e.g. --folds 5")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise LGGDataError(f"--workers {workers}: expected a positive number of processes; e.g. --workers 2")
+    return values  # type: ignore[return-value]
+
+
+def _planned_files(folders: Sequence[Path]) -> list[str]:
+    """Every file ``prepare`` may write into the output, relative (posix), volumes first, datalist last."""
+    names = [f"{f.name}/{name}" for f in folders for name in (IMAGE_FILENAME, LABEL_FILENAME)]
+    return [*names, PATIENTS_TABLE_FILENAME, PROBLEMS_FILENAME, DATALIST_FILENAME]
+
+
+def _clashes(output_dir: Path, planned: Iterable[str], owned: set[str]) -> list[str]:
+    """Planned names that exist in ``output_dir`` but were not written by lggseg (or are in the way)."""
+    found = []
+    for rel in planned:
+        target = output_dir / rel
+        parent = target.parent
+        if parent != output_dir and (parent.is_symlink() or (parent.exists() and not parent.is_dir())):
+            found.append(parent.relative_to(output_dir).as_posix())
+        elif (target.exists() or target.is_symlink()) and (rel not in owned or target.is_dir()):
+            found.append(rel)
+    return sorted(set(found))
+
+
+def _check_output_contents(output_dir: Path, planned: Sequence[str], overwrite: bool) -> None:
+    """Refuse an output folder holding results without ``overwrite``, or holding foreign files at all
+    without ``overwrite``; even with it, refuse when a file lggseg did not write has a name it would write."""
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    owned = owned_files(output_dir)
+    if not overwrite:
+        if any((output_dir / rel).exists() for rel in owned):
+            raise LGGDataError(
+                f"{output_dir}: output folder already holds results; pass --overwrite to replace them "
+                "(files lggseg did not write are kept)"
+            )
+        foreign = foreign_files(output_dir)
+        raise LGGDataError(
+            f"{output_dir}: output folder is not empty and holds {len(foreign)} files lggseg did not write "
+            f"(e.g. {foreign[0] if foreign else '?'}); choose a new or empty folder, or pass --overwrite to "
+            "write beside them (they are kept)"
+        )
+    clashes = _clashes(output_dir, planned, owned)
+    if clashes:
+        raise LGGDataError(
+            f"{output_dir}: holds {len(clashes)} files lggseg did not write under names it would write "
+            f"(e.g. {clashes[0]}); they are never overwritten: move them away or choose another folder"
+        )
 
 
 def prepare_dataset(
@@ -524,47 +652,71 @@ def prepare_dataset(
 ) -> PrepareResult:
     """Convert a Kaggle ``kaggle_3m`` folder into per-patient NIfTI volumes, a datalist and folds.
 
-    Everything is written into a staging folder beside ``output_dir`` and renamed into place only when
-    every patient succeeded, so a failed or interrupted run leaves ``output_dir`` as it was.
+    Options, paths and the output folder are checked before any conversion. Everything is written into a
+    staging folder beside ``output_dir`` (see :func:`pipeline.safety.staging_folder`) and moved into place
+    only when every patient succeeded, so a failed or interrupted run leaves ``output_dir`` as it was.
+    The files written are listed in ``output_dir/.lggseg-manifest.json``; no file that is not listed there
+    is ever replaced or removed (see :mod:`pipeline.safety`).
 
     Args:
         input_dir: the ``kaggle_3m`` folder (patient sub-folders, optional ``data.csv``).
-        output_dir: where to write; must not already hold results unless ``overwrite``.
-        num_folds: number of patient-level folds, stratified by institution.
+        output_dir: where to write; outside ``input_dir``; empty or new unless ``overwrite``.
+        num_folds: number of patient-level folds, stratified by institution (2 to the number of patients).
         seed: seed of the fold assignment.
         spacing: voxel size in mm (row, column, slice).
-        overwrite: replace existing results in ``output_dir``.
+        overwrite: replace the results of an earlier run in ``output_dir`` and write into a folder that
+            holds other files; files lggseg did not write are kept, and a name clash with one is refused.
         skip_invalid: write the valid patients and list the invalid ones in ``problems`` instead of failing.
-        workers: parallel processes (default: the number of CPUs).
+        workers: parallel processes (default: the number of CPUs); they die with this process.
         progress: optional ``(iterable, total) -> iterable`` wrapper that shows progress (e.g. ``tqdm``).
 
     Returns:
         the :class:`PrepareResult`.
 
     Raises:
-        LGGDataError: the input is missing or empty, the output holds results and ``overwrite`` is off, or
-            (without ``skip_invalid``) any patient is invalid; the message lists every problem of every
-            patient.
+        LGGDataError: bad options, the input is missing or empty, a bad ``data.csv``, the output holds
+            results (or foreign files) and ``overwrite`` is off, or (without ``skip_invalid``) a patient is
+            invalid: then ``failures`` lists every problem of every patient.
+        UnsafeOutputError: the output equals, contains or is inside the input, is a file, or is not writable.
+        OSError: writing failed (disk full, ...); nothing is left half-written.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    spacing = tuple(float(s) for s in spacing)
-    make_affine(spacing)  # validates the spacing before any work
-    folders = discover_patients(input_dir)
-    if _has_results(output_dir) and not overwrite:
-        raise LGGDataError(
-            f"output folder {output_dir} already holds results; pass --overwrite to replace them"
-        )
+    spacing = _check_options(num_folds, spacing, workers)
+    folders = discover_patients(input_dir, include_empty=True)
     clinical_path = input_dir / CLINICAL_TABLE_FILENAME
+    check_output_location(output_dir, [input_dir, *folders, clinical_path])
+    if num_folds > len(folders):
+        raise LGGDataError(
+            f"--folds {num_folds}: more folds than the {len(folders)} patients in {input_dir}; "
+            f"choose --folds {min(5, len(folders))} or fewer"
+            if len(folders) >= 2
+            else f"{input_dir}: {len(folders)} patient is too few for folds; at least 2 are needed"
+        )
     clinical = read_clinical_table(clinical_path) if clinical_path.exists() else {}
+    planned = _planned_files(folders)
+    _check_output_contents(output_dir, planned, overwrite)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            staging = stack.enter_context(staging_folder(output_dir))
+        except OSError as error:
+            raise UnsafeOutputError(
+                output_dir.parent,
+                f"cannot create a staging folder here ({error.strerror or error})",
+                "choose another output folder or fix the permissions",
+            ) from None
         rows, problems = _prepare_patients(folders, staging, spacing, workers, progress)
         if problems and not skip_invalid:
-            raise LGGDataError([f"patient {p}: {m}" for p, m in sorted(problems.items())])
+            raise LGGDataError(
+                [f"patient {p}: {m}" for p, m in sorted(problems.items())],
+                failures=problems,
+            )
         if len(rows) < num_folds:
-            raise LGGDataError(f"{len(rows)} valid patients are too few for {num_folds} folds")
+            raise LGGDataError(
+                f"{input_dir}: {len(rows)} valid patients are too few for {num_folds} folds; "
+                "fix the invalid patients or pass a smaller --folds",
+                failures=problems,
+            )
         folds = make_folds([r["patient"] for r in rows], num_folds, seed)
         for row in rows:
             row["fold"] = folds[row["patient"]]
@@ -573,11 +725,46 @@ def prepare_dataset(
         _write_datalist(staging / DATALIST_FILENAME, rows, num_folds, seed, spacing)
         _write_patients_table(staging / PATIENTS_TABLE_FILENAME, rows)
         if problems:
-            _write_json(staging / "problems.json", problems)
-        _swap_into_place(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            _write_json(staging / PROBLEMS_FILENAME, problems)
+        written = [rel for rel in planned if (staging / rel).is_file()]
+        _move_into_place(staging, output_dir, written, planned, command="prepare")
     return PrepareResult(output_dir=output_dir, patients=rows, problems=problems)
+
+
+def _move_into_place(
+    staging: Path, output_dir: Path, written: list[str], planned: list[str], command: str
+) -> None:
+    """Move the finished files from ``staging`` into ``output_dir``, touching only lggseg's own files.
+
+    A new output folder is the staging folder renamed (one atomic step). Into an existing folder, the files
+    are first claimed in the manifest, then renamed one by one (volumes first, ``datalist.json`` last);
+    files of an earlier run that this run did not write again are removed; the manifest ends up listing
+    exactly what this run wrote.
+    """
+    if not output_dir.exists():
+        write_manifest(staging, written, command=command, replace=True)
+        (staging / STAGING_MARKER).unlink()
+        try:
+            os.replace(staging, output_dir)
+            return
+        except OSError:
+            if not output_dir.is_dir():  # created meanwhile: fall through to the careful path
+                raise
+            (staging / MANIFEST_FILENAME).unlink()
+    owned = owned_files(output_dir)
+    clashes = _clashes(output_dir, planned, owned)
+    if clashes:  # appeared since the check before the conversion
+        raise LGGDataError(
+            f"{output_dir}: {clashes[0]} appeared during the run and lggseg did not write it; "
+            "nothing was replaced: move it away and run again"
+        )
+    write_manifest(output_dir, written, command=command)
+    for rel in written:
+        target = output_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, target)
+    remove_owned(output_dir, owned - set(written))
+    write_manifest(output_dir, written, command=command, replace=True)
 
 
 def _prepare_patients(
@@ -596,12 +783,48 @@ def _prepare_patients(
         for folder, (row, error) in wrap(outcomes, len(folders)):
             _collect(folder, row, error, rows, problems)
         return rows, problems
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
         futures = {pool.submit(_call, _prepare_one, folder, staging, spacing): folder for folder in folders}
         for future in wrap(as_completed(futures), len(folders)):
             row, error = future.result()
             _collect(futures[future], row, error, rows, problems)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return rows, problems
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Make a worker process die with its parent, even when the parent is killed with ``kill -9``.
+
+    On Linux the kernel sends the worker ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere, a daemon thread also checks every half second that the parent is still there. ``Ctrl-C``
+    is left to the parent, which cancels the pending patients and removes the staging folder.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux") and os.getppid() == parent_pid:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid and not _alive(parent_pid):  # the parent died before prctl
+        os._exit(1)
+
+    def watch() -> None:
+        while _alive(parent_pid):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lggseg-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _call(function: Callable, *args: object) -> tuple[object, str | None]:
@@ -623,9 +846,7 @@ def _collect(folder: Path, row, error, rows: list, problems: dict) -> None:
 
 
 def _write_json(path: Path, payload: object) -> None:
-    tmp = _atomic_path(path)
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _write_datalist(path: Path, rows: list[dict[str, object]], num_folds: int, seed: int, spacing) -> None:
@@ -666,25 +887,11 @@ def _write_patients_table(path: Path, rows: list[dict[str, object]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    tmp = _atomic_path(path)
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _swap_into_place(staging: Path, output_dir: Path) -> None:
-    """Move the finished staging folder to ``output_dir``, replacing what was there only at the very end."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        retired = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}-{random.getrandbits(32):08x}")
-        os.replace(output_dir, retired)
-        os.replace(staging, output_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.replace(staging, output_dir)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def load_datalist(
@@ -783,37 +990,52 @@ def export_kaggle(
 ) -> list[Path]:
     """Write a label volume back as per-slice ``<patient>_<k>_mask.tif`` files (values 0/255, Kaggle layout).
 
+    Mask files are listed in ``output_dir/.lggseg-manifest.json``. A mask file lggseg did not write (an
+    original Kaggle mask, say) is never replaced, even with ``overwrite``; other files are left alone.
+
     Args:
         label_path: the label NIfTI (from ``prepare`` or a prediction).
         output_dir: folder for the masks (created).
         patient_id: file-name prefix; default the name of the label's parent folder.
-        overwrite: replace mask files that already exist.
+        overwrite: replace mask files of this patient that an earlier export wrote (and remove those of
+            slices the new label no longer has).
 
     Returns:
         the written files, slice 1 first.
 
     Raises:
-        LGGDataError: bad label file, or mask files already present without ``overwrite``.
+        LGGDataError: bad label file, mask files of an earlier export present without ``overwrite``, or
+            mask files lggseg did not write under the names it would write.
+        UnsafeOutputError: the output is a file or cannot be written.
     """
     label_path, output_dir = Path(label_path), Path(output_dir)
     patient_id = patient_id or label_path.resolve().parent.name
+    if not patient_id or Path(patient_id).name != patient_id:
+        raise LGGDataError(
+            f"--patient {patient_id!r}: not a valid file-name prefix; e.g. --patient TCGA_CS_4941"
+        )
+    check_output_location(output_dir)  # writes only *_mask.tif names, never the label
     mask, _ = load_label_volume(label_path)
     names = [output_dir / f"{patient_id}_{k + 1}_mask.tif" for k in range(mask.shape[-1])]
-    existing = [p.name for p in names if p.exists()]
+    owned = owned_files(output_dir)
+    existing = [p for p in names if p.exists() or p.is_symlink()]
+    foreign = [p.name for p in existing if p.name not in owned or p.is_dir()]
+    if foreign:
+        raise LGGDataError(
+            f"{output_dir}: holds {len(foreign)} mask files lggseg did not write (e.g. {foreign[0]}); "
+            "they are never overwritten, even with --overwrite: choose another folder or move them away"
+        )
     if existing and not overwrite:
         raise LGGDataError(
-            f"{output_dir} already holds {len(existing)} mask files (e.g. {existing[0]}); pass --overwrite"
+            f"{output_dir}: already holds {len(existing)} mask files of an earlier export "
+            f"(e.g. {existing[0].name}); pass --overwrite to replace them"
         )
+    pattern = re.compile(rf"^{re.escape(patient_id)}_\d+_mask\.tif$")
+    stale = {rel for rel in owned if pattern.match(rel)} - {p.name for p in names}
     output_dir.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[Path, Path]] = []
-    try:
+    write_manifest(output_dir, [p.name for p in names], command="export-kaggle")
+    with contextlib.ExitStack() as stack:  # every file is renamed into place only when all are written
         for k, name in enumerate(names):
-            tmp = _atomic_path(name)
-            tifffile.imwrite(tmp, (mask[..., k] * 255).astype(np.uint8))
-            staged.append((tmp, name))
-        for tmp, name in staged:
-            os.replace(tmp, name)
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
+            tifffile.imwrite(stack.enter_context(atomic_path(name)), (mask[..., k] * 255).astype(np.uint8))
+    remove_owned(output_dir, stale)
     return names

@@ -444,9 +444,8 @@ def staging_folder(target: str | os.PathLike) -> Iterator[Path]:
     target = _resolve(target)
     remove_stale_staging(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{target.name}{_STAGING_INFIX}{os.getpid()}-", dir=target.parent)
-    )
+    staging = target.parent / f".{target.name}{_STAGING_INFIX}{os.getpid()}-{os.urandom(4).hex()}"
+    staging.mkdir()  # the usual permissions (umask), as the output folder it may become
     try:
         marker = {"pid": os.getpid(), "start": _process_start(os.getpid()), "target": target.name}
         marker["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Volumetric LGG brain-tumour segmentation on MONAI.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of errors instead of a one-line message"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)

@@ -1,17 +1,33 @@
-"""Data commands: ``prepare`` (Kaggle folders -> NIfTI + datalist), ``export-kaggle``, ``synthesize``."""
+"""Data commands: ``prepare`` (Kaggle folders -> NIfTI + datalist), ``export-kaggle``, ``synthesize``.
+
+They keep the project rule of :mod:`pipeline.safety`: no command deletes or overwrites a file it did not
+write. Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <what to do>``, with exit
+code 2 for bad usage or input and 1 when some patients failed (one line each); ``--debug`` shows tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.data import LGGDataError, export_kaggle, prepare_dataset
+from pipeline.safety import UnsafeOutputError, check_output_location, staging_folder, write_manifest
 from pipeline.synthetic import write_synthetic_kaggle
 
 logger = logging.getLogger("lggseg")
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Discover patients, validate and sort their slices numerically, stack them into "
         "3-channel image and binary label volumes (compressed NIfTI), and write datalist.json (MONAI "
         "decathlon format, patient-level folds stratified by institution) and patients.csv (data.csv "
-        "fields per patient). Nothing is left half-written: results appear only when all is done.",
+        "fields per patient). Nothing is left half-written: results appear only when all is done, and no "
+        "file lggseg did not write is ever replaced or removed (the written files are listed in "
+        "OUTPUT/.lggseg-manifest.json).",
     )
     prepare.add_argument("--input", required=True, type=Path, help="the kaggle_3m folder")
     prepare.add_argument("--output", required=True, type=Path, help="output folder")
@@ -37,12 +55,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="voxel size in mm (default 1 1 1; the TIFFs do not store it)",
     )
     prepare.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPUs)")
-    prepare.add_argument("--overwrite", action="store_true", help="replace results already in --output")
+    prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier prepare in --output, or write into a folder holding other "
+        "files; files lggseg did not write are never replaced or removed",
+    )
     prepare.add_argument(
         "--skip-invalid",
         action="store_true",
         help="write the valid patients and list invalid ones in problems.json (exit code stays 1)",
     )
+    _add_debug(prepare)
     prepare.set_defaults(func=run_prepare)
 
     export = subparsers.add_parser(
@@ -54,7 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--label", required=True, type=Path, help="label or prediction NIfTI")
     export.add_argument("--output", required=True, type=Path, help="folder for the mask TIFFs")
     export.add_argument("--patient", default=None, help="file-name prefix (default: the label's folder name)")
-    export.add_argument("--overwrite", action="store_true", help="replace existing mask files")
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace mask files an earlier export-kaggle wrote (never masks lggseg did not write)",
+    )
+    _add_debug(export)
     export.set_defaults(func=run_export_kaggle)
 
     synth = subparsers.add_parser(
@@ -67,52 +96,120 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--patients", type=int, default=10, help="number of patients (default 10)")
     synth.add_argument("--size", type=int, default=256, help="slice height and width (default 256)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_debug(synth)
     synth.set_defaults(func=run_synthesize)
 
 
+def _say(message: str) -> None:
+    """Print one ``lggseg: error:`` line (newlines in ``message`` become ``; ``)."""
+    print(
+        "lggseg: error: " + "; ".join(part.strip() for part in message.splitlines() if part.strip()),
+        file=sys.stderr,
+    )
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turn errors into one-line messages and exit codes; ``--debug`` re-raises them (full traceback)."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except Exception as error:
+            if getattr(args, "debug", False):
+                raise
+            if isinstance(error, LGGDataError) and error.failures:
+                return _report_failures(args, error.failures, error)
+            if isinstance(error, (LGGDataError, UnsafeOutputError)):
+                _say(str(error) if not isinstance(error, LGGDataError) else "; ".join(error.problems))
+                return 2
+            if isinstance(error, OSError):
+                where = error.filename or "output"
+                _say(
+                    f"{where}: {error.strerror or error}; nothing was half-written: fix the cause, run again"
+                )
+                return 1
+            _say(
+                f"internal error ({type(error).__name__}: {error}); run again with --debug for the traceback"
+            )
+            return 1
+        except KeyboardInterrupt:
+            if getattr(args, "debug", False):
+                raise
+            _say("interrupted; nothing was written or removed (earlier results are as they were)")
+            return 130
+
+    return wrapper
+
+
+def _report_failures(
+    args: argparse.Namespace, failures: dict[str, str], error: Exception | None = None
+) -> int:
+    """One line per failed patient, naming its folder; exit code 1."""
+    for patient, message in sorted(failures.items()):
+        hint = (
+            f"skipped, listed in {args.output / 'problems.json'}"
+            if args.skip_invalid
+            else "fix or remove the folder, or pass --skip-invalid to write the other patients"
+        )
+        _say(f"{args.input / patient}: {'; '.join(m.strip() for m in message.splitlines())}; {hint}")
+    if error is not None and not error.problems[0].startswith("patient "):
+        _say("; ".join(error.problems))  # a problem of the run as a whole (e.g. too few valid patients)
+    return 1
+
+
+@_guarded
 def run_prepare(args: argparse.Namespace) -> int:
     """Run ``lggseg prepare``."""
-    try:
-        result = prepare_dataset(
-            args.input,
-            args.output,
-            num_folds=args.folds,
-            seed=args.seed,
-            spacing=args.spacing,
-            overwrite=args.overwrite,
-            skip_invalid=args.skip_invalid,
-            workers=args.workers,
-            progress=lambda it, total: tqdm(it, total=total, desc="prepare", unit="patient"),
-        )
-    except LGGDataError as error:
-        logger.error("%s", error)
-        return 1
+    result = prepare_dataset(
+        args.input,
+        args.output,
+        num_folds=args.folds,
+        seed=args.seed,
+        spacing=args.spacing,
+        overwrite=args.overwrite,
+        skip_invalid=args.skip_invalid,
+        workers=args.workers,
+        progress=lambda it, total: tqdm(it, total=total, desc="prepare", unit="patient"),
+    )
     logger.info(
         "wrote %d patients, %s/datalist.json and patients.csv", len(result.patients), result.output_dir
     )
     if result.problems:
-        logger.error("%d patients skipped (see problems.json)", len(result.problems))
-        return 1
+        return _report_failures(args, result.problems)
     return 0
 
 
+@_guarded
 def run_export_kaggle(args: argparse.Namespace) -> int:
     """Run ``lggseg export-kaggle``."""
-    try:
-        files = export_kaggle(args.label, args.output, patient_id=args.patient, overwrite=args.overwrite)
-    except LGGDataError as error:
-        logger.error("%s", error)
-        return 1
+    files = export_kaggle(args.label, args.output, patient_id=args.patient, overwrite=args.overwrite)
     logger.info("wrote %d mask files to %s", len(files), args.output)
     return 0
 
 
+@_guarded
 def run_synthesize(args: argparse.Namespace) -> int:
-    """Run ``lggseg synthesize``."""
-    try:
-        root = write_synthetic_kaggle(args.output, num_patients=args.patients, seed=args.seed, size=args.size)
-    except FileExistsError as error:
-        logger.error("%s", error)
-        return 1
-    logger.info("wrote %d synthetic patients to %s", args.patients, root)
+    """Run ``lggseg synthesize``: into a new or empty folder only, staged and moved into place at the end."""
+    if args.patients < 1:
+        raise LGGDataError(f"--patients {args.patients}: expected at least 1; e.g. --patients 10")
+    if args.size < 16:
+        raise LGGDataError(f"--size {args.size}: expected at least 16 pixels; e.g. --size 256")
+    output = check_output_location(args.output)
+    if output.exists() and any(output.iterdir()):
+        raise LGGDataError(
+            f"{args.output}: folder is not empty; synthesize writes only into a new or empty folder"
+        )
+    with staging_folder(output) as staging:
+        root = write_synthetic_kaggle(
+            staging / "data", num_patients=args.patients, seed=args.seed, size=args.size
+        )
+        files = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        write_manifest(root, files, command="synthesize", replace=True)
+        if not output.exists():
+            os.replace(root, output)
+        else:  # an empty folder: move the entries in, none can clash
+            for entry in root.iterdir():
+                os.replace(entry, output / entry.name)
+    logger.info("wrote %d synthetic patients to %s", args.patients, args.output)
     return 0
