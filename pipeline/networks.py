@@ -18,6 +18,11 @@ resunet        2, 3   yes  8      :class:`pipeline.resunet.ResUNet`, ``features=
 unetplusplus   2, 3   yes  16     :class:`pipeline.unetplusplus.UNetPlusPlus` (MONAI body), pruning
 deeplabv3plus  2      no   16     :class:`pipeline.deeplab.DeepLabV3Plus` (dilated ResNet-18 encoder)
 swinunetr      2, 3   no   32     MONAI ``SwinUNETR`` (the transformer member), ``feature_size=24``
+segmenter      2      no   16     :class:`pipeline.segmenter.Segmenter`, ViT-tiny, ``decoder="mask"``
+fcn8s          2      no   32     :class:`pipeline.fcn.FCN`, VGG-16 layout, ``base_width=32``
+fcn16s         2      no   32     ``fcn8s`` with ``variant="16s"`` (pool4 skip only)
+fcn32s         2      no   32     ``fcn8s`` with ``variant="32s"`` (no skip)
+hrnet          2      no   32     :class:`pipeline.hrnet.HRNet`, HRNetV2, ``width=18`` (W18-small)
 segresnet      2, 3   no   8      MONAI ``SegResNet``, ``init_filters=16``
 monaiunet      2, 3   no   16     MONAI ``UNet``, channels 16..256, two residual units per level
 unet3d         3      no   16     ``monaiunet`` in 3D (anisotropic ``strides`` welcome)
@@ -26,7 +31,9 @@ swinunetr3d    3      no   32     ``swinunetr`` in 3D
 ============== ====== ==== ====== ===================================================================
 
 ``**kwargs`` go to the implementation (e.g. ``widths`` for UNeXt, ``base_width`` for U-Net,
-``pruning_level`` for U-Net++, ``encoder_weights`` for DeepLabV3+, ``strides`` for MONAI UNet).
+``pruning_level`` for U-Net++, ``encoder_weights`` for DeepLabV3+, ``strides`` for MONAI UNet,
+``size``/``decoder``/``img_size`` for Segmenter, ``base_width`` for FCN, ``width``/``num_modules`` for
+HRNet).
 
 Deep supervision (``deep_supervision=True``, only where the table says yes, ``ValueError``
 otherwise): in training mode ``forward`` returns a list, the full-resolution main logits first and
@@ -124,6 +131,24 @@ def _build_swinunetr(spatial_dims: int, in_channels: int, out_channels: int, **k
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, **kwargs)
 
 
+def _build_segmenter(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    from pipeline.segmenter import Segmenter
+
+    return Segmenter(in_channels, out_channels, **kwargs)
+
+
+def _build_fcn(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    from pipeline.fcn import FCN
+
+    return FCN(in_channels, out_channels, **kwargs)
+
+
+def _build_hrnet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    from pipeline.hrnet import HRNet
+
+    return HRNet(in_channels, out_channels, **kwargs)
+
+
 def _build_segresnet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
     from monai.networks.nets import SegResNet
 
@@ -164,6 +189,16 @@ _register("deeplabv3plus", "DeepLabV3+: dilated ResNet-18, separable ASPP and de
           (2,), False, 16, "custom", _build_deeplab)
 _register("swinunetr", "SwinUNETR: Swin-transformer encoder, CNN decoder",
           (2, 3), False, 32, _MONAI + "SwinUNETR", _build_swinunetr, _SWINUNETR_DEFAULTS)
+_register("segmenter", "Segmenter: ViT encoder on 16x16 patches, mask-transformer decoder",
+          (2,), False, 16, "custom", _build_segmenter)
+_register("fcn8s", "FCN-8s: VGG-16 layout, skips from pool3 and pool4 (base width 32)",
+          (2,), False, 32, "custom", _build_fcn, {"variant": "8s"})
+_register("fcn16s", "FCN-16s: VGG-16 layout, skip from pool4 (base width 32)",
+          (2,), False, 32, "custom", _build_fcn, {"variant": "16s"})
+_register("fcn32s", "FCN-32s: VGG-16 layout, x32 learned upsampling (base width 32)",
+          (2,), False, 32, "custom", _build_fcn, {"variant": "32s"})
+_register("hrnet", "HRNetV2: four parallel resolutions, repeated fusion (W18-small)",
+          (2,), False, 32, "custom", _build_hrnet)
 _register("segresnet", "SegResNet: residual encoder, light decoder",
           (2, 3), False, 8, _MONAI + "SegResNet", _build_segresnet, _SEGRESNET_DEFAULTS)
 _register("monaiunet", "MONAI UNet with residual units (16..256)",
@@ -257,7 +292,7 @@ def network_stride(name: str, spatial_dims: int | None = None, **kwargs) -> tupl
         name: registry name.
         spatial_dims: as for :func:`build_network`.
         **kwargs: build options that change the stride (``strides`` of MONAI UNet, ``features`` of
-            ResU-Net, ``blocks_down`` of SegResNet); others are ignored.
+            ResU-Net, ``blocks_down`` of SegResNet, ``patch_size`` of Segmenter); others are ignored.
 
     Returns:
         one stride per spatial dimension; inputs must be multiples of it.
@@ -276,6 +311,8 @@ def network_stride(name: str, spatial_dims: int | None = None, **kwargs) -> tupl
         return (2 ** (len(options["features"]) - 1),) * dims
     if base == "segresnet":
         return (2 ** (len(options["blocks_down"]) - 1),) * dims
+    if base == "segmenter":
+        return (int(options.get("patch_size", info.stride)),) * dims
     return (info.stride,) * dims
 
 
