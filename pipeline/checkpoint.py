@@ -4,7 +4,8 @@ The last-epoch checkpoint (``checkpoint_epoch=N.pt``, two kept) holds the networ
 scheduler, trainer state (epoch, iteration), grad scaler, early-stopping and best-model bookkeeping,
 the run configuration and :class:`RNGState` (Python, NumPy, torch and every random transform's own
 generator), so that a resumed CPU run ends with the same weights as an uninterrupted one. The best
-checkpoint (``best_model.pt``) holds the network and the configuration only. Everything is saved as
+checkpoint (``best_model.pt``) holds the weights under ``"model"`` (as MONAI's ``CheckpointSaver`` /
+``CheckpointLoader`` and MONAI Label expect) and the run configuration beside them. Everything is saved as
 plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads it.
 """
 
@@ -22,6 +23,8 @@ from monai.transforms import Randomizable
 
 LAST_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
+MODEL_KEY = "model"  # MONAI's CheckpointLoader and MONAI Label read the weights from this key
+LEGACY_MODEL_KEY = "network"
 
 
 def _np_state_to_dict(state: tuple) -> dict[str, Any]:
@@ -128,7 +131,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path: a ``best_model.pt`` or ``checkpoint_epoch=N.pt``.
 
     Returns:
-        the saved mapping (``network``, ``config``, ...).
+        the saved mapping (``model``: the weights, ``config``, ...); files written by earlier versions
+        (weights under ``network``) come back in the same form.
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -141,6 +145,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our checkpoint"
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict) or "network" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not an lggseg checkpoint (needs 'network' and 'config' entries)")
+    if isinstance(ckpt, dict) and LEGACY_MODEL_KEY in ckpt and MODEL_KEY not in ckpt:
+        ckpt[MODEL_KEY] = ckpt.pop(LEGACY_MODEL_KEY)  # files of lggseg <= 0.1 held the weights there
+        if isinstance(ckpt.get("best_checkpointer"), dict) and "saved" in ckpt["best_checkpointer"]:
+            ckpt["best_checkpointer"] = {"key_metric": ckpt["best_checkpointer"]}
+    if not isinstance(ckpt, dict) or MODEL_KEY not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path} is not an lggseg checkpoint (needs '{MODEL_KEY}' and 'config' entries)")
     return ckpt

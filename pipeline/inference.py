@@ -4,25 +4,31 @@
 volumes ``(B, C, H, W, D)`` to the tumour probability ``(B, 1, H, W, D)`` on the volume's device. The
 windows (slices or patches) run on ``sw_device`` (the network's device, e.g. the GPU) so that a large
 volume can stay on the CPU. :func:`build_postprocessing` thresholds the probability and filters
-connected components.
+connected components; :func:`prediction_writer` writes each case with MONAI's ``SaveImaged`` as
+``<output>/<case>/<case>_seg.nii.gz`` (uint8, the input's shape and affine), under a temporary name first.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
-from monai.transforms import AsDiscreted, Compose
+from monai.transforms import AsDiscreted, Compose, MapTransform, SaveImaged
 
+from pipeline.cases import case_name
 from pipeline.transforms import ConnectedComponentFilterd, SliceContext
 
 TTA_MODES = ("none", "flip", "scale", "flip+scale")
+PREDICTION_POSTFIX = "seg"
+PARTIAL_MARK = ".partial"
 
 
 class VolumeInferer(Inferer):
@@ -197,3 +203,62 @@ class VolumePrepareBatch(PrepareBatch):
         if batchdata["image"].numel() > self.max_device_voxels:
             device = torch.device("cpu")
         return default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+
+
+def case_name_formatter(metadict: dict, saver: Any) -> dict:
+    """``SaveImaged``'s ``output_name_formatter``: name the output after the case (see
+    :func:`pipeline.cases.case_name`), never after a file name shared by every case (``image.nii.gz``)."""
+    source = metadict.get("filename_or_obj", getattr(saver, "_data_index", 0)) if metadict else 0
+    return {"subject": case_name(str(source)), "idx": None}
+
+
+class PublishSavedd(MapTransform):
+    """Rename the file ``SaveImaged`` just wrote (``saved_to`` in the metadata) from its temporary name to
+    its final one, so an interrupted run never leaves a half-written prediction under the final name.
+
+    Args:
+        keys: the saved keys (``"pred"``).
+    """
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", {})
+            saved = meta.get("saved_to")
+            folder, name = os.path.split(str(saved or ""))
+            if PARTIAL_MARK in name:
+                final = os.path.join(folder, "".join(name.rsplit(PARTIAL_MARK, 1)))
+                os.replace(saved, final)
+                meta["saved_to"] = final
+        return d
+
+
+def prediction_path(output_dir: str | os.PathLike, case: str) -> str:
+    """Where :func:`prediction_writer` puts the prediction of ``case``."""
+    return os.path.join(str(output_dir), case, f"{case}_{PREDICTION_POSTFIX}.nii.gz")
+
+
+def prediction_writer(output_dir: str | os.PathLike, key: str = "pred") -> Compose:
+    """MONAI ``SaveImaged`` of the binary prediction, then :class:`PublishSavedd`.
+
+    Args:
+        output_dir: root of the outputs; each case gets ``<case>/<case>_seg.nii.gz``.
+        key: the key to write.
+    """
+    return Compose(
+        [
+            SaveImaged(
+                keys=key,
+                output_dir=str(output_dir),
+                output_postfix=PREDICTION_POSTFIX + PARTIAL_MARK,
+                output_ext=".nii.gz",
+                output_dtype=np.uint8,
+                resample=False,
+                separate_folder=True,
+                output_name_formatter=case_name_formatter,
+                savepath_in_metadict=True,
+                print_log=False,
+            ),
+            PublishSavedd(keys=key),
+        ]
+    )

@@ -1,6 +1,6 @@
 """Per-patient evaluation time: whole-volume inference + post-processing + metrics, loading reported apart.
 
-It runs :func:`pipeline.engines.evaluate` (the code behind ``lggseg evaluate``) over the prepared
+It runs :func:`pipeline.workflows.evaluate` (the code behind ``lggseg evaluate``) over the prepared
 patients and reads the per-patient timings it records from the evaluator's events: ``load_s``
 (reading and normalising the volume), ``inference_s`` (``SliceInferer`` over every slice),
 ``postprocess_s`` (threshold and connected components), ``metrics_s`` (3D metrics and slice counts);
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from bench_data import add_data_arguments, prepared_entries
 
-from pipeline.engines import RunConfig, create_network, evaluate
+from pipeline.config import RunConfig
+from pipeline.workflows import create_network, evaluate
 
 TIMINGS = ("load_s", "inference_s", "postprocess_s", "metrics_s", "eval_s")
 
@@ -37,7 +38,7 @@ def untrained_checkpoint(arch: str, folder: Path) -> Path:
     cfg = RunConfig.from_dict({"arch": arch, "progress": False})
     torch.manual_seed(0)
     path = folder / "untrained.pt"
-    torch.save({"network": create_network(cfg).state_dict(), "config": asdict(cfg)}, path)
+    torch.save({"model": create_network(cfg).state_dict(), "config": asdict(cfg)}, path)
     return path
 
 

@@ -25,9 +25,12 @@ import torch
 from bench_data import add_data_arguments, prepared_entries
 from ignite.engine import Events
 
-from pipeline.engines import RunConfig, build_trainer, create_network, make_train_loader
+from pipeline.config import RunConfig
+from pipeline.engines import build_dataset, build_train_loader, build_trainer
 from pipeline.losses import build_loss
 from pipeline.optim import build_optimizer
+from pipeline.transforms import build_transforms
+from pipeline.workflows import create_network, transform_settings
 
 
 def peak_rss_mib() -> float:
@@ -54,10 +57,18 @@ def bare_throughput(cfg: RunConfig, size: tuple[int, int], iterations: int, warm
 def pipeline_throughput(cfg: RunConfig, files: list[dict], iterations: int, warmup: int) -> dict[str, float]:
     """Slices per second of the real training loop once the cache is full, and the caching time."""
     start = time.perf_counter()
-    loader = make_train_loader(cfg, files, torch.device("cpu"))
+    dataset = build_dataset(files, build_transforms("train", transform_settings(cfg)), cfg.cache)
+    loader = build_train_loader(dataset, cfg.batch_size, cfg.num_samples, cfg.volume_repeats)
     cache_s = time.perf_counter() - start
     network = create_network(cfg)
-    trainer = build_trainer(cfg, network, loader, torch.device("cpu"))
+    trainer = build_trainer(
+        device=torch.device("cpu"),
+        max_epochs=cfg.epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=build_optimizer(cfg.optimizer, network.parameters(), cfg.lr),
+        loss_function=build_loss(cfg.loss, cfg.num_classes, cfg.deep_supervision, cfg.batch_dice),
+    )
     marks: dict[str, float] = {}
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED(once=warmup), lambda _: marks.update(t0=time.perf_counter())

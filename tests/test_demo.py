@@ -39,7 +39,7 @@ def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
     assert mean_dice > 0.5, f"the demo model must learn the synthetic task (mean Dice {mean_dice:.3f})"
     for name in ("metrics_per_patient.csv", "dice_per_institution.png", "overlay_worst.png"):
         assert (fold_dir / "evaluation" / name).is_file(), name
-    predictions = sorted((output / "predictions").glob("*/prediction.nii.gz"))
+    predictions = sorted((output / "predictions").glob("*/*_seg.nii.gz"))
     assert len(predictions) == 10
     masks = list((predictions[0].parent / "kaggle_masks").glob("*_mask.tif"))
     assert len(masks) == len(list((output / "kaggle_3m" / predictions[0].parent.name).glob("*_mask.tif")))

@@ -14,12 +14,13 @@ from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.checkpoint import load_checkpoint
+from pipeline.config import KEY_METRIC, RunConfig
 from pipeline.data import LGGDataError, prepare_dataset
-from pipeline.engines import KEY_METRIC, RunConfig, cross_validate, evaluate, infer, prepare_run, train
 from pipeline.inference import VolumeInferer, build_postprocessing
 from pipeline.losses import LOSSES, build_loss
 from pipeline.optim import build_optimizer, build_scheduler
 from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.workflows import cross_validate, evaluate, infer, prepare_run, train
 
 # tiny runs: 64x64 synthetic slices, a few iterations per epoch
 ARCH = "unext"  # the project's default network: small, fast, and it learns within a few iterations
@@ -36,7 +37,7 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 
 def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir / "checkpoints" / name)["network"]
+    return load_checkpoint(run_dir / "checkpoints" / name)["model"]
 
 
 # ----------------------------------------------------------------------------- losses and schedules
@@ -176,7 +177,7 @@ def test_two_epoch_run_writes_checkpoints_tensorboard_and_a_report(synthetic_dat
     for name in ("metrics_per_patient.csv", "metrics.json", "dice_per_institution.png", "overlay_worst.png"):
         assert (tmp_path / "eval" / name).is_file()
     pid = report["records"][0]["patient_id"]
-    pred = nib.load(tmp_path / "eval" / "predictions" / pid / "prediction.nii.gz")
+    pred = nib.load(tmp_path / "eval" / "predictions" / pid / f"{pid}_seg.nii.gz")
     image = nib.load(synthetic_data / pid / "image.nii.gz")
     assert pred.shape == image.shape[:3] and np.allclose(pred.affine, image.affine)
 
@@ -236,8 +237,8 @@ def test_resume_after_interruption_gives_the_same_weights(synthetic_data, tmp_pa
     assert again["epochs"] == 3 and again["best_metric"] == result["best_metric"]
     c = _weights(Path(result["run_dir"]), "checkpoint_epoch=3.pt")
     assert all(torch.equal(b[k], c[k]) for k in b)
-    best_a = load_checkpoint(straight / "checkpoints" / "best_model.pt")["network"]
-    best_b = load_checkpoint(Path(result["run_dir"]) / "checkpoints" / "best_model.pt")["network"]
+    best_a = load_checkpoint(straight / "checkpoints" / "best_model.pt")["model"]
+    best_b = load_checkpoint(Path(result["run_dir"]) / "checkpoints" / "best_model.pt")["model"]
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 

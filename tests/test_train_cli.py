@@ -82,7 +82,7 @@ def test_train_evaluate_infer_commands(prepared, tmp_path, capsys):
         )
         == 0
     )
-    assert len(list((tmp_path / "pred").glob("*/prediction.nii.gz"))) == 6
+    assert len(list((tmp_path / "pred").glob("*/*_seg.nii.gz"))) == 6
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_kill_9_then_resume_ends_with_the_same_weights(prepared, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr
     a = load_checkpoint(tmp_path / "a" / "lggseg" / "fold0" / "checkpoints" / "checkpoint_epoch=3.pt")[
-        "network"
+        "model"
     ]
-    b = load_checkpoint(ckpts / "checkpoint_epoch=3.pt")["network"]
+    b = load_checkpoint(ckpts / "checkpoint_epoch=3.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

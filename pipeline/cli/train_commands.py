@@ -1,5 +1,5 @@
 """``lggseg train``, ``evaluate``, ``infer`` and ``cv``: parse the options into a configuration and call
-:mod:`pipeline.engines`. The training options are generated from :class:`pipeline.engines.RunConfig`
+:mod:`pipeline.workflows`. The training options are generated from :class:`pipeline.config.RunConfig`
 (``--lr 3e-4``, ``--input-size 256 256``, ``--deep-supervision`` / ``--no-deep-supervision``, ...), so
 the CLI, a ``--config`` JSON file and the bundle share one list of options.
 """
@@ -10,56 +10,36 @@ import argparse
 import json
 import logging
 import sys
-import types
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.engines import RunConfig
+from pipeline.config import OPTION_HELP, POSTPROCESSING_KEYS, RunConfig, option_choices, option_type
 
 logger = logging.getLogger("lggseg")
 
-POSTPROCESSING_KEYS = ("threshold", "keep_largest", "min_size", "tta", "sw_batch_size", "num_workers")
-HELP = {
-    "name": "run name; outputs go to OUTPUT/NAME/fold<k>",
-    "output": "root folder of the runs",
-    "data": "prepared data folder (with datalist.json, from `lggseg prepare`) or a datalist file",
-    "fold": "test fold, held out from training and validation",
-    "val_fold": "validation fold (default: the fold after --fold)",
-    "arch": "network name in the registry",
-    "input_channels": "check: 3 x (2 x context + 1) in 2D, 3 in 3D",
-    "num_classes": "1: one sigmoid channel; 2: softmax over background/tumour",
-    "input_size": "in-plane training size H W (the UNeXt script's input_h input_w; default native)",
-    "loss": "dice_ce, bce_dice, dice_focal or tversky",
-    "batch_dice": "Dice term over the whole batch instead of per slice (MONAI batch=True)",
-    "optimizer": "adam, adamw or sgd",
-    "scheduler": "cosine, plateau, multistep or constant",
-    "early_stopping": "stop after this many validations without improvement (<= 0: off)",
-    "context": "2.5D: neighbouring slices on each side as extra channels",
-    "num_samples": "slices (3D: patches) drawn per volume per visit",
-    "pos": "weight of tumour slices in sampling",
-    "neg": "weight of tumour-free slices in sampling",
-    "cache": "memory (CacheDataset), disk (PersistentDataset) or none",
-    "val_interval": "validate every N epochs (and after the last)",
-    "grad_clip": "clip the gradient norm (0: off)",
-    "device": "auto (CUDA when present), cpu or cuda[:i]",
-    "resume": "continue from the last checkpoint_epoch=N.pt of the run",
-    "threshold": "probability threshold of the tumour",
-    "keep_largest": "keep the N largest 3D connected components (Buda et al.: 1; 0: off)",
-    "min_size": "drop 3D components under this many voxels (0: off)",
-    "tta": "test-time augmentation: none, flip, scale or flip+scale",
-    "network_kwargs": "JSON object of extra network arguments",
-}
 
-
-def _field_type(f: Any) -> Any:
-    """The base type of a dataclass field, the element type for tuples, without ``| None``."""
-    hint = typing.get_type_hints(RunConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
-        hint = args[0]
-    return hint
+def _add_option(parser: argparse.ArgumentParser, name: str, default: Any, help_suffix: str = "") -> None:
+    """One ``--name`` option of a :class:`RunConfig` field: help, choices and length from pipeline.config."""
+    flag = "--" + name.replace("_", "-")
+    base, nargs = option_type(name)
+    help_text = f"{OPTION_HELP.get(name, name.replace('_', ' '))} ({help_suffix or f'default: {default}'})"
+    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+    choices = option_choices(name)
+    if base is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        return
+    if nargs is not None:
+        kwargs["nargs"] = nargs
+        kwargs["metavar"] = {"input_size": ("H", "W"), "patch_size": ("H", "W", "D")}.get(name)
+    if typing.get_origin(base) is dict:
+        kwargs["type"] = json.loads
+    else:
+        kwargs["type"] = base
+    if choices is not None:
+        kwargs["choices"] = choices
+    parser.add_argument(flag, **kwargs)
 
 
 def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -68,19 +48,8 @@ def add_config_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
     for f in fields(RunConfig):
         if f.name in skip or f.name == "divisible":  # derived from the network's stride
             continue
-        flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{HELP.get(f.name, f.name.replace('_', ' '))} (default: {default})"
-        hint = _field_type(f)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(hint) is tuple:
-            parser.add_argument(flag, nargs="+", type=typing.get_args(hint)[0], **kwargs)
-        elif typing.get_origin(hint) is dict:
-            parser.add_argument(flag, type=json.loads, **kwargs)
-        else:
-            parser.add_argument(flag, type=hint, **kwargs)
+        _add_option(parser, f.name, default)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -94,14 +63,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _postprocessing_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model file (best_model.pt)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:i]")
-    parser.add_argument("--threshold", type=float, help=HELP["threshold"] + " (default: the run's)")
-    parser.add_argument("--keep-largest", dest="keep_largest", type=int, help=HELP["keep_largest"])
-    parser.add_argument("--min-size", dest="min_size", type=int, help=HELP["min_size"])
-    parser.add_argument("--tta", choices=("none", "flip", "scale", "flip+scale"), help=HELP["tta"])
-    parser.add_argument("--sw-batch-size", dest="sw_batch_size", type=int, help="slices per forward pass")
-    parser.add_argument("--num-workers", dest="num_workers", type=int, help="data loader workers")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="model file (best_model.pt, model.pt)")
+    parser.add_argument("--device", default="auto", help=OPTION_HELP["device"] + " (default: auto)")
+    for name in POSTPROCESSING_KEYS:
+        _add_option(parser, name, None, "default: the run's")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -109,29 +74,35 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _guard(job: Any) -> int:
-    """Run ``job``; bad input becomes one clear line on stderr and exit code 2."""
+    """Run ``job``; bad input becomes one clear line on stderr and exit code 2, failed cases exit code 1."""
+    from pipeline.workflows import CasesFailed
+
     try:
         job()
-    except (FileNotFoundError, ValueError) as error:
+    except CasesFailed as error:
         print(f"lggseg: error: {error}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as error:
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"lggseg: error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pipeline.engines import train
+    from pipeline.workflows import train
 
     return _guard(lambda: train(config_from_args(args)))
 
 
 def run_cv(args: argparse.Namespace) -> int:
-    from pipeline.engines import cross_validate
+    from pipeline.workflows import cross_validate
 
     return _guard(lambda: cross_validate(config_from_args(args), folds=args.folds))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.engines import evaluate
+    from pipeline.workflows import evaluate
 
     def job() -> None:
         result = evaluate(
@@ -153,7 +124,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from pipeline.engines import infer
+    from pipeline.workflows import infer
 
     def job() -> None:
         written = infer(
@@ -163,6 +134,7 @@ def run_infer(args: argparse.Namespace) -> int:
             overrides=_overrides(args),
             kaggle_masks=args.kaggle_masks,
             device=args.device,
+            overwrite=args.overwrite,
         )
         print(f"{len(written)} predictions written to {args.output}")
 
@@ -186,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Cross-validation: each fold in turn is the test fold; finished "
         "folds are skipped, interrupted ones resumed. Report in OUTPUT/NAME/cv.",
     )
-    add_config_options(p, skip=("fold", "resume"))
+    add_config_options(p, skip=("fold", "resume", "val_fold"))
     p.add_argument("--folds", type=int, nargs="+", help="folds to run (default: all in the datalist)")
     p.set_defaults(func=run_cv)
 
@@ -207,10 +179,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "infer",
         help="predict tumour masks as NIfTI (and Kaggle-layout TIFF masks)",
         description="Inputs: prepared folders or datalists, NIfTI images, raw Kaggle "
-        "patient folders or folders of them. Writes OUTPUT/<patient>/prediction.nii.gz.",
+        "patient folders or folders of them. Writes OUTPUT/<case>/<case>_seg.nii.gz.",
     )
     _postprocessing_options(p)
     p.add_argument("--input", nargs="+", required=True, help="what to segment")
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument("--kaggle-masks", action="store_true", help="also write <patient>_<k>_mask.tif per slice")
+    p.add_argument("--overwrite", action="store_true", help="replace existing predictions of these cases")
     p.set_defaults(func=run_infer)

@@ -1,0 +1,240 @@
+"""The run configuration: every option of training, evaluation and inference, described once (floor 3).
+
+:class:`RunConfig` holds the options; :data:`OPTION_HELP` and :func:`option_choices` describe them (the
+CLI generates its flags from them, the bundle's ``train.json`` uses the same names and defaults);
+:func:`validate_config` checks them against each other before any work starts.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.inference import TTA_MODES
+from pipeline.losses import LOSSES
+from pipeline.networks import network_names, network_stride
+from pipeline.optim import OPTIMIZERS, SCHEDULERS
+from pipeline.transforms import TransformSettings
+
+KEY_METRIC = "val_mean_dice"
+NUM_IMAGE_CHANNELS = 3
+CACHE_MODES = ("memory", "disk", "none")
+# options that define the network: a resumed run or a loaded checkpoint must agree on them
+MODEL_KEYS = ("arch", "spatial_dims", "context", "num_classes", "deep_supervision", "network_kwargs")
+# options of evaluation and inference that may differ from the training run's
+POSTPROCESSING_KEYS = ("threshold", "keep_largest", "min_size", "tta", "sw_batch_size", "num_workers")
+
+
+@dataclass
+class RunConfig(TransformSettings):
+    """Every option of a training / evaluation run (inherits the transform options of
+    :class:`pipeline.transforms.TransformSettings`). Names follow the UNeXt training script's config keys;
+    :data:`OPTION_HELP` says what each one means.
+    """
+
+    name: str = "lggseg"
+    output: str = "runs"
+    data: str = ""
+    fold: int = 0
+    val_fold: int | None = None
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 16
+    arch: str = "unext"
+    deep_supervision: bool = False
+    input_channels: int | None = None
+    num_classes: int = 1
+    loss: str = "dice_ce"
+    batch_dice: bool = False
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    scheduler: str = "cosine"
+    min_lr: float = 1e-5
+    factor: float = 0.1
+    patience: int = 2
+    milestones: tuple[int, ...] = (1, 2)
+    gamma: float = 2 / 3
+    warmup_epochs: int = 0
+    early_stopping: int = -1
+    num_workers: int = 0
+    volume_repeats: int = 4
+    network_kwargs: dict[str, Any] = field(default_factory=dict)
+    cache: str = "memory"
+    cache_dir: str | None = None
+    val_interval: int = 1
+    amp: bool = True
+    grad_clip: float = 0.0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    threshold: float = 0.5
+    keep_largest: int = 0
+    min_size: int = 0
+    tta: str = "none"
+    sw_batch_size: int = 32
+    overlay_images: int = 3
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> RunConfig:
+        """Build from a mapping; unknown keys are an error (a typo must not pass silently)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        values = dict(config)
+        for key in ("input_size", "patch_size", "milestones"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the network implied by the data and ``context``."""
+        return NUM_IMAGE_CHANNELS * (2 * self.context + 1) if self.spatial_dims == 2 else NUM_IMAGE_CHANNELS
+
+    def run_dir(self) -> Path:
+        """Folder of this run and fold."""
+        return Path(self.output) / self.name / f"fold{self.fold}"
+
+    def stride(self) -> int:
+        """Total in-plane stride of the configured network (inputs are padded to a multiple of it)."""
+        return max(network_stride(self.arch, self.spatial_dims, **self.network_kwargs)[:2])
+
+
+OPTION_HELP: dict[str, str] = {
+    "name": "run name; outputs go to OUTPUT/NAME/fold<k>",
+    "output": "root folder of the runs",
+    "data": "prepared data folder (with datalist.json, from `lggseg prepare`) or a datalist file",
+    "fold": "test fold, held out from training and validation",
+    "val_fold": "validation fold (default: the fold after --fold); must differ from --fold",
+    "seed": "seed of everything random",
+    "epochs": "training epochs",
+    "batch_size": "slices (3D: patches) per training step",
+    "arch": "network name in the registry (`lggseg networks`)",
+    "deep_supervision": "auxiliary heads with a loss each (networks that have them)",
+    "input_channels": "check: 3 x (2 x context + 1) in 2D, 3 in 3D",
+    "num_classes": "1: one sigmoid channel; 2: softmax over background/tumour",
+    "input_size": "in-plane training size H W (the UNeXt script's input_h input_w; default native)",
+    "patch_size": "3D training patch H W D",
+    "loss": "training loss",
+    "batch_dice": "Dice term over the whole batch instead of per slice (MONAI batch=True)",
+    "optimizer": "optimiser",
+    "lr": "learning rate",
+    "scheduler": "learning-rate schedule (per epoch)",
+    "warmup_epochs": "linear warm-up epochs before the schedule",
+    "early_stopping": "stop after this many validations without improvement (<= 0: off)",
+    "num_workers": "data loader worker processes",
+    "volume_repeats": "visits of each training volume per epoch",
+    "network_kwargs": "JSON object of extra network arguments",
+    "spatial_dims": "2: slices (2.5D with --context); 3: patches",
+    "context": "2.5D: neighbouring slices on each side as extra channels",
+    "num_samples": "slices (3D: patches) drawn per volume per visit",
+    "pos": "weight of tumour slices in sampling",
+    "neg": "weight of tumour-free slices in sampling",
+    "cache": "memory (CacheDataset), disk (PersistentDataset) or none",
+    "cache_dir": "folder of the disk cache (default OUTPUT/NAME/cache)",
+    "val_interval": "validate every N epochs (and after the last)",
+    "amp": "mixed precision on CUDA",
+    "grad_clip": "clip the gradient norm (0: off)",
+    "device": "auto (CUDA when present), cpu or cuda[:i]",
+    "resume": "continue the run in OUTPUT/NAME/fold<k> from its last checkpoint_epoch=N.pt",
+    "overwrite": "start the run again in a folder that holds one (removes only that run's files)",
+    "threshold": "probability threshold of the tumour",
+    "keep_largest": "keep the N largest 3D connected components (Buda et al.: 1; 0: off)",
+    "min_size": "drop 3D components under this many voxels (0: off)",
+    "tta": "test-time augmentation",
+    "sw_batch_size": "slices (3D: patches) per inference forward pass",
+    "overlay_images": "validation slices shown as overlays in TensorBoard",
+    "progress": "progress bar per iteration",
+}
+
+
+def option_choices(name: str) -> tuple[Any, ...] | None:
+    """The allowed values of an option, or ``None`` when any value of its type is allowed."""
+    return {
+        "arch": tuple(network_names()),
+        "loss": LOSSES,
+        "optimizer": OPTIMIZERS,
+        "scheduler": SCHEDULERS,
+        "tta": TTA_MODES,
+        "cache": CACHE_MODES,
+        "spatial_dims": (2, 3),
+        "num_classes": (1, 2),
+    }.get(name)
+
+
+def option_type(name: str) -> Any:
+    """The base type of a :class:`RunConfig` field (element type for tuples, without ``| None``) and, for
+    tuples, their length (``"+"`` when free): ``(type, nargs)``."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        inner = typing.get_args(hint)
+        return inner[0], "+" if Ellipsis in inner else len(inner)
+    return hint, None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Check the options against each other before any work starts.
+
+    Raises:
+        ValueError: naming the offending option and what is allowed.
+    """
+    for f in fields(cfg):
+        choices = option_choices(f.name)
+        value = getattr(cfg, f.name)
+        if choices is not None and value not in choices and str(value).lower() not in choices:
+            raise ValueError(f"{f.name}={value!r} is not one of {', '.join(map(str, choices))}")
+        _, nargs = option_type(f.name)
+        if isinstance(nargs, int) and value is not None and len(value) != nargs:
+            raise ValueError(f"{f.name} needs {nargs} values, got {len(value)}: {tuple(value)}")
+    if cfg.input_channels is not None and cfg.input_channels != cfg.in_channels:
+        raise ValueError(
+            f"input_channels={cfg.input_channels}, but the data gives {cfg.in_channels} channels "
+            f"({NUM_IMAGE_CHANNELS} sequences x {2 * cfg.context + 1} slices with context={cfg.context}, "
+            f"spatial_dims={cfg.spatial_dims})"
+        )
+    if cfg.spatial_dims == 3 and cfg.context:
+        raise ValueError("context (2.5D) applies to 2D networks only; use spatial_dims=2 or context=0")
+    for key in ("epochs", "batch_size", "val_interval", "num_samples", "volume_repeats", "sw_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("lr", "pos", "neg", "weight_decay", "grad_clip"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.pos + cfg.neg <= 0:
+        raise ValueError("pos and neg cannot both be 0")
+    if not 0.0 < cfg.threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {cfg.threshold}")
+    if cfg.val_fold is not None and cfg.val_fold == cfg.fold:
+        raise ValueError(
+            f"val_fold={cfg.val_fold} equals fold={cfg.fold}: the checkpoint would be chosen on the test "
+            "patients; pick another validation fold"
+        )
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or start it again")
+    if cfg.spatial_dims == 3:
+        stride = network_stride(cfg.arch, 3, **cfg.network_kwargs)
+        if any(p % s for p, s in zip(cfg.patch_size, stride, strict=True)):
+            raise ValueError(
+                f"patch_size {tuple(cfg.patch_size)} must be a multiple of {cfg.arch}'s stride {stride}"
+            )
