@@ -41,10 +41,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -1039,3 +1040,41 @@ def export_kaggle(
             tifffile.imwrite(stack.enter_context(atomic_path(name)), (mask[..., k] * 255).astype(np.uint8))
     remove_owned(output_dir, stale)
     return names
+
+
+def split_folds(
+    entries: Sequence[Mapping[str, Any]], fold: int, val_fold: int | None = None
+) -> dict[str, list[dict]]:
+    """Patient-level split of datalist entries: ``fold`` is the test fold, ``val_fold`` (default: the next
+    fold present) the validation fold, every other fold trains.
+
+    Args:
+        entries: entries with a ``fold`` (from :func:`load_datalist`).
+        fold: the test fold.
+        val_fold: the validation fold (must differ from ``fold``).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...], "val_fold": int}``.
+
+    Raises:
+        ValueError: ``val_fold == fold``, or an empty part.
+    """
+    folds = sorted({int(e["fold"]) for e in entries})
+    if val_fold is None and fold in folds:
+        val_fold = folds[(folds.index(fold) + 1) % len(folds)]
+    if val_fold == fold:
+        raise ValueError(
+            f"validation fold {val_fold} is the test fold: the checkpoint would be chosen on the test "
+            "patients; pick another validation fold"
+        )
+    parts = {
+        "test": [dict(e) for e in entries if e["fold"] == fold],
+        "val": [dict(e) for e in entries if e["fold"] == val_fold],
+        "train": [dict(e) for e in entries if e["fold"] not in (fold, val_fold)],
+    }
+    for name, part in parts.items():
+        if not part:
+            raise ValueError(
+                f"the {name} split of fold={fold}, val_fold={val_fold} is empty (folds present: {folds})"
+            )
+    return {**parts, "val_fold": val_fold}

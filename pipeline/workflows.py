@@ -15,19 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.data import Dataset
 from monai.engines import SupervisedTrainer
-from monai.engines.utils import IterationEvents
 from monai.handlers import EarlyStopHandler, LrScheduleHandler
 from monai.utils import set_determinism
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -42,7 +39,7 @@ from pipeline.checkpoint import (
     load_checkpoint,
 )
 from pipeline.config import KEY_METRIC, MODEL_KEYS, RunConfig, resolve_device, validate_config
-from pipeline.data import load_datalist
+from pipeline.data import load_datalist, split_folds
 from pipeline.engines import (
     build_dataset,
     build_evaluator,
@@ -52,6 +49,7 @@ from pipeline.engines import (
     mean_dice_metric,
     run_per_case,
 )
+from pipeline.evaluation import PatientReportHandler
 from pipeline.handlers import (
     AtomicCheckpointSaver,
     EpochSummaryHandler,
@@ -63,7 +61,7 @@ from pipeline.inference import VolumeInferer, build_postprocessing, prediction_p
 from pipeline.losses import build_loss
 from pipeline.networks import build_network
 from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.transforms import LoadVolumed, TransformSettings, build_transforms
+from pipeline.transforms import TransformSettings, build_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -123,21 +121,11 @@ def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """
     datalist = _datalist_path(cfg.data)
     entries = load_datalist(datalist)
-    folds = sorted({e["fold"] for e in entries})
-    val_fold = cfg.val_fold
-    if val_fold is None and cfg.fold in folds:
-        val_fold = folds[(folds.index(cfg.fold) + 1) % len(folds)]
-    if val_fold == cfg.fold:
-        raise ValueError(f"{datalist}: validation fold {val_fold} is the test fold; pick another --val-fold")
-    test = [e for e in entries if e["fold"] == cfg.fold]
-    val = [e for e in entries if e["fold"] == val_fold]
-    train = [e for e in entries if e["fold"] not in (cfg.fold, val_fold)]
-    for name, part in (("test (fold)", test), ("validation (val_fold)", val), ("training", train)):
-        if not part:
-            raise ValueError(
-                f"{datalist}: the {name} split of fold={cfg.fold}, val_fold={val_fold} is empty "
-                f"(folds present: {folds})"
-            )
+    try:
+        parts = split_folds(entries, cfg.fold, cfg.val_fold)
+    except ValueError as err:
+        raise ValueError(f"{datalist}: {err}") from err
+    train, val, test = parts["train"], parts["val"], parts["test"]
     return train, val, test
 
 
@@ -430,37 +418,6 @@ def _known(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in names}
 
 
-def _spacing(image: Any) -> tuple[float, float, float]:
-    affine = torch.as_tensor(getattr(image, "affine", torch.eye(4))).double()
-    return tuple(float(v) for v in torch.linalg.norm(affine[:3, :3], dim=0))
-
-
-class _CaseTimer:
-    """Per-patient timings from the evaluator's events: loading, inference, post-processing."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.t: dict[str, float] = {}
-        self.last: dict[str, float] = {}
-        for event, name in (
-            (Events.GET_BATCH_STARTED, "load0"),
-            (Events.GET_BATCH_COMPLETED, "load1"),
-            (Events.ITERATION_STARTED, "start"),
-            (IterationEvents.FORWARD_COMPLETED, "forward"),
-            (IterationEvents.MODEL_COMPLETED, "post"),
-        ):
-            engine.add_event_handler(event, self._mark, name)
-
-    def _mark(self, _: Engine, name: str) -> None:
-        self.t[name] = time.perf_counter()
-        if name == "post":
-            t = self.t
-            self.last = {
-                "load_s": t["load1"] - t["load0"],
-                "inference_s": t["forward"] - t["start"],
-                "postprocess_s": t["post"] - t["forward"],
-            }
-
-
 def _entries_of(data: str | Path, folds: Sequence[int] | None) -> list[dict]:
     return load_datalist(_datalist_path(data), folds=folds)
 
@@ -517,9 +474,6 @@ def evaluate(
         ``{"records": per-patient dicts (metrics + timings), "slices": slice-level figures, "summary",
         "paths", "failures"}``.
     """
-    from pipeline.metrics import SliceMetricsAccumulator, patient_metrics
-    from pipeline.report import summarise, write_report
-
     network, cfg, dev = load_model(checkpoint, overrides, device)
     if entries is None:
         entries = _entries_of(data or cfg.data, [cfg.fold] if folds is None else folds)
@@ -531,85 +485,38 @@ def evaluate(
     post = make_postprocessing(cfg)
     if save_predictions:
         post = type(post)([*post.transforms, prediction_writer(out / "predictions")])
+    report = PatientReportHandler(
+        out,
+        extra={
+            "checkpoint": str(checkpoint),
+            "postprocessing": {k: getattr(cfg, k) for k in ("threshold", "keep_largest", "min_size", "tta")},
+            "device": str(dev),
+        },
+        extra_slices=extra_slices,
+    )
     evaluator = build_evaluator(
         device=dev,
         val_data_loader=build_val_loader(dataset, cfg.num_workers, distributed=False),
         network=network,
         inferer=make_inferer(cfg),
         postprocessing=post,
+        val_handlers=[report],
         amp=cfg.amp,
     )
-    timer = _CaseTimer(evaluator)
-    slices = SliceMetricsAccumulator()
-    records: list[dict[str, Any]] = []
-    preds: dict[str, Any] = {}
-    current: dict[str, Any] = {}
-
-    def collect(engine: Engine) -> None:
-        entry = current["entry"]
-        item = engine.state.output[0]
-        start = time.perf_counter()
-        pid = str(entry.get("patient") or Path(entry["image"]).parent.name)
-        pred = (torch.as_tensor(item["pred"]).detach().cpu()[0] > 0).numpy()
-        truth = (torch.as_tensor(item["label"]).detach().cpu()[0] > 0).numpy()
-        record = patient_metrics(
-            pred, truth, _spacing(item["image"]), institution=entry.get("institution"), patient_id=pid
-        )
-        for accumulator in (slices, *extra_slices):
-            accumulator.update(pred, truth)
-        record.update(timer.last, metrics_s=time.perf_counter() - start, fold=entry.get("fold"))
-        record["eval_s"] = record["inference_s"] + record["postprocess_s"] + record["metrics_s"]
-        records.append(record)
-        preds[pid] = (np.packbits(pred), pred.shape, entry)
-
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
     names = [str(e.get("patient") or e["image"]) for e in entries]
 
     def progress(index: int, entry: Mapping[str, Any]) -> None:
-        current["entry"] = entry
         if cfg.progress:
             logger.info("evaluate %d/%d: %s", index + 1, len(entries), names[index])
 
     with torch.no_grad():
         failures = run_per_case(evaluator, dataset, names, cfg.num_workers, on_case=progress)
-
-    def case(pid: str) -> tuple[Any, Any, Any]:
-        packed, shape, entry = preds[pid]
-        loaded = LoadVolumed()(entry)
-        pred = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)
-        return loaded["image"].numpy(), loaded["label"].numpy()[0], pred
-
-    slice_summary = slices.compute()
-    paths: dict[str, Path] = {}
+    paths = report.write(failures) if write else {}
     failure_file = _write_failures(failures, out) if write else None
-    if write and records:
-        timing = {
-            k: float(np.mean([r[k] for r in records]))
-            for k in ("load_s", "inference_s", "postprocess_s", "metrics_s", "eval_s")
-        }
-        extra = {
-            "checkpoint": str(checkpoint),
-            "postprocessing": {k: getattr(cfg, k) for k in ("threshold", "keep_largest", "min_size", "tta")},
-            "mean_timing_s": timing,
-            "device": str(dev),
-            "failed_cases": [f["case"] for f in failures],
-        }
-        paths = write_report(records, slice_summary, out, cases=case, extra=extra)
-        logger.info("report written to %s", out)
-    summary = summarise(records) if records else {}
-    if records:
-        dice = summary["overall"]["metrics"]["dice"]
-        logger.info(
-            "%d patients: Dice mean %.4f, median %.4f, std %.4f",
-            len(records),
-            dice["mean"],
-            dice["median"],
-            dice["std"],
-        )
     result = {
-        "records": records,
-        "slices": slice_summary,
-        "summary": summary,
+        "records": report.records,
+        "slices": report.slices.compute(),
+        "summary": report.summary(),
         "paths": paths,
         "failures": failures,
     }

@@ -1,0 +1,181 @@
+"""Per-patient volumetric evaluation as an evaluator handler (floor 2).
+
+:class:`PatientReportHandler` is attached to a ``SupervisedEvaluator`` whose output holds the
+post-processed ``pred`` and the ``label`` of whole volumes. It computes every 3D metric of
+:func:`pipeline.metrics.patient_metrics` per patient as the evaluator goes and writes the report of
+:func:`pipeline.report.write_report` when asked. ``lggseg evaluate`` and the bundle's ``evaluate.json``
+both use it; under ``torchrun`` every rank evaluates its share and rank 0 writes one merged report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+
+from pipeline.metrics import SliceMetricsAccumulator, patient_metrics
+from pipeline.report import summarise, write_report
+from pipeline.transforms import LoadVolumed
+
+logger = logging.getLogger(__name__)
+
+
+def spacing_of(image: Any) -> tuple[float, float, float]:
+    """Voxel size (mm) from a ``MetaTensor``'s affine (1 mm when it has none)."""
+    affine = torch.as_tensor(getattr(image, "affine", torch.eye(4))).double()
+    return tuple(float(v) for v in torch.linalg.norm(affine[:3, :3], dim=0))
+
+
+def patient_of(item: Mapping[str, Any]) -> str:
+    """Patient id of an evaluated item: its ``patient`` entry, else the folder of its image file."""
+    if item.get("patient"):
+        return str(item["patient"])
+    image = item.get("image")
+    source = getattr(image, "meta", {}).get("filename_or_obj", "") if image is not None else ""
+    return Path(str(source)).parent.name or "case"
+
+
+class PatientReportHandler:
+    """Collect per-patient 3D metrics (and timings) from an evaluator; :meth:`write` writes the report.
+
+    Args:
+        output_dir: the report folder (``metrics_per_patient.csv``, ``metrics.json``, plots).
+        extra: stored under ``"run"`` in ``metrics.json`` (checkpoint, post-processing, ...).
+        extra_slices: more ``SliceMetricsAccumulator`` to update (cross-validation pools the folds).
+        keep_predictions: keep the binary predictions (packed) for the overlays of the best, median and
+            worst patients.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        extra: Mapping[str, Any] | None = None,
+        extra_slices: Sequence[SliceMetricsAccumulator] = (),
+        keep_predictions: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.extra = dict(extra or {})
+        self.slices = SliceMetricsAccumulator()
+        self.extra_slices = list(extra_slices)
+        self.keep_predictions = keep_predictions
+        self.records: list[dict[str, Any]] = []
+        self.predictions: dict[str, Any] = {}
+        self._t: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        for event, name in (
+            (Events.GET_BATCH_STARTED, "load0"),
+            (Events.GET_BATCH_COMPLETED, "load1"),
+            (Events.ITERATION_STARTED, "start"),
+            (IterationEvents.FORWARD_COMPLETED, "forward"),
+            (IterationEvents.MODEL_COMPLETED, "post"),
+        ):
+            engine.add_event_handler(event, self._mark, name)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+
+    def _mark(self, _: Engine, name: str) -> None:
+        self._t[name] = time.perf_counter()
+
+    def _collect(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        for index, item in enumerate(engine.state.output):
+            start = time.perf_counter()
+            entry = {k: _item(batch[k], index) for k in ("patient", "institution", "fold") if k in batch}
+            pid = str(entry.get("patient") or patient_of(item))
+            pred = (torch.as_tensor(item["pred"]).detach().cpu()[0] > 0).numpy()
+            truth = (torch.as_tensor(item["label"]).detach().cpu()[0] > 0).numpy()
+            record = patient_metrics(
+                pred, truth, spacing_of(item["image"]), institution=entry.get("institution"), patient_id=pid
+            )
+            for accumulator in (self.slices, *self.extra_slices):
+                accumulator.update(pred, truth)
+            t = self._t
+            record.update(
+                load_s=t.get("load1", 0.0) - t.get("load0", 0.0),
+                inference_s=t.get("forward", 0.0) - t.get("start", 0.0),
+                postprocess_s=t.get("post", 0.0) - t.get("forward", 0.0),
+                metrics_s=time.perf_counter() - start,
+                fold=_plain(entry.get("fold")),
+            )
+            record["eval_s"] = record["inference_s"] + record["postprocess_s"] + record["metrics_s"]
+            self.records.append(record)
+            if self.keep_predictions:
+                sources = [getattr(item[k], "meta", {}).get("filename_or_obj") for k in ("image", "label")]
+                self.predictions[pid] = (np.packbits(pred), pred.shape, *sources)
+
+    def _gather(self) -> list[dict[str, Any]]:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.records
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self.records)
+        return [r for part in gathered for r in part]
+
+    def summary(self) -> dict[str, Any]:
+        """Summary of the records so far (overall and per institution)."""
+        return summarise(self.records) if self.records else {}
+
+    def write(self, failures: Sequence[Mapping[str, Any]] = ()) -> dict[str, Path]:
+        """Write the report (on rank 0 only under ``torchrun``, with every rank's patients).
+
+        Args:
+            failures: cases that could not be evaluated (listed in ``metrics.json``).
+
+        Returns:
+            ``{name: path}`` of the files written (empty on other ranks or without patients).
+        """
+        records = self._gather()
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return {}
+        if not records:
+            logger.warning("no patient was evaluated: no report written")
+            return {}
+        timing = {
+            k: float(np.mean([r[k] for r in records]))
+            for k in ("load_s", "inference_s", "postprocess_s", "metrics_s", "eval_s")
+        }
+        extra = {**self.extra, "mean_timing_s": timing, "failed_cases": [f["case"] for f in failures]}
+        distributed = len(records) != len(self.records)
+        paths = write_report(
+            records,
+            None if distributed else self.slices.compute(),
+            self.output_dir,
+            cases=None if distributed else self._case,
+            extra=extra,
+        )
+        dice = summarise(records)["overall"]["metrics"]["dice"]
+        logger.info(
+            "%d patients: Dice mean %.4f, median %.4f, std %.4f; report in %s",
+            len(records),
+            dice["mean"],
+            dice["median"],
+            dice["std"],
+            self.output_dir,
+        )
+        return paths
+
+    def _case(self, pid: str) -> tuple[Any, Any, Any]:
+        packed, shape, source, label = self.predictions[pid]
+        loaded = LoadVolumed()({"image": source, "label": label} if label else {"image": source})
+        pred = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)
+        truth = loaded["label"].numpy()[0] if "label" in loaded else None
+        return loaded["image"].numpy(), truth, pred
+
+
+def _item(value: Any, index: int) -> Any:
+    if isinstance(value, (list, tuple)):
+        return value[index]
+    if isinstance(value, torch.Tensor) and value.ndim >= 1:
+        return value[index]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
