@@ -620,16 +620,17 @@ def _check_output_contents(output_dir: Path, planned: Sequence[str], overwrite: 
     if not output_dir.is_dir() or not any(output_dir.iterdir()):
         return
     owned = owned_files(output_dir)
-    if not overwrite:
-        if any((output_dir / rel).exists() for rel in owned):
+    foreign = foreign_files(output_dir)
+    has_results = any((output_dir / rel).exists() for rel in owned)
+    if not overwrite and (has_results or foreign):
+        if has_results:
             raise LGGDataError(
                 f"{output_dir}: output folder already holds results; pass --overwrite to replace them "
                 "(files lggseg did not write are kept)"
             )
-        foreign = foreign_files(output_dir)
         raise LGGDataError(
             f"{output_dir}: output folder is not empty and holds {len(foreign)} files lggseg did not write "
-            f"(e.g. {foreign[0] if foreign else '?'}); choose a new or empty folder, or pass --overwrite to "
+            f"(e.g. {foreign[0]}); choose a new or empty folder, or pass --overwrite to "
             "write beside them (they are kept)"
         )
     clashes = _clashes(output_dir, planned, owned)
