@@ -152,3 +152,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or MODEL_KEY not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not an lggseg checkpoint (needs '{MODEL_KEY}' and 'config' entries)")
     return ckpt
+
+
+def refuse_existing_model(path: str | Path) -> None:
+    """Refuse to start a training whose best model would replace an existing file (for instance the
+    bundle's shipped ``models/model.pt``).
+
+    Raises:
+        ValueError: when ``path`` exists, naming it and what to do.
+    """
+    if Path(path).exists():
+        raise ValueError(
+            f"{path}: exists and training would replace it; choose another ckpt_dir or move the file away"
+        )

@@ -31,6 +31,11 @@ MODEL_KEYS = ("arch", "spatial_dims", "context", "num_classes", "deep_supervisio
 POSTPROCESSING_KEYS = ("threshold", "keep_largest", "min_size", "tta", "sw_batch_size", "num_workers")
 
 
+def network_in_channels(spatial_dims: int = 2, context: int = 0) -> int:
+    """Input channels of a network: the 3 sequences, times ``2 * context + 1`` slices in 2.5D."""
+    return NUM_IMAGE_CHANNELS * (2 * context + 1) if spatial_dims == 2 else NUM_IMAGE_CHANNELS
+
+
 @dataclass
 class RunConfig(TransformSettings):
     """Every option of a training / evaluation run (inherits the transform options of
@@ -100,7 +105,7 @@ class RunConfig(TransformSettings):
     @property
     def in_channels(self) -> int:
         """Input channels of the network implied by the data and ``context``."""
-        return NUM_IMAGE_CHANNELS * (2 * self.context + 1) if self.spatial_dims == 2 else NUM_IMAGE_CHANNELS
+        return network_in_channels(self.spatial_dims, self.context)
 
     def run_dir(self) -> Path:
         """Folder of this run and fold."""
@@ -186,8 +191,11 @@ def option_type(name: str) -> Any:
     return hint, None
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; any other name (``"cpu"``, ``"cuda:1"``) or a
+    ``torch.device`` as it is."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

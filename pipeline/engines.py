@@ -28,6 +28,7 @@ from monai.inferers import Inferer, SimpleInferer
 from torch.utils.data import DistributedSampler, RandomSampler, Sampler, Subset
 
 from pipeline.inference import VolumePrepareBatch
+from pipeline.safety import atomic_write_text
 
 KEY_METRIC = "val_mean_dice"
 
@@ -262,6 +263,22 @@ def build_evaluator(
     return evaluator
 
 
+class CasesFailed(RuntimeError):
+    """Some cases failed while the others were processed (exit code 1); ``failures`` lists them."""
+
+    def __init__(self, failures: Sequence[Mapping[str, Any]], total: int, path: Path | None = None) -> None:
+        names = ", ".join(str(f["case"]) for f in failures)
+        where = f"; details in {path}" if path else ""
+        super().__init__(f"{len(failures)} of {total} cases failed ({names}){where}")
+        self.failures = list(failures)
+
+
+def _case_name(entry: Any, index: int) -> str:
+    if isinstance(entry, Mapping):
+        return str(entry.get("case") or entry.get("patient") or entry.get("image"))
+    return str(index)
+
+
 def run_per_case(
     evaluator: SupervisedEvaluator,
     dataset: Dataset,
@@ -271,28 +288,30 @@ def run_per_case(
 ) -> list[dict[str, str]]:
     """Run ``evaluator`` on every case of ``dataset`` separately, so that one case that fails (an
     unreadable file, a wrong shape) is reported with its name and the reason while the others still run.
+    Under ``torchrun`` each rank takes every ``world_size``-th case.
 
     Args:
         evaluator: the evaluator (its data loader is replaced by one case at a time).
         dataset: the cases (datalist entries plus their transform).
         case_names: names used in the messages (default: the entries' ``case`` / ``patient`` / ``image``).
         num_workers: loader worker processes.
-        on_case: called with ``(index, entry)`` before each case runs.
+        on_case: called with ``(index, entry)`` before each case runs (default: a progress line).
 
     Returns:
-        the failures: ``[{"case", "image", "error"}, ...]`` (empty when every case ran).
+        the failures of this rank: ``[{"case", "image", "error"}, ...]`` (empty when every case ran).
     """
+    log = logging.getLogger(__name__)
     failures: list[dict[str, str]] = []
     entries = getattr(dataset, "data", [None] * len(dataset))
-    for index in range(len(dataset)):
+    rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
+    indices = range(rank, len(dataset), world)
+    for count, index in enumerate(indices, 1):
         entry = entries[index]
-        name = (
-            case_names[index]
-            if case_names is not None
-            else str(entry.get("case") or entry.get("patient") or entry.get("image"))
-        )
+        name = case_names[index] if case_names is not None else _case_name(entry, index)
         if on_case is not None:
             on_case(index, entry)
+        else:
+            log.info("case %d/%d: %s", count, len(indices), name)
         evaluator.data_loader = build_val_loader(Subset(dataset, [index]), num_workers, distributed=False)
         evaluator.state.epoch_length = 1
         try:
@@ -301,5 +320,36 @@ def run_per_case(
             message = " ".join(str(err).split()) or type(err).__name__
             image = str(entry.get("image")) if isinstance(entry, Mapping) else ""
             failures.append({"case": name, "image": image, "error": message})
-            logging.getLogger(__name__).error("%s: failed: %s (%s)", name, message, image)
+            log.error("%s: failed: %s (%s)", name, message, image)
+    return failures
+
+
+def run_cases(
+    evaluator: SupervisedEvaluator,
+    dataset: Dataset,
+    output_dir: str | Path,
+    report: Any = None,
+    num_workers: int = 0,
+) -> list[dict[str, str]]:
+    """:func:`run_per_case`, then the report (``report.write(failures)``, e.g.
+    :class:`pipeline.evaluation.PatientReportHandler`) and, when cases failed, ``failures.json`` in
+    ``output_dir`` and :class:`CasesFailed`. What the bundle's ``evaluate.json`` and ``inference.json`` run.
+
+    Raises:
+        CasesFailed: after every case ran, when any failed.
+    """
+    failures = run_per_case(evaluator, dataset, num_workers=num_workers)
+    if is_distributed():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, failures)
+        failures = [f for part in gathered for f in part]
+    if report is not None:
+        report.write(failures)
+    if failures:
+        path = None
+        if not is_distributed() or dist.get_rank() == 0:
+            path = Path(output_dir) / "failures.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(failures, indent=2) + "\n")
+        raise CasesFailed(failures, len(dataset), path)
     return failures

@@ -24,6 +24,7 @@ from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 from monai.transforms import AsDiscreted, Compose, MapTransform, SaveImaged
 
 from pipeline.cases import case_name
+from pipeline.safety import check_output_location
 from pipeline.transforms import ConnectedComponentFilterd, SliceContext
 
 TTA_MODES = ("none", "flip", "scale", "flip+scale")
@@ -262,3 +263,30 @@ def prediction_writer(output_dir: str | os.PathLike, key: str = "pred") -> Compo
             PublishSavedd(keys=key),
         ]
     )
+
+
+def check_prediction_targets(
+    cases: Sequence[dict],
+    output_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+) -> None:
+    """Refuse, before any work, an output folder that is or holds an input, or predictions that exist
+    already (unless ``overwrite``: then only those prediction files are replaced).
+
+    Args:
+        cases: the cases to segment (``{"image", "case"}``, see :func:`pipeline.cases.find_cases`).
+        output_dir: where :func:`prediction_writer` writes.
+        inputs: the paths the cases come from.
+        overwrite: replace existing predictions of these cases.
+
+    Raises:
+        ValueError: naming the path and what to do.
+    """
+    check_output_location(output_dir, [*inputs, *(c["image"] for c in cases)])
+    existing = [p for c in cases if os.path.exists(p := prediction_path(output_dir, c["case"]))]
+    if existing and not overwrite:
+        raise ValueError(
+            f"{existing[0]}: exists ({len(existing)} of the {len(cases)} predictions would be replaced); "
+            "pass overwrite (--overwrite) to replace them, or choose another output folder"
+        )

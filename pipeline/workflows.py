@@ -41,6 +41,7 @@ from pipeline.checkpoint import (
 from pipeline.config import KEY_METRIC, MODEL_KEYS, RunConfig, resolve_device, validate_config
 from pipeline.data import load_datalist, split_folds
 from pipeline.engines import (
+    CasesFailed,
     build_dataset,
     build_evaluator,
     build_train_loader,
@@ -57,10 +58,16 @@ from pipeline.handlers import (
     IntervalValidationHandler,
     TensorBoardHandlers,
 )
-from pipeline.inference import VolumeInferer, build_postprocessing, prediction_path, prediction_writer
+from pipeline.inference import (
+    VolumeInferer,
+    build_postprocessing,
+    check_prediction_targets,
+    prediction_writer,
+)
 from pipeline.losses import build_loss
 from pipeline.networks import build_network
 from pipeline.optim import build_optimizer, build_scheduler
+from pipeline.safety import atomic_write_text
 from pipeline.transforms import TransformSettings, build_transforms
 
 logger = logging.getLogger(__name__)
@@ -196,9 +203,11 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         pin_memory=device.type == "cuda",
         seed=cfg.seed,
     )
+    # same order as the bundle's train.json resolves them: MONAI's DataLoader re-seeds torch's generator
+    # when it is built, so the network's initial weights and the sampler depend on this order
+    network = create_network(cfg).to(device)
     val_ds = _dataset(cfg, val_files, build_transforms("val", settings), "val")
     val_loader = build_val_loader(val_ds, num_workers=cfg.num_workers)
-    network = create_network(cfg).to(device)
     optimizer = build_optimizer(
         cfg.optimizer, network.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov
     )
@@ -297,9 +306,7 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def resume_run(run: Mapping[str, Any]) -> int:
@@ -422,24 +429,6 @@ def _entries_of(data: str | Path, folds: Sequence[int] | None) -> list[dict]:
     return load_datalist(_datalist_path(data), folds=folds)
 
 
-def _write_failures(failures: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
-    if not failures:
-        return None
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "failures.json"
-    _write_json(path, list(failures))
-    return path
-
-
-class CasesFailed(RuntimeError):
-    """Some cases failed while the others were processed (exit code 1); ``failures`` lists them."""
-
-    def __init__(self, failures: Sequence[Mapping[str, Any]], total: int, path: Path | None) -> None:
-        names = ", ".join(str(f["case"]) for f in failures)
-        super().__init__(f"{len(failures)} of {total} cases failed ({names}); details in {path}")
-        self.failures = list(failures)
-
-
 def evaluate(
     checkpoint: str | Path,
     output: str | Path | None = None,
@@ -512,17 +501,22 @@ def evaluate(
     with torch.no_grad():
         failures = run_per_case(evaluator, dataset, names, cfg.num_workers, on_case=progress)
     paths = report.write(failures) if write else {}
-    failure_file = _write_failures(failures, out) if write else None
-    result = {
+    if failures:
+        raise CasesFailed(failures, len(entries), _write_failures(failures, out) if write else None)
+    return {
         "records": report.records,
         "slices": report.slices.compute(),
         "summary": report.summary(),
         "paths": paths,
         "failures": failures,
     }
-    if failures:
-        raise CasesFailed(failures, len(entries), failure_file)
-    return result
+
+
+def _write_failures(failures: Sequence[Mapping[str, Any]], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "failures.json"
+    _write_json(path, list(failures))
+    return path
 
 
 def infer(
@@ -550,11 +544,7 @@ def infer(
     network, cfg, dev = load_model(checkpoint, overrides, device)
     cases = find_cases(inputs)
     out = Path(output)
-    existing = [p for c in cases if (p := Path(prediction_path(out, c["case"]))).exists()]
-    if existing and not overwrite:
-        raise ValueError(
-            f"{existing[0]}: exists ({len(existing)} predictions would be replaced); use --overwrite"
-        )
+    check_prediction_targets(cases, out, inputs, overwrite)
     dataset = Dataset(cases, build_transforms("infer", cfg))
     post = make_postprocessing(cfg)
     evaluator = build_evaluator(
