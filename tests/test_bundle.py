@@ -1,0 +1,344 @@
+"""The MONAI Bundle in ``bundle/``: metadata, the configs against the CLI, inference, export, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_metadata
+
+from pipeline.config import RunConfig
+from pipeline.data import prepare_dataset
+from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.workflows import create_network, train
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+# bundle scalars named as the Model Zoo names them -> RunConfig field
+ZOO_NAMES = {
+    "learning_rate": "lr",
+    "loss_name": "loss",
+    "optimizer_name": "optimizer",
+    "scheduler_name": "scheduler",
+}
+SHORT = {"epochs": 1, "batch_size": 4, "num_samples": 2, "volume_repeats": 1, "device": "cpu"}
+
+
+def _bundle(*configs: str) -> str:
+    return str([str(CONFIGS / c) for c in configs])
+
+
+def _bundle_cmd(configs: str, **overrides) -> list[str]:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", configs]
+    cmd += ["--logging_file", str(CONFIGS / "logging.conf"), "--meta_file", str(CONFIGS / "metadata.json")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """Six synthetic patients (64x64) prepared into NIfTI volumes and 3 folds."""
+    root = tmp_path_factory.mktemp("bundle-synthetic")
+    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=0, size=64, slices=(10, 12))
+    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
+    return root
+
+
+def _model_file(folder: Path, **config) -> Path:
+    """An untrained lggseg model file (weights under "model", config beside them)."""
+    cfg = RunConfig.from_dict({"progress": False, **config})
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.pt"
+    torch.save({"model": create_network(cfg).state_dict(), "config": {"arch": cfg.arch}}, path)
+    return path
+
+
+def test_metadata_verifies_against_the_schema():
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA), hash_val=SCHEMA_MD5)
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["schema"].endswith("meta_schema_20240725.json")
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
+    assert "monai-label" in meta["supported_apps"]
+
+
+def test_train_json_scalars_have_the_cli_defaults():
+    defaults = {f.name: getattr(RunConfig(), f.name) for f in fields(RunConfig)}
+    for name in ("train.json", "inference.json"):
+        config = json.loads((CONFIGS / name).read_text())
+        shared = {
+            k: v for k, v in config.items() if ZOO_NAMES.get(k, k) in defaults and not isinstance(v, dict)
+        }
+        shared = {k: v for k, v in shared.items() if not (isinstance(v, str) and v.startswith(("$", "@")))}
+        assert len(shared) >= (15 if name == "train.json" else 10), sorted(shared)
+        for key, value in shared.items():
+            expected = defaults[ZOO_NAMES.get(key, key)]
+            expected = list(expected) if isinstance(expected, tuple) else expected
+            assert value == expected, f"{name}: {key}={value!r}, RunConfig default {expected!r}"
+
+
+def test_configs_have_every_required_property(tmp_path):
+    for configs, kind in ((["train.json"], "train"), (["inference.json"], "infer")):
+        workflow = ConfigWorkflow(
+            config_file=[str(CONFIGS / c) for c in configs],
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"),
+            workflow_type=kind,
+            init_id="no_initialize",  # parse only: nothing runs, nothing is built
+        )
+        workflow.initialize()
+        assert not workflow.check_properties(), kind
+
+
+def test_bundle_training_equals_cli_training(synthetic, tmp_path):
+    """One short epoch through `monai.bundle run` and through `lggseg train`: identical weights."""
+    result = subprocess.run(
+        _bundle_cmd(
+            _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    cli = train(
+        {
+            "data": str(synthetic / "prepared"),
+            "output": str(tmp_path / "cli"),
+            "epochs": 1,
+            "batch_size": 4,
+            "num_samples": 2,
+            "volume_repeats": 1,
+            "device": "cpu",
+            "progress": False,
+        }
+    )
+    bundle = torch.load(tmp_path / "b" / "models" / "fold0" / "model.pt", weights_only=True)
+    ours = torch.load(Path(cli["run_dir"]) / "checkpoints" / "best_model.pt", weights_only=True)
+    assert set(bundle) >= {"model", "config"}
+    assert bundle["model"].keys() == ours["model"].keys()
+    assert all(torch.equal(bundle["model"][k], ours["model"][k]) for k in ours["model"])
+    # the command-line overrides took effect: one epoch, on the CPU
+    assert "Epoch[1] Complete" in result.stdout and "Epoch[2]" not in result.stdout
+    assert bundle["config"]["epochs"] == 1
+    # evaluate.json on top of train.json writes the CLI's per-patient report for the test fold
+    evaluated = subprocess.run(
+        _bundle_cmd(
+            _bundle("train.json", "evaluate.json"),
+            bundle_root=tmp_path / "b",
+            dataset_dir=synthetic / "prepared",
+            device="cpu",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "b" / "eval" / "fold0" / "metrics.json").read_text())
+    datalist = json.loads((synthetic / "prepared" / "datalist.json").read_text())["training"]
+    assert {p["patient_id"] for p in report["patients"]} == {e["patient"] for e in datalist if e["fold"] == 0}
+    # a second training into the same folder refuses to replace the model it wrote
+    again = subprocess.run(
+        _bundle_cmd(
+            _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert again.returncode != 0 and "exists and training would replace it" in again.stderr + again.stdout
+
+
+def _affine_and_shape(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    image = nib.load(path)
+    return image.affine, image.shape[:3]
+
+
+@pytest.mark.realdata
+def test_bundle_inference_on_real_patients(kaggle_root, tmp_path):
+    """NIfTI volumes, single files and raw Kaggle folders: one output per case with the input's geometry."""
+    names = ["TCGA_CS_4941_19960909", "TCGA_DU_5849_19950405", "TCGA_HT_7692_19960724"]
+    raw = tmp_path / "kaggle_3m"
+    raw.mkdir()
+    for name in names:
+        (raw / name).symlink_to(kaggle_root / name)
+    prepare_dataset(raw, tmp_path / "prepared", num_folds=3, seed=0, workers=1)
+    model = _model_file(tmp_path / "bundle" / "models")
+    outputs = {}
+    for kind, dataset_dir in (("nifti", tmp_path / "prepared"), ("raw", raw)):
+        out = tmp_path / f"out-{kind}"
+        result = subprocess.run(
+            _bundle_cmd(
+                _bundle("inference.json"),
+                bundle_root=tmp_path / "bundle",
+                ckpt_path=model,
+                dataset_dir=dataset_dir,
+                output_dir=out,
+                device="cpu",
+            ),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == sorted(names)
+        for name in names:
+            assert f"{name}" in result.stdout  # a progress line per case
+            outputs[kind, name] = out / name / f"{name}_seg.nii.gz"
+    for name in names:
+        affine, shape = _affine_and_shape(tmp_path / "prepared" / name / "image.nii.gz")
+        for kind in ("nifti", "raw"):
+            pred = nib.load(outputs[kind, name])
+            assert pred.shape == shape and np.allclose(pred.affine, affine), (kind, name)
+            assert pred.get_data_dtype() == np.uint8 and set(np.unique(pred.get_fdata())) <= {0.0, 1.0}
+        assert np.array_equal(
+            nib.load(outputs["nifti", name]).get_fdata(), nib.load(outputs["raw", name]).get_fdata()
+        )
+
+
+def test_bundle_inference_reports_a_bad_case_and_writes_the_others(synthetic, tmp_path):
+    cases = tmp_path / "studies"
+    cases.mkdir()
+    prepared = synthetic / "prepared"
+    good = sorted(p.name for p in prepared.iterdir() if (p / "image.nii.gz").is_file())[:2]
+    for name in good:
+        (cases / f"{name}.nii.gz").write_bytes((prepared / name / "image.nii.gz").read_bytes())
+    (cases / "broken.nii.gz").write_bytes(b"not a nifti file")
+    model = _model_file(tmp_path / "bundle" / "models")
+    before = {p: p.read_bytes() for p in cases.iterdir()}
+    result = subprocess.run(
+        _bundle_cmd(
+            _bundle("inference.json"),
+            bundle_root=tmp_path / "bundle",
+            ckpt_path=model,
+            dataset_dir=cases,
+            output_dir=tmp_path / "out",
+            device="cpu",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "broken: failed" in result.stdout + result.stderr
+    for name in good:
+        pred = tmp_path / "out" / name / f"{name}_seg.nii.gz"
+        assert pred.is_file() and nib.load(pred).shape == nib.load(cases / f"{name}.nii.gz").shape[:3]
+    failures = json.loads((tmp_path / "out" / "failures.json").read_text())
+    assert [f["case"] for f in failures] == ["broken"]
+    assert not list((tmp_path / "out").rglob("*.partial*"))
+    assert {p: p.read_bytes() for p in cases.iterdir()} == before  # inputs untouched
+    # a second run refuses to replace the predictions it wrote unless asked
+    again = subprocess.run(
+        _bundle_cmd(
+            _bundle("inference.json"),
+            bundle_root=tmp_path / "bundle",
+            ckpt_path=model,
+            dataset_dir=cases,
+            output_dir=tmp_path / "out",
+            device="cpu",
+        ),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert again.returncode != 0 and "exists" in again.stdout + again.stderr
+
+
+def test_verify_net_in_out_and_torchscript_export(tmp_path):
+    meta, infer = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
+    checked = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
+        + ["--meta_file", meta, "--config_file", infer, "--n", "4", "--device", "cpu"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert checked.returncode == 0 and "verified with no error" in checked.stdout + checked.stderr
+    model = _model_file(tmp_path / "models")
+    exported = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def"]
+        + ["--filepath", str(tmp_path / "model.ts"), "--ckpt_file", str(model), "--key_in_ckpt", "model"]
+        + ["--meta_file", meta, "--config_file", infer],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    scripted = torch.jit.load(str(tmp_path / "model.ts")).eval()
+    eager = create_network(RunConfig()).eval()
+    eager.load_state_dict(torch.load(model, weights_only=True)["model"])
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), eager(x), atol=1e-5)
+
+
+def test_torchrun_two_processes_gloo(synthetic, tmp_path):
+    """DDP on two CPU processes: different samples per rank, identical weights, one checkpoint."""
+    probe = tmp_path / "probe.json"
+    probe.write_text(
+        json.dumps(
+            {
+                "finalize": [
+                    "$torch.save({'weights': @network.module.state_dict(), "
+                    "'samples': list(iter(@train#dataloader.sampler))}, "
+                    "@bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+                    "$dist.is_initialized() and dist.destroy_process_group()",
+                ]
+            }
+        )
+    )
+    configs = str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(probe)])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    cmd += ["--master_addr=127.0.0.1"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", configs]
+    for key, value in {
+        "bundle_root": tmp_path / "ddp",
+        "dataset_dir": synthetic / "prepared",
+        "epochs": 2,
+        "batch_size": 4,
+        "num_samples": 2,
+        "volume_repeats": 2,
+    }.items():
+        cmd += [f"--{key}", str(value)]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["samples"] != ranks[1]["samples"]  # each rank its own share of one permutation
+    assert (
+        len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 2
+    )  # 2 training volumes x 2 visits / 2 ranks
+    assert sorted(ranks[0]["samples"] + ranks[1]["samples"]) == [0, 0, 1, 1]
+    assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
+    models = list((tmp_path / "ddp").rglob("model.pt"))
+    assert len(models) == 1
+    saved = torch.load(models[0], weights_only=True)["model"]
+    assert not any(k.startswith("module.") for k in saved)
