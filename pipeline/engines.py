@@ -316,7 +316,13 @@ def run_per_case(
         evaluator.state.epoch_length = 1
         try:
             evaluator.run()
+            if evaluator.state.iteration < 1:
+                raise RuntimeError("the evaluator processed nothing")
         except Exception as err:  # noqa: BLE001 - any failure of one case is reported, the others go on
+            # Ignite keeps the broken run's generator and data iterator: drop them so the next case
+            # starts a fresh run instead of "resuming" (and silently skipping) the failed one
+            evaluator._internal_run_generator = None
+            evaluator._dataloader_iter = None
             message = " ".join(str(err).split()) or type(err).__name__
             image = str(entry.get("image")) if isinstance(entry, Mapping) else ""
             failures.append({"case": name, "image": image, "error": message})

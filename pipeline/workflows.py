@@ -67,7 +67,7 @@ from pipeline.inference import (
 from pipeline.losses import build_loss
 from pipeline.networks import build_network
 from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.safety import atomic_write_text
+from pipeline.safety import atomic_write_text, check_output_location
 from pipeline.transforms import TransformSettings, build_transforms
 
 logger = logging.getLogger(__name__)
@@ -363,6 +363,7 @@ def train(
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     validate_config(cfg)
+    check_output_location(cfg.run_dir(), [cfg.data])
     _guard_run_dir(cfg, cfg.run_dir())
     run = prepare_run(cfg)
     text = json.dumps(asdict(cfg), indent=2, default=str)

@@ -49,5 +49,14 @@ def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert again.returncode == 2 and "--overwrite" in again.stderr
     assert datalist.is_file()
+    # --overwrite never removes what the demo did not write
+    (output / "my_notes.txt").write_text("mine")
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--output", str(output), "--overwrite"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "my_notes.txt" in refused.stderr
+    assert (output / "my_notes.txt").read_text() == "mine" and datalist.is_file()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
+import sys
 from pathlib import Path
 
 from pipeline.cli import main as lggseg
@@ -92,14 +92,52 @@ def train_evaluate_infer_steps(args: argparse.Namespace, raw: Path, prepared: Pa
     ]
 
 
+DEMO_PARTS = ("kaggle_3m", "prepared", "runs", "predictions")
+
+
+def _clear_for_overwrite(output: Path) -> str | None:
+    """Make room for a new demo in ``output``, removing only what an earlier demo wrote.
+
+    Returns:
+        ``None`` when the demo may start, else the one-line reason it may not (nothing removed then).
+    """
+    from pipeline.safety import MANIFEST_FILENAME, foreign_files, remove_owned
+
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in DEMO_PARTS)
+    if foreign:
+        return (
+            f"{output}: holds {', '.join(foreign[:3])}, which the demo did not write; choose another --output"
+        )
+    raw = output / "kaggle_3m"
+    if raw.is_dir() and foreign_files(raw):
+        return f"{raw}: holds files the demo did not write; choose another --output"
+    if raw.is_dir():
+        remove_owned(raw)
+        (raw / MANIFEST_FILENAME).unlink(missing_ok=True)
+        if not any(raw.iterdir()):
+            raw.rmdir()
+    return None
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    """Run ``lggseg demo``: every step, stopping at the first failure."""
+    """Run ``lggseg demo``: every step, stopping at the first failure. ``--overwrite`` starts again in a
+    folder of an earlier demo and replaces only the files the demo wrote."""
+    steps = demo_steps(args)
     if args.output.exists() and any(args.output.iterdir()):
         if not args.overwrite:
-            logger.error("%s already exists; pass --overwrite to start again", args.output)
-            return 1
-        shutil.rmtree(args.output)
-    for number, step in enumerate(demo_steps(args), start=1):
+            print(
+                f"lggseg: error: {args.output}: already exists; pass --overwrite to start again",
+                file=sys.stderr,
+            )
+            return 2
+        problem = _clear_for_overwrite(args.output)
+        if problem:
+            print(f"lggseg: error: {problem}", file=sys.stderr)
+            return 2
+        for step in steps:
+            if step[0] in ("prepare", "train", "infer"):
+                step.append("--overwrite")
+    for number, step in enumerate(steps, start=1):
         logger.info("demo step %d: lggseg %s", number, " ".join(step))
         code = lggseg(step)
         if code:

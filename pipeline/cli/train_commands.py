@@ -73,32 +73,51 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in POSTPROCESSING_KEYS if getattr(args, k, None) is not None}
 
 
-def _guard(job: Any) -> int:
-    """Run ``job``; bad input becomes one clear line on stderr and exit code 2, failed cases exit code 1."""
+def _guard(job: Any, debug: bool = False) -> int:
+    """Run ``job``: bad input becomes one line on stderr and exit code 2, failed cases exit code 1, any other
+    error one line and exit code 1; ``--debug`` shows the traceback instead."""
     from pipeline.workflows import CasesFailed
 
     try:
         job()
-    except CasesFailed as error:
-        print(f"lggseg: error: {error}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as error:
+    except Exception as error:
+        if debug:
+            raise
         message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        if isinstance(error, CasesFailed):
+            code = 1
+        elif isinstance(error, (FileNotFoundError, ValueError)):
+            code = 2
+        else:
+            code, message = 1, f"{type(error).__name__}: {message}; run again with --debug for the traceback"
         print(f"lggseg: error: {message}", file=sys.stderr)
-        return 2
+        return code
+    except KeyboardInterrupt:
+        print("lggseg: interrupted; a training run continues with --resume", file=sys.stderr)
+        return 130
     return 0
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
+    )
+
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False))
 
 
 def run_train(args: argparse.Namespace) -> int:
     from pipeline.workflows import train
 
-    return _guard(lambda: train(config_from_args(args)))
+    return _guard(lambda: train(config_from_args(args)), _debug(args))
 
 
 def run_cv(args: argparse.Namespace) -> int:
     from pipeline.workflows import cross_validate
 
-    return _guard(lambda: cross_validate(config_from_args(args), folds=args.folds))
+    return _guard(lambda: cross_validate(config_from_args(args), folds=args.folds), _debug(args))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -120,7 +139,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"std {dice['std']:.4f}; report in {result['paths'].get('json', '').__str__()}"
         )
 
-    return _guard(job)
+    return _guard(job, _debug(args))
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -138,7 +157,7 @@ def run_infer(args: argparse.Namespace) -> int:
         )
         print(f"{len(written)} predictions written to {args.output}")
 
-    return _guard(job)
+    return _guard(job, _debug(args))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -150,6 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in 3D on --val-fold; checkpoints, TensorBoard and config in OUTPUT/NAME/fold<k>.",
     )
     add_config_options(p)
+    _add_debug(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser(
@@ -160,6 +180,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_options(p, skip=("fold", "resume", "val_fold"))
     p.add_argument("--folds", type=int, nargs="+", help="folds to run (default: all in the datalist)")
+    _add_debug(p)
     p.set_defaults(func=run_cv)
 
     p = subparsers.add_parser(
@@ -173,6 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, nargs="+", help="folds to evaluate (default: the run's test fold)")
     p.add_argument("--output", type=Path, help="report folder (default: <run>/evaluation)")
     p.add_argument("--save-predictions", action="store_true", help="also write predicted NIfTI volumes")
+    _add_debug(p)
     p.set_defaults(func=run_evaluate)
 
     p = subparsers.add_parser(
@@ -186,4 +208,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument("--kaggle-masks", action="store_true", help="also write <patient>_<k>_mask.tif per slice")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions of these cases")
+    _add_debug(p)
     p.set_defaults(func=run_infer)
