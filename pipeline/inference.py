@@ -284,6 +284,8 @@ def check_prediction_targets(
         ValueError: naming the path and what to do.
     """
     check_output_location(output_dir, [*inputs, *(c["image"] for c in cases)])
+    if isinstance(overwrite, str):  # a bundle override given as text
+        overwrite = overwrite.strip().lower() in ("1", "true", "yes")
     existing = [p for c in cases if os.path.exists(p := prediction_path(output_dir, c["case"]))]
     if existing and not overwrite:
         raise ValueError(
