@@ -60,6 +60,7 @@ from pipeline.safety import (
     check_output_location,
     foreign_files,
     owned_files,
+    process_alive,
     remove_owned,
     staging_folder,
     write_manifest,
@@ -808,25 +809,15 @@ def _worker_init(parent_pid: int) -> None:
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid and not _alive(parent_pid):  # the parent died before prctl
+    if os.getppid() != parent_pid and not process_alive(parent_pid):  # the parent died before prctl
         os._exit(1)
 
     def watch() -> None:
-        while _alive(parent_pid):
+        while process_alive(parent_pid):
             time.sleep(0.5)
         os._exit(1)
 
     threading.Thread(target=watch, name="lggseg-parent-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _call(function: Callable, *args: object) -> tuple[object, str | None]:

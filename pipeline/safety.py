@@ -383,7 +383,8 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _process_alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` runs (and, given ``start`` from ``/proc/<pid>/stat``, is the same one)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -419,7 +420,7 @@ def remove_stale_staging(target: str | os.PathLike) -> list[Path]:
             pid, start, name = int(marker["pid"]), marker.get("start"), marker["target"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if name != target.name or _process_alive(pid, start):
+        if name != target.name or process_alive(pid, start):
             continue
         shutil.rmtree(candidate, ignore_errors=True)
         removed.append(candidate)

@@ -51,6 +51,13 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def _run(configs: str, **overrides) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` from the repository root, output captured."""
+    return subprocess.run(
+        _bundle_cmd(configs, **overrides), env=_env(), capture_output=True, text=True, cwd=REPO
+    )
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     """Six synthetic patients (64x64) prepared into NIfTI volumes and 3 folds."""
@@ -109,14 +116,8 @@ def test_configs_have_every_required_property(tmp_path):
 
 def test_bundle_training_equals_cli_training(synthetic, tmp_path):
     """One short epoch through `monai.bundle run` and through `lggseg train`: identical weights."""
-    result = subprocess.run(
-        _bundle_cmd(
-            _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
-        ),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    result = _run(
+        _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
     )
     assert result.returncode == 0, result.stderr[-3000:]
     cli = train(
@@ -140,31 +141,19 @@ def test_bundle_training_equals_cli_training(synthetic, tmp_path):
     assert "Epoch[1] Complete" in result.stdout and "Epoch[2]" not in result.stdout
     assert bundle["config"]["epochs"] == 1
     # evaluate.json on top of train.json writes the CLI's per-patient report for the test fold
-    evaluated = subprocess.run(
-        _bundle_cmd(
-            _bundle("train.json", "evaluate.json"),
-            bundle_root=tmp_path / "b",
-            dataset_dir=synthetic / "prepared",
-            device="cpu",
-        ),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    evaluated = _run(
+        _bundle("train.json", "evaluate.json"),
+        bundle_root=tmp_path / "b",
+        dataset_dir=synthetic / "prepared",
+        device="cpu",
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     report = json.loads((tmp_path / "b" / "eval" / "fold0" / "metrics.json").read_text())
     datalist = json.loads((synthetic / "prepared" / "datalist.json").read_text())["training"]
     assert {p["patient_id"] for p in report["patients"]} == {e["patient"] for e in datalist if e["fold"] == 0}
     # a second training into the same folder refuses to replace the model it wrote
-    again = subprocess.run(
-        _bundle_cmd(
-            _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
-        ),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    again = _run(
+        _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
     )
     assert again.returncode != 0 and "exists and training would replace it" in again.stderr + again.stdout
 
@@ -187,19 +176,13 @@ def test_bundle_inference_on_real_patients(kaggle_root, tmp_path):
     outputs = {}
     for kind, dataset_dir in (("nifti", tmp_path / "prepared"), ("raw", raw)):
         out = tmp_path / f"out-{kind}"
-        result = subprocess.run(
-            _bundle_cmd(
-                _bundle("inference.json"),
-                bundle_root=tmp_path / "bundle",
-                ckpt_path=model,
-                dataset_dir=dataset_dir,
-                output_dir=out,
-                device="cpu",
-            ),
-            env=_env(),
-            capture_output=True,
-            text=True,
-            cwd=REPO,
+        result = _run(
+            _bundle("inference.json"),
+            bundle_root=tmp_path / "bundle",
+            ckpt_path=model,
+            dataset_dir=dataset_dir,
+            output_dir=out,
+            device="cpu",
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert sorted(p.name for p in out.iterdir()) == sorted(names)
@@ -227,19 +210,13 @@ def test_bundle_inference_reports_a_bad_case_and_writes_the_others(synthetic, tm
     (cases / "broken.nii.gz").write_bytes(b"not a nifti file")
     model = _model_file(tmp_path / "bundle" / "models")
     before = {p: p.read_bytes() for p in cases.iterdir()}
-    result = subprocess.run(
-        _bundle_cmd(
-            _bundle("inference.json"),
-            bundle_root=tmp_path / "bundle",
-            ckpt_path=model,
-            dataset_dir=cases,
-            output_dir=tmp_path / "out",
-            device="cpu",
-        ),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    result = _run(
+        _bundle("inference.json"),
+        bundle_root=tmp_path / "bundle",
+        ckpt_path=model,
+        dataset_dir=cases,
+        output_dir=tmp_path / "out",
+        device="cpu",
     )
     assert result.returncode != 0
     assert "broken: failed" in result.stdout + result.stderr
@@ -251,19 +228,13 @@ def test_bundle_inference_reports_a_bad_case_and_writes_the_others(synthetic, tm
     assert not list((tmp_path / "out").rglob("*.partial*"))
     assert {p: p.read_bytes() for p in cases.iterdir()} == before  # inputs untouched
     # a second run refuses to replace the predictions it wrote unless asked
-    again = subprocess.run(
-        _bundle_cmd(
-            _bundle("inference.json"),
-            bundle_root=tmp_path / "bundle",
-            ckpt_path=model,
-            dataset_dir=cases,
-            output_dir=tmp_path / "out",
-            device="cpu",
-        ),
-        env=_env(),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    again = _run(
+        _bundle("inference.json"),
+        bundle_root=tmp_path / "bundle",
+        ckpt_path=model,
+        dataset_dir=cases,
+        output_dir=tmp_path / "out",
+        device="cpu",
     )
     assert again.returncode != 0 and "exists" in again.stdout + again.stderr
 
