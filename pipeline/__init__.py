@@ -17,8 +17,8 @@ Modules (arrows point down only, see ``DESIGN.md`` in the shared docs):
   manifest), ``pipeline.networks`` (the registry) with the custom architectures beside it (``unext``,
   ``unet``, ``resunet``, ``unetplusplus``, ``deeplab``, ``segmenter``, ``fcn``, ``hrnet``; ``unext_reference``
   is the public design, for benchmarks and weight loading), ``pipeline.metrics``, ``pipeline.losses``,
-  ``pipeline.optim``, ``pipeline.checkpoint``, ``pipeline.handlers``, ``pipeline.synthetic`` (the built-in
-  synthetic data set).
+  ``pipeline.optim``, ``pipeline.overlays`` (overlay drawing and colours), ``pipeline.checkpoint``,
+  ``pipeline.handlers``, ``pipeline.synthetic`` (the built-in synthetic data set).
 
 Submodules load on first use (``pipeline.data`` after ``import pipeline``), which is what the bundle's
 ``"$import pipeline"`` expressions rely on.
@@ -42,6 +42,7 @@ _SUBMODULES = {
     "metrics",
     "networks",
     "optim",
+    "overlays",
     "report",
     "safety",
     "synthetic",

@@ -14,9 +14,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pipeline.data import DATALIST_FILENAME
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PREPARED_IMAGE = "image.nii.gz"
-DATALIST_NAME = "datalist.json"
 
 
 class CaseError(ValueError):
@@ -92,8 +93,8 @@ def find_cases(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
             raise CaseError(f"{path}: not found")
         if path.is_file() and path.suffix == ".json":
             found = _datalist_cases(path)
-        elif path.is_dir() and (path / DATALIST_NAME).is_file():
-            found = _datalist_cases(path / DATALIST_NAME)
+        elif path.is_dir() and (path / DATALIST_FILENAME).is_file():
+            found = _datalist_cases(path / DATALIST_FILENAME)
         elif _is_nifti(path):
             found = [{"image": str(path), "case": case_name(path)}]
         elif path.is_dir():

@@ -19,33 +19,11 @@ from ignite.engine import Engine, Events
 from ignite.handlers import ProgressBar
 from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, TensorBoardStatsHandler, ValidationHandler
-from scipy import ndimage
 from torch.utils.tensorboard import SummaryWriter
 
+from pipeline.overlays import FLAIR_CHANNEL, overlay_rgb
+
 logger = logging.getLogger("lggseg.train")
-
-FLAIR_CHANNEL = 1
-
-
-def overlay_rgb(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
-    """RGB ``(3, H, W)`` float image: a grey slice with the outline of the truth (red) and prediction (green).
-
-    Args:
-        image: the grey slice ``(H, W)`` (any range; scaled to its 1st-99th percentile).
-        truth: binary truth ``(H, W)`` or ``None``.
-        pred: binary prediction ``(H, W)``.
-    """
-    low, high = np.percentile(image, [1, 99]) if image.size else (0.0, 1.0)
-    grey = np.clip((image - low) / (high - low if high > low else 1.0), 0, 1)
-    rgb = np.stack([grey, grey, grey])
-    for mask, colour in ((truth, (1.0, 0.0, 0.0)), (pred, (0.0, 1.0, 0.0))):
-        if mask is None:
-            continue
-        mask = mask > 0
-        outline = mask & ~ndimage.binary_erosion(mask)
-        for c in range(3):
-            rgb[c][outline] = colour[c]
-    return rgb.astype(np.float32)
 
 
 class EpochSummaryHandler:
@@ -101,8 +79,8 @@ class EpochSummaryHandler:
 
 class TensorBoardHandlers:
     """TensorBoard of a run: training loss per iteration, validation metrics per epoch (MONAI
-    ``TensorBoardStatsHandler``) and overlays of a few validation slices (FLAIR, truth in red, prediction
-    in green; the slice with the most tumour of each of the first ``num_images`` patients).
+    ``TensorBoardStatsHandler``) and overlays of a few validation slices (FLAIR, truth in green, prediction
+    in red; the slice with the most tumour of each of the first ``num_images`` patients).
     ``attach(trainer)`` wires the trainer and the evaluator; the writer is closed when training completes.
 
     Args:

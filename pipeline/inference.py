@@ -25,7 +25,7 @@ from monai.transforms import AsDiscreted, Compose, MapTransform, SaveImaged
 
 from pipeline.cases import case_name
 from pipeline.safety import check_output_location
-from pipeline.transforms import ConnectedComponentFilterd, SliceContext
+from pipeline.transforms import DEFAULT_PATCH_SIZE, ConnectedComponentFilterd, SliceContext
 
 TTA_MODES = ("none", "flip", "scale", "flip+scale")
 PREDICTION_POSTFIX = "seg"
@@ -59,7 +59,7 @@ class VolumeInferer(Inferer):
         context: int = 0,
         divisible: int = 16,
         input_size: Sequence[int] | None = None,
-        patch_size: Sequence[int] = (128, 128, 16),
+        patch_size: Sequence[int] = DEFAULT_PATCH_SIZE,
         sw_batch_size: int = 32,
         overlap: float = 0.25,
         tta: str = "none",

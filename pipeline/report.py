@@ -29,8 +29,6 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline.metrics import PATIENT_CONVENTIONS, PATIENT_METRIC_KEYS
+from pipeline.overlays import OVERLAY_COLOURS
+from pipeline.safety import atomic_path
 
 __all__ = [
     "COUNT_KEYS",
@@ -183,18 +183,11 @@ def select_cases(records: Sequence[Mapping[str, Any]], metric: str = "dice") -> 
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it onto ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (:func:`pipeline.safety.atomic_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -413,7 +406,7 @@ def plot_overlay(
     fig = Figure(figsize=(5.0, 5.3))
     ax = fig.add_subplot()
     ax.imshow(plane, cmap="gray", vmin=float(lo), vmax=float(hi) if hi > lo else float(lo) + 1.0)
-    colours = {"truth": "lime", "prediction": "red"}
+    colours = OVERLAY_COLOURS
     for name, mask in (("truth", t[..., k]), ("prediction", p[..., k])):
         if mask.any() and not mask.all():
             ax.contour(mask.astype(np.float32), levels=[0.5], colors=colours[name], linewidths=1.2)

@@ -54,6 +54,7 @@ from scipy import ndimage
 from pipeline.data import read_patient_folder
 
 IMAGE_KEY = "image"
+DEFAULT_PATCH_SIZE = (128, 128, 16)  # 3D training patch and sliding window (H, W, D): thick slices
 LABEL_KEY = "label"
 
 
@@ -324,7 +325,7 @@ class TransformSettings:
     spatial_dims: int = 2
     context: int = 0
     input_size: tuple[int, int] | None = None
-    patch_size: tuple[int, int, int] = (128, 128, 16)
+    patch_size: tuple[int, int, int] = DEFAULT_PATCH_SIZE
     num_samples: int = 8
     pos: float = 1.0
     neg: float = 1.0

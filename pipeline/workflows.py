@@ -39,7 +39,7 @@ from pipeline.checkpoint import (
     load_checkpoint,
 )
 from pipeline.config import KEY_METRIC, MODEL_KEYS, RunConfig, resolve_device, validate_config
-from pipeline.data import load_datalist, split_folds
+from pipeline.data import DATALIST_FILENAME, load_datalist, split_folds
 from pipeline.engines import (
     CasesFailed,
     build_dataset,
@@ -116,7 +116,7 @@ def make_postprocessing(cfg: RunConfig) -> Any:
 
 def _datalist_path(data: str | Path) -> Path:
     path = Path(data)
-    return path / "datalist.json" if path.is_dir() else path
+    return path / DATALIST_FILENAME if path.is_dir() else path
 
 
 def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
