@@ -101,17 +101,20 @@ def test_train_json_scalars_have_the_cli_defaults():
             assert value == expected, f"{name}: {key}={value!r}, RunConfig default {expected!r}"
 
 
-def test_configs_have_every_required_property(tmp_path):
+def test_configs_have_every_required_property(synthetic, tmp_path):
     for configs, kind in ((["train.json"], "train"), (["inference.json"], "infer")):
         workflow = ConfigWorkflow(
             config_file=[str(CONFIGS / c) for c in configs],
             meta_file=str(CONFIGS / "metadata.json"),
             logging_file=str(CONFIGS / "logging.conf"),
             workflow_type=kind,
-            init_id="no_initialize",  # parse only: nothing runs, nothing is built
+            init_id="no_initialize",  # parse only: nothing runs
+            bundle_root=str(tmp_path),  # what checking builds (a TensorBoard writer) stays in tmp_path
+            dataset_dir=str(synthetic / "prepared"),
         )
         workflow.initialize()
         assert not workflow.check_properties(), kind
+    assert not (REPO / "eval").exists()
 
 
 def test_bundle_training_equals_cli_training(synthetic, tmp_path):
