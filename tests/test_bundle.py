@@ -316,3 +316,17 @@ def test_torchrun_two_processes_gloo(synthetic, tmp_path):
     assert len(models) == 1
     saved = torch.load(models[0], weights_only=True)["model"]
     assert not any(k.startswith("module.") for k in saved)
+
+
+def test_shipped_weights_load_strictly_into_the_inference_network():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["device"] = "cpu"
+    network = parser.get_parsed_content("network_def")
+    shipped = torch.load(REPO / "bundle" / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert set(shipped) == {"model", "config"}
+    network.load_state_dict(shipped["model"], strict=True)
+    for key in ("arch", "spatial_dims", "context", "num_classes", "deep_supervision"):
+        assert shipped["config"][key] == parser[key], key
