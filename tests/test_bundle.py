@@ -198,6 +198,7 @@ def test_bundle_inference_on_real_patients(kaggle_root, tmp_path):
             pred = nib.load(outputs[kind, name])
             assert pred.shape == shape and np.allclose(pred.affine, affine), (kind, name)
             assert pred.get_data_dtype() == np.uint8 and set(np.unique(pred.get_fdata())) <= {0.0, 1.0}
+            assert int(pred.header["sform_code"]) > 0 and int(pred.header["qform_code"]) > 0
         assert np.array_equal(
             nib.load(outputs["nifti", name]).get_fdata(), nib.load(outputs["raw", name]).get_fdata()
         )
