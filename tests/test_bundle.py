@@ -317,6 +317,17 @@ def test_torchrun_two_processes_gloo(synthetic, tmp_path):
     assert len(models) == 1
     saved = torch.load(models[0], weights_only=True)["model"]
     assert not any(k.startswith("module.") for k in saved)
+    # evaluation on two ranks: each a share of the test patients, one merged report
+    configs = str([str(CONFIGS / c) for c in ("train.json", "evaluate.json", "multi_gpu_evaluate.json")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    cmd += ["--master_addr=127.0.0.1", "-m", "monai.bundle", "run", "--config_file", configs]
+    cmd += ["--bundle_root", str(tmp_path / "ddp"), "--dataset_dir", str(synthetic / "prepared")]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((tmp_path / "ddp" / "eval" / "fold0" / "metrics.json").read_text())
+    datalist = json.loads((synthetic / "prepared" / "datalist.json").read_text())["training"]
+    expected = sorted(e["patient"] for e in datalist if e["fold"] == 0)
+    assert sorted(p["patient_id"] for p in report["patients"]) == expected
 
 
 def test_shipped_weights_load_strictly_into_the_inference_network():
