@@ -11,3 +11,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[test]"
 # torchvision has no working CPU build here and MONAI trips over a broken one: make sure it is absent.
 .venv/bin/python -m pip uninstall -y -q torchvision 2>/dev/null || true
+# MONAI Label 0.8.5 for the 3D Slicer app (apps/lggseg) and its tests, without touching torch or numpy.
+bash scripts/install_monailabel.sh >/dev/null
