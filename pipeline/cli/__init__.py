@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "pipeline.cli.demo_command",
     "pipeline.cli.train_commands",
     "pipeline.cli.network_commands",
+    "pipeline.cli.studies_command",
 )
 
 

@@ -1,0 +1,109 @@
+"""``lggseg studies``: a flat studies folder for MONAI Label / 3D Slicer (see :mod:`pipeline.studies`).
+
+Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <what to do>``: exit code 2 for
+bad usage or input (nothing written), 1 when some patients could not be written (one line each; the others
+were written); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.data import LGGDataError
+from pipeline.safety import UnsafeOutputError
+from pipeline.studies import write_studies
+
+logger = logging.getLogger("lggseg")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``studies`` to ``lggseg``."""
+    studies = subparsers.add_parser(
+        "studies",
+        help="write a flat studies folder for MONAI Label and 3D Slicer (<patient>.nii.gz [+ labels])",
+        description="Write every patient of a kaggle_3m folder, a raw patient folder or a prepared folder "
+        "as <patient>.nii.gz in one flat folder, the layout MONAI Label's local datastore reads; with "
+        "--with-labels also labels/final/<patient>.nii.gz (the ground truth as finished labels, e.g. to "
+        "fine-tune). Images are the 3-channel (H, W, D, 3) NIfTI of `lggseg prepare` (3D Slicer shows them "
+        "as a 3-frame sequence: pre-contrast, FLAIR, post-contrast). Files lggseg did not write are never "
+        "replaced or removed. Serve the folder with: python -m monailabel.main start_server --app "
+        "apps/lggseg --studies OUTPUT --host 127.0.0.1 --port 8000",
+    )
+    studies.add_argument(
+        "--input",
+        required=True,
+        type=Path,
+        help="kaggle_3m folder, one raw patient folder, or a prepared folder (with datalist.json)",
+    )
+    studies.add_argument("--output", required=True, type=Path, help="the studies folder to write")
+    studies.add_argument(
+        "--with-labels", action="store_true", help="also write labels/final/<patient>.nii.gz (ground truth)"
+    )
+    studies.add_argument(
+        "--patients", nargs="+", default=None, metavar="NAME", help="only these patients (folder names)"
+    )
+    studies.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=(1.0, 1.0, 1.0),
+        metavar=("ROW", "COL", "SLICE"),
+        help="voxel size in mm for raw folders (default 1 1 1; the TIFFs do not store it)",
+    )
+    studies.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder holding other files (e.g. a MONAI Label datastore), replacing only the "
+        "studies lggseg wrote; files lggseg did not write are never replaced or removed",
+    )
+    studies.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
+    )
+    studies.set_defaults(func=run_studies)
+
+
+def _say(message: str) -> None:
+    """Print one ``lggseg: error:`` line (newlines in ``message`` become ``; ``)."""
+    text = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"lggseg: error: {text}", file=sys.stderr)
+
+
+def run_studies(args: argparse.Namespace) -> int:
+    """Run ``lggseg studies``; returns the exit code (0 all written, 1 some patients failed, 2 bad input)."""
+    try:
+        result = write_studies(
+            args.input,
+            args.output,
+            with_labels=args.with_labels,
+            overwrite=args.overwrite,
+            patients=args.patients,
+            spacing=args.spacing,
+            progress=lambda it, total: tqdm(it, total=total, desc="studies", unit="patient"),
+        )
+    except (LGGDataError, UnsafeOutputError) as error:
+        if getattr(args, "debug", False):
+            raise
+        _say("; ".join(error.problems) if isinstance(error, LGGDataError) else str(error))
+        return 2
+    except OSError as error:
+        if getattr(args, "debug", False):
+            raise
+        _say(f"{error.filename or args.output}: {error.strerror or error}; fix the cause and run again")
+        return 1
+    except KeyboardInterrupt:
+        _say(f"{args.output}: interrupted; the studies already moved into place are complete files")
+        return 130
+    for name, problem in sorted(result.failures.items()):
+        _say(f"{args.input / name}: {problem}; skipped, the other patients were written")
+    logger.info(
+        "wrote %d studies%s to %s",
+        len(result.written),
+        " with labels" if args.with_labels else "",
+        args.output,
+    )
+    return 1 if result.failures else 0

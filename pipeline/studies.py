@@ -1,0 +1,292 @@
+"""Studies folders for MONAI Label: one flat folder of study images, optionally with their labels (floor 2).
+
+MONAI Label's local datastore lists a folder flat: ``<id>.nii.gz`` is a study, ``labels/final/<id>.nii.gz``
+its finished label (``<patient>/image.nii.gz`` is not found). :func:`write_studies` writes that layout from
+a raw Kaggle folder (``kaggle_3m``, or one patient folder) or from a prepared folder (``datalist.json``)::
+
+    STUDIES/<patient>.nii.gz                 uint8, array (H, W, D, 3): pre-contrast, FLAIR, post-contrast
+    STUDIES/labels/final/<patient>.nii.gz    uint8, array (H, W, D): 0 background, 1 FLAIR abnormality
+    STUDIES/.lggseg-manifest.json            the files lggseg wrote (only those are ever replaced)
+
+The image is the same file ``lggseg prepare`` writes (:func:`pipeline.data.save_nifti`; copied byte for byte
+from a prepared folder): the form the bundle's chain reads (``LoadImaged`` gives ``(3, H, W, D)``). 3D Slicer
+reads it as a 4D volume, i.e. a sequence of 3 frames (0 pre-contrast, 1 FLAIR, 2 post-contrast) on one 3D
+grid, so labels drawn on any frame have the study's (H, W, D) geometry. A 3D vector image (a 5D NIfTI with
+the vector intent, or a vector NRRD) would show as one colour volume in Slicer, but MONAI 1.6 reads the
+first as ``(3, H, W, D, 1)`` and fails on the second, so the bundle's chain could not use it.
+
+Safety follows :mod:`pipeline.safety`: the output must not be, contain or lie inside the input; a folder
+holding files lggseg did not write (e.g. a MONAI Label server's ``datastore_v2.json``, labels saved from
+Slicer) is refused unless ``overwrite``, and even then those files are never replaced; every file is
+written in a staging folder and renamed into place; one bad patient is reported and the others written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pipeline.data import (
+    DATALIST_FILENAME,
+    LGGDataError,
+    discover_patients,
+    load_datalist,
+    make_affine,
+    read_patient_folder,
+    save_nifti,
+)
+from pipeline.safety import (
+    check_output_location,
+    foreign_files,
+    owned_files,
+    staging_folder,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+STUDY_SUFFIX = ".nii.gz"
+FINAL_LABELS = "labels/final"
+COMMAND = "studies"
+# what MONAI Label accepts as an image id here (and what the app's datastore accepts for uploads)
+STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class StudySource:
+    """One patient to write as a study.
+
+    Args:
+        name: the study id (patient folder name).
+        image: a raw patient folder, or a prepared ``image.nii.gz``.
+        label: the prepared ``label.nii.gz`` (``None`` for a raw folder: its masks are read with it).
+    """
+
+    name: str
+    image: Path
+    label: Path | None = None
+
+
+@dataclass
+class StudiesResult:
+    """What :func:`write_studies` did.
+
+    Args:
+        output_dir: the studies folder.
+        written: the study ids written.
+        failures: ``{study id: problem}`` for the patients that could not be written.
+        files: the files written, relative to ``output_dir``.
+    """
+
+    output_dir: Path
+    written: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def study_files(name: str, with_labels: bool) -> list[str]:
+    """The files of one study, relative to the studies folder (image first)."""
+    files = [f"{name}{STUDY_SUFFIX}"]
+    return files + [f"{FINAL_LABELS}/{name}{STUDY_SUFFIX}"] if with_labels else files
+
+
+def find_study_sources(
+    input_dir: str | os.PathLike, patients: Sequence[str] | None = None
+) -> list[StudySource]:
+    """The patients of a prepared folder, a ``kaggle_3m`` folder or one raw patient folder.
+
+    Args:
+        input_dir: the folder.
+        patients: keep only these patients (default: all).
+
+    Returns:
+        one :class:`StudySource` per patient, sorted by name.
+
+    Raises:
+        LGGDataError: missing input, no patient in it, an unknown ``patients`` name, or a patient name that
+            cannot be a study id.
+    """
+    root = Path(input_dir)
+    if not root.exists():
+        raise LGGDataError(
+            f"{root}: input not found; pass a kaggle_3m folder, a patient folder or a prepared folder"
+        )
+    if (root / DATALIST_FILENAME).is_file():
+        sources = [
+            StudySource(str(e["patient"]), Path(e["image"]), Path(e["label"]) if e.get("label") else None)
+            for e in load_datalist(root / DATALIST_FILENAME)
+        ]
+    elif root.is_dir() and any(p.suffix.lower() in {".tif", ".tiff"} for p in root.iterdir()):
+        sources = [StudySource(root.name, root)]
+    else:
+        sources = [StudySource(p.name, p) for p in discover_patients(root, include_empty=True)]
+    sources.sort(key=lambda s: s.name)
+    if patients:
+        known = {s.name for s in sources}
+        unknown = [p for p in patients if p not in known]
+        if unknown:
+            raise LGGDataError(
+                f"{root}: no patient {', '.join(unknown)}; --patients takes folder names such as "
+                f"{sources[0].name if sources else 'TCGA_CS_4941_19960909'}"
+            )
+        sources = [s for s in sources if s.name in set(patients)]
+    bad = [s.name for s in sources if not STUDY_ID.match(s.name)]
+    if bad:
+        raise LGGDataError(
+            f"{root / bad[0]}: {bad[0]!r} cannot be a study id (letters, digits, '.', '_', '-' only); "
+            "rename the patient folder"
+        )
+    return sources
+
+
+def _check_contents(output_dir: Path, planned: Iterable[str], overwrite: bool) -> None:
+    """Refuse a non-empty output without ``overwrite``; with it, refuse names held by files lggseg did
+    not write (they are never replaced)."""
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    owned = owned_files(output_dir)
+    if not overwrite:
+        foreign = foreign_files(output_dir)
+        what = (
+            f"holds {len(foreign)} files lggseg did not write (e.g. {foreign[0]})"
+            if foreign
+            else "already holds studies lggseg wrote"
+        )
+        raise LGGDataError(
+            f"{output_dir}: output folder {what}; choose a new or empty folder, or pass --overwrite to "
+            "replace lggseg's own files (files lggseg did not write are kept)"
+        )
+    for rel in planned:
+        target = output_dir / rel
+        if (target.exists() or target.is_symlink()) and (rel not in owned or target.is_dir()):
+            raise LGGDataError(
+                f"{target}: exists and lggseg did not write it; it is never replaced: move it away or choose "
+                "another output folder"
+            )
+
+
+def _check_prepared_image(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Read a prepared image completely (a truncated file fails here); returns its (H, W, D) and affine."""
+    image = nib.load(path)
+    data = np.asanyarray(image.dataobj)
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise LGGDataError(f"{path}: expected an (H, W, D, 3) image, got shape {data.shape}")
+    return data.shape[:3], image.affine
+
+
+def _check_prepared_label(path: Path, shape: tuple[int, ...]) -> None:
+    data = np.asanyarray(nib.load(path).dataobj)
+    if data.shape != shape:
+        raise LGGDataError(f"{path}: label shape {data.shape} differs from its image {shape}")
+    values = np.unique(data)
+    if not set(values.tolist()) <= {0, 1}:
+        raise LGGDataError(f"{path}: label values {values[:8].tolist()} are not 0/1")
+
+
+def _stage_one(source: StudySource, staging: Path, with_labels: bool, spacing: Sequence[float]) -> list[str]:
+    """Write one study into ``staging``; returns its files (relative)."""
+    files = study_files(source.name, with_labels)
+    targets = [staging / rel for rel in files]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    if source.image.is_dir():
+        volume = read_patient_folder(source.image, spacing)
+        save_nifti(np.ascontiguousarray(volume.image.transpose(1, 2, 3, 0)), volume.affine, targets[0])
+        if with_labels:
+            save_nifti(volume.label[0], volume.affine, targets[1])
+        return files
+    shape, _ = _check_prepared_image(source.image)
+    shutil.copyfile(source.image, targets[0])
+    if with_labels:
+        if source.label is None or not source.label.is_file():
+            raise LGGDataError(
+                f"{source.image.parent}: no label.nii.gz; write the studies without --with-labels"
+            )
+        _check_prepared_label(source.label, shape)
+        shutil.copyfile(source.label, targets[1])
+    return files
+
+
+def _problem(error: BaseException) -> str:
+    if isinstance(error, LGGDataError):
+        return "; ".join(error.problems)
+    if isinstance(error, OSError):
+        return f"{error.filename or ''} {error.strerror or error}".strip()
+    return f"{type(error).__name__}: {error}"
+
+
+def write_studies(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    with_labels: bool = False,
+    overwrite: bool = False,
+    patients: Sequence[str] | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    progress: Callable[[Iterable, int], Iterable] | None = None,
+) -> StudiesResult:
+    """Write a MONAI Label studies folder (module docstring) from a raw or a prepared folder.
+
+    The input, the options and the output are checked before any work. Each study is written into a
+    staging folder beside ``output_dir`` and renamed into place, after being claimed in the manifest; a
+    patient that cannot be read is reported in the result and the others are written. Studies lggseg
+    wrote earlier and does not write again are kept.
+
+    Args:
+        input_dir: a ``kaggle_3m`` folder, one raw patient folder, or a prepared folder (``datalist.json``).
+        output_dir: the studies folder; outside the input; new or empty unless ``overwrite``.
+        with_labels: also write ``labels/final/<patient>.nii.gz`` (the ground truth, as a finished label).
+        overwrite: write into a folder that holds other files, replacing lggseg's own files only.
+        patients: only these patients (folder names).
+        spacing: voxel size in mm (row, column, slice) for raw folders (prepared images keep theirs).
+        progress: optional ``(iterable, total) -> iterable`` wrapper that shows progress (e.g. ``tqdm``).
+
+    Returns:
+        the :class:`StudiesResult` (``failures`` non-empty when some patients were not written).
+
+    Raises:
+        LGGDataError: bad input, options or output contents (nothing written).
+        UnsafeOutputError: the output is, contains or is inside the input, is a file, or is not writable.
+    """
+    try:
+        spacing = tuple(float(s) for s in spacing)
+        make_affine(spacing)
+    except (TypeError, ValueError):
+        raise LGGDataError(
+            f"--spacing {' '.join(map(str, spacing))}: expected three positive voxel sizes in mm; "
+            "e.g. --spacing 1 1 1"
+        ) from None
+    sources = find_study_sources(input_dir, patients)
+    inputs = [Path(input_dir), *(s.image for s in sources), *(s.label for s in sources if s.label)]
+    out = check_output_location(output_dir, inputs)
+    planned = [rel for s in sources for rel in study_files(s.name, with_labels)]
+    _check_contents(out, planned, overwrite)
+
+    result = StudiesResult(output_dir=out)
+    wrap = progress or (lambda iterable, total: iterable)
+    with staging_folder(out) as staging:
+        staged: list[tuple[str, list[str]]] = []
+        for source in wrap(sources, len(sources)):
+            try:
+                staged.append((source.name, _stage_one(source, staging, with_labels, spacing)))
+            except Exception as error:  # noqa: BLE001 - one bad patient never stops the others
+                result.failures[source.name] = _problem(error)
+                logger.debug("study %s failed", source.name, exc_info=True)
+        files = [rel for _, names in staged for rel in names]
+        if files:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_contents(out, files, overwrite=True)  # a foreign file that appeared meanwhile is kept
+            write_manifest(out, files, command=COMMAND)  # claim the names before moving the files in
+            for rel in files:
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / rel, out / rel)
+    result.written = [name for name, _ in staged]
+    result.files = files
+    return result
