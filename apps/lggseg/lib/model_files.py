@@ -1,0 +1,211 @@
+"""Where the app's bundle and weights are, and how weights are read (strictly) and published (atomically).
+
+Two weight files, both ``{"model": state_dict, "config": {...}}`` (what MONAI's ``CheckpointLoader`` and
+``lggseg`` write):
+
+- the base model, by default the bundle's shipped ``bundle/models/model.pt`` (conf ``model``); the app never
+  writes it;
+- the fine-tuned model ``<model_dir>/model.pt`` (conf ``model_dir``, default ``apps/lggseg/model``), written
+  by the training task; inference prefers it when it exists (delete it to go back to the base model).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.bundle import ConfigParser
+
+from pipeline.safety import atomic_path
+
+MODEL_KEY = "model"
+MODEL_NAME = "model.pt"
+
+
+class ModelFileError(RuntimeError):
+    """A weight file that is missing, unreadable, or does not fit the bundle's network (one line)."""
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    """The bundle and the weight files of the app.
+
+    Args:
+        bundle: the MONAI Bundle folder (``configs/inference.json``, ``configs/train.json``).
+        base_model: the weights inference uses until the app has fine-tuned its own.
+        model_dir: where the training task publishes ``model.pt``.
+    """
+
+    bundle: Path
+    base_model: Path
+    model_dir: Path
+
+    @classmethod
+    def from_conf(cls, app_dir: str | os.PathLike, conf: Mapping[str, str]) -> AppPaths:
+        """Read the ``bundle``, ``model`` and ``model_dir`` conf options (``--conf KEY VALUE``).
+
+        Args:
+            app_dir: the app folder (``apps/lggseg``); the bundle defaults to ``<repository>/bundle``.
+            conf: the server's conf options.
+
+        Returns:
+            absolute paths.
+        """
+        app = Path(app_dir).resolve()
+        bundle = Path(conf.get("bundle") or app.parents[1] / "bundle").resolve()
+        base = Path(conf.get("model") or bundle / "models" / MODEL_NAME).resolve()
+        model_dir = Path(conf.get("model_dir") or app / "model").resolve()
+        if model_dir == base.parent:
+            raise ValueError(
+                f"model_dir {model_dir} holds the base model {base}: fine-tuning would overwrite it; "
+                "pass another --conf model_dir"
+            )
+        return cls(bundle=bundle, base_model=base, model_dir=model_dir)
+
+    @property
+    def finetuned_model(self) -> Path:
+        """``<model_dir>/model.pt``."""
+        return self.model_dir / MODEL_NAME
+
+    def current_model(self) -> Path | None:
+        """The weights in use: the fine-tuned file when it exists, else the base model, else ``None``."""
+        for path in (self.finetuned_model, self.base_model):
+            if path.is_file():
+                return path
+        return None
+
+    def config_file(self, name: str) -> Path:
+        """``<bundle>/configs/<name>``."""
+        return self.bundle / "configs" / name
+
+
+def read_bundle_config(paths: AppPaths, name: str, device: str) -> ConfigParser:
+    """The bundle's config ``name`` read with MONAI's ``ConfigParser``, ``bundle_root`` and ``device`` set.
+
+    Args:
+        paths: the app's paths.
+        name: ``"inference.json"`` or ``"train.json"``.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+
+    Returns:
+        the parser (parsed lazily on first use).
+    """
+    parser = ConfigParser()
+    parser.read_config(str(paths.config_file(name)))
+    parser["bundle_root"] = str(paths.bundle)
+    parser["device"] = device
+    return parser
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> tuple[dict[str, Any], os.stat_result]:
+    """Load the weights under ``"model"`` of ``path`` into ``network`` strictly (every key, every shape).
+
+    The file is opened once, so the returned ``stat`` describes exactly the bytes loaded even when the file
+    is being replaced at that moment.
+
+    Args:
+        network: the bundle's network (its device is kept).
+        path: a weight file.
+
+    Returns:
+        the checkpoint mapping and the file's ``os.stat_result``.
+
+    Raises:
+        ModelFileError: missing or unreadable file, no ``"model"`` key, or weights that do not fit.
+    """
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: weight file not found") from None
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a weight file"
+        raise ModelFileError(
+            f"{path}: not a readable weight file ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(MODEL_KEY), Mapping):
+        keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ModelFileError(f"{path}: no weights under the key {MODEL_KEY!r} (found {keys})")
+    try:
+        network.load_state_dict(checkpoint[MODEL_KEY], strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1:2] or [str(error)]
+        raise ModelFileError(
+            f"{path}: the weights do not fit the bundle's network ({first[0].strip()}); "
+            "use weights trained with the bundle's network options"
+        ) from None
+    return checkpoint, stat
+
+
+def publish_weights(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
+    """Write a weight file atomically: a temporary file in the same folder, then ``os.replace``.
+
+    Readers see either the old complete file or the new complete file, never a partial one.
+
+    Args:
+        path: the final file (its folder is created).
+        checkpoint: ``{"model": state_dict, ...}`` (tensors, numbers, strings).
+
+    Returns:
+        the published path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(dict(checkpoint), tmp)
+    return path
+
+
+class CachedNetwork:
+    """The bundle's network with the current weights, reloaded when the weight file changes.
+
+    A file counts as changed when its inode, size or modification time differ (``os.replace`` of a newly
+    published file changes the inode). Thread-safe: concurrent requests share one loaded network.
+
+    Args:
+        build: makes a fresh network (the bundle's ``network_def``).
+        paths: the app's paths (which file is current).
+    """
+
+    def __init__(self, build: Any, paths: AppPaths) -> None:
+        self.build = build
+        self.paths = paths
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._network: torch.nn.Module | None = None
+        self._info: dict[str, Any] = {}
+
+    @staticmethod
+    def _key_of(path: Path, stat: os.stat_result) -> tuple:
+        return str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def get(self, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The network in eval mode on ``device`` and ``{"model_file", "model_mtime"}`` of its weights.
+
+        Raises:
+            ModelFileError: no weight file, or one that does not fit the network.
+        """
+        path = self.paths.current_model()
+        if path is None:
+            raise ModelFileError(
+                f"no weights: neither {self.paths.finetuned_model} nor {self.paths.base_model} exists; "
+                "put the bundle's model.pt there or start the server with --conf model PATH"
+            )
+        with self._lock:
+            try:
+                stat = os.stat(path)
+                if self._network is not None and self._key == self._key_of(path, stat):
+                    return self._network, self._info
+            except OSError:
+                pass  # replaced or removed meanwhile: load below reports it
+            network = self.build()
+            _, stat = load_weights(network, path)
+            self._network = network.to(device).eval()
+            self._key = self._key_of(path, stat)
+            self._info = {"model_file": str(path), "model_mtime": stat.st_mtime}
+            return self._network, self._info

@@ -1,0 +1,167 @@
+"""The training task: fine-tune the bundle's network on the studies whose final labels are in the datastore.
+
+It runs the bundle's own ``train.json`` through MONAI's ``ConfigWorkflow`` (the same trainer, loss,
+optimiser, transforms and validation as ``lggseg train`` and ``monai.bundle run``) with a few overrides:
+the data (every study with ``labels/final/<id>``; the same studies validate, so the reported Dice is a
+training figure), a small number of epochs, a fine-tuning learning rate, and scratch folders for the
+bundle's checkpoints and TensorBoard logs. It starts from the weights inference uses now (the fine-tuned
+file when present, else the base model; loaded strictly) and publishes the final weights atomically as
+``<model_dir>/model.pt`` (temporary file in that folder, then ``os.replace``): inference keeps serving the
+old file until the new one is complete, and reloads on its next request when the file changed.
+
+MONAI Label runs this task in a separate process (``python -m monailabel.interfaces.utils.app -m train``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from typing import Any
+
+from monai.bundle import ConfigWorkflow
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.model_files import AppPaths, ModelFileError, load_weights, publish_weights
+from pipeline.safety import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+STATS_NAME = "train_stats.json"
+# request parameters a client may set (Slicer shows config() as the trainer's options)
+INT_OPTIONS = ("max_epochs", "volume_repeats", "batch_size", "num_samples", "seed")
+FLOAT_OPTIONS = ("learning_rate",)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or ``None`` (JSON answers cannot hold NaN)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+class LGGSegTrain(TrainTask):
+    """Fine-tune the bundle's network from the current weights on the datastore's final labels.
+
+    Args:
+        paths: the bundle and weight files.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        epochs: default number of epochs (request ``max_epochs``).
+        learning_rate: default learning rate (request ``learning_rate``).
+    """
+
+    def __init__(self, paths: AppPaths, device: str = "auto", epochs: int = 5, learning_rate: float = 1e-4):
+        super().__init__("Fine-tune the lggseg bundle's network on the studies with a final label")
+        self.paths = paths
+        self.device = device
+        self._defaults: dict[str, Any] = {"max_epochs": epochs, "learning_rate": learning_rate}
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._defaults)
+
+    def stats(self) -> dict[str, Any]:
+        """The last fine-tuning's figures (``<model_dir>/train_stats.json``), ``{}`` before the first."""
+        try:
+            return json.loads((self.paths.model_dir / STATS_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def options(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The training options of a request: defaults, then the client's values (checked).
+
+        Raises:
+            MONAILabelException: a value that is not a number, or not positive.
+        """
+        options = dict(self._defaults)
+        for key in (*INT_OPTIONS, *FLOAT_OPTIONS):
+            if request.get(key) in (None, ""):
+                continue
+            try:
+                value = (int if key in INT_OPTIONS else float)(request[key])
+            except (TypeError, ValueError):
+                value = -1
+            if value <= 0 and key != "seed":
+                raise MONAILabelException(
+                    MONAILabelError.INVALID_INPUT, f"{key}={request[key]!r}: expected > 0"
+                )
+            options[key] = value
+        return options
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        """Fine-tune, publish ``<model_dir>/model.pt`` atomically, and return the figures.
+
+        Raises:
+            MONAILabelException: no study has a final label, or no usable starting weights.
+        """
+        datalist = datastore.datalist()
+        if not datalist:
+            raise MONAILabelException(
+                MONAILabelError.INVALID_INPUT, "no study has a final label yet: submit labels, then train"
+            )
+        options = self.options(request)
+        start_from = self.paths.current_model()
+        if start_from is None:
+            raise MONAILabelException(
+                MONAILabelError.APP_TRAIN_FAILED,
+                f"no weights to start from: neither {self.paths.finetuned_model} nor {self.paths.base_model}",
+            )
+        begin = time.time()
+        self.paths.model_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".finetune-", dir=self.paths.model_dir) as scratch:
+            epochs = options["max_epochs"]
+            override = {
+                "bundle_root": str(self.paths.bundle),
+                "device": self.device,
+                "epochs": epochs,
+                "learning_rate": options["learning_rate"],
+                "warmup_epochs": 0,
+                "val_interval": epochs,  # one validation, after the last epoch
+                "splits": {"train": datalist, "val": datalist},
+                "ckpt_dir": f"{scratch}/checkpoints",
+                "output_dir": f"{scratch}/logs",
+                "num_workers": 0,
+                **{
+                    k: options[k]
+                    for k in ("volume_repeats", "batch_size", "num_samples", "seed")
+                    if k in options
+                },
+            }
+            workflow = ConfigWorkflow(
+                config_file=str(self.paths.config_file("train.json")),
+                meta_file=str(self.paths.config_file("metadata.json")),
+                logging_file=False,
+                workflow_type="train",
+                **override,
+            )
+            workflow.initialize()
+            network = workflow.parser.get_parsed_content("network")
+            try:
+                checkpoint, _ = load_weights(network, start_from)
+            except ModelFileError as error:
+                raise MONAILabelException(MONAILabelError.APP_TRAIN_FAILED, str(error)) from error
+            logger.info("fine-tuning %s on %d studies for %d epochs", start_from, len(datalist), epochs)
+            workflow.run()
+            evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+            weights = {k: v.detach().to("cpu") for k, v in network.state_dict().items()}
+            workflow.finalize()
+        stats = {
+            "model_file": str(self.paths.finetuned_model),
+            "started_from": str(start_from),
+            "studies": len(datalist),
+            "epochs": epochs,
+            "learning_rate": options["learning_rate"],
+            "train_mean_dice": _number(evaluator.state.metrics.get("val_mean_dice")),
+            "seconds": round(time.time() - begin, 1),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        published = {"model": weights, "config": checkpoint.get("config", {}), "finetune": stats}
+        publish_weights(self.paths.finetuned_model, published)
+        atomic_write_text(self.paths.model_dir / STATS_NAME, json.dumps(stats, indent=1) + "\n")
+        logger.info("published %s (%s)", self.paths.finetuned_model, stats)
+        return stats
