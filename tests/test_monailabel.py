@@ -37,6 +37,8 @@ APP_DIR = REPO_ROOT / "apps" / "lggseg"
 SHIPPED_MODEL = REPO_ROOT / "bundle" / "models" / "model.pt"
 # three real patients with 20 slices each: A labelled in the studies, B unlabelled, C uploaded then labelled
 A, B, C = "TCGA_CS_4942_19970222", "TCGA_HT_7692_19960724", "TCGA_CS_5393_19990606"
+# a fold-0 test patient (lggseg prepare --seed 0 --folds 5), unseen by the preliminary fold-0 weights
+HELD_OUT = "TCGA_HT_7694_19950404"
 START_DEADLINE_S = 240
 REQUEST_TIMEOUT_S = 300
 TRAIN_DEADLINE_S = 600
@@ -236,16 +238,18 @@ def test_shipped_model_loads_strictly_and_segments(
     app_lib, tmp_path: Path, kaggle_root: Path, capsys
 ) -> None:
     studies = tmp_path / "studies"
-    code, _ = _run_lggseg(capsys, "studies", "--input", kaggle_root / C, "--output", studies, "--with-labels")
+    code, _ = _run_lggseg(
+        capsys, "studies", "--input", kaggle_root / HELD_OUT, "--output", studies, "--with-labels"
+    )
     assert code == 0
     paths = app_lib.model_files.AppPaths(REPO_ROOT / "bundle", SHIPPED_MODEL, tmp_path / "finetuned")
     app_lib.model_files.load_weights(
         app_lib.infers.LGGSegInfer(paths, "cpu").bundle_item("network_def", lazy=False), SHIPPED_MODEL
     )
     task = app_lib.infers.LGGSegInfer(paths, "cpu")
-    result, params = task({"image": str(studies / f"{C}.nii.gz")})
+    result, params = task({"image": str(studies / f"{HELD_OUT}.nii.gz")})
     assert params["model_file"] == str(SHIPPED_MODEL)
-    truth = np.asanyarray(nib.load(studies / "labels" / "final" / f"{C}.nii.gz").dataobj)
+    truth = np.asanyarray(nib.load(studies / "labels" / "final" / f"{HELD_OUT}.nii.gz").dataobj)
     predicted = np.asanyarray(nib.load(result).dataobj)
     os.unlink(result)
     assert _dice(predicted, truth) > 0.5
