@@ -19,7 +19,7 @@ from monai.bundle import ConfigWorkflow, verify_metadata
 from pipeline.config import RunConfig
 from pipeline.data import prepare_dataset
 from pipeline.synthetic import write_synthetic_kaggle
-from pipeline.workflows import create_network, train
+from pipeline.workflows import create_network
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -123,20 +123,28 @@ def test_bundle_training_equals_cli_training(synthetic, tmp_path):
         _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    cli = train(
-        {
-            "data": str(synthetic / "prepared"),
-            "output": str(tmp_path / "cli"),
-            "epochs": 1,
-            "batch_size": 4,
-            "num_samples": 2,
-            "volume_repeats": 1,
-            "device": "cpu",
-            "progress": False,
-        }
+    # the CLI in its own process with the same environment (thread count included: float sums differ)
+    cli_args = [
+        "train",
+        "--data",
+        str(synthetic / "prepared"),
+        "--output",
+        str(tmp_path / "cli"),
+        "--no-progress",
+    ]
+    for key, value in SHORT.items():
+        cli_args += [f"--{key.replace('_', '-')}", str(value)]
+    cli = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *cli_args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    run_dir = tmp_path / "cli" / "lggseg" / "fold0"
     bundle = torch.load(tmp_path / "b" / "models" / "fold0" / "model.pt", weights_only=True)
-    ours = torch.load(Path(cli["run_dir"]) / "checkpoints" / "best_model.pt", weights_only=True)
+    ours = torch.load(run_dir / "checkpoints" / "best_model.pt", weights_only=True)
     assert set(bundle) >= {"model", "config"}
     assert bundle["model"].keys() == ours["model"].keys()
     assert all(torch.equal(bundle["model"][k], ours["model"][k]) for k in ours["model"])
