@@ -233,6 +233,19 @@ def test_missing_or_mismatched_weights_are_errors(app_lib, tmp_path: Path, kaggl
     assert error.status_code == 503 and "do not fit" in error.detail
 
 
+def test_fine_tuning_never_targets_the_shipped_or_base_weights(app_lib, tmp_path: Path) -> None:
+    from_conf = app_lib.model_files.AppPaths.from_conf
+    default = from_conf(APP_DIR, {})
+    assert default.finetuned_model == APP_DIR / "model" / "model.pt"
+    assert default.base_model == SHIPPED_MODEL
+    for conf in (
+        {"model_dir": str(SHIPPED_MODEL.parent)},
+        {"model": str(tmp_path / "a.pt"), "model_dir": str(tmp_path)},
+    ):
+        with pytest.raises(ValueError, match="would overwrite"):
+            from_conf(APP_DIR, conf)
+
+
 @pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="bundle/models/model.pt is not there yet")
 def test_shipped_model_loads_strictly_and_segments(
     app_lib, tmp_path: Path, kaggle_root: Path, capsys

@@ -60,10 +60,11 @@ class AppPaths:
         bundle = Path(conf.get("bundle") or app.parents[1] / "bundle").resolve()
         base = Path(conf.get("model") or bundle / "models" / MODEL_NAME).resolve()
         model_dir = Path(conf.get("model_dir") or app / "model").resolve()
-        if model_dir == base.parent:
+        shipped = bundle / "models" / MODEL_NAME
+        if model_dir in (base.parent, shipped.parent):
             raise ValueError(
-                f"model_dir {model_dir} holds the base model {base}: fine-tuning would overwrite it; "
-                "pass another --conf model_dir"
+                f"model_dir {model_dir} holds the base or the shipped weights ({base}, {shipped}): "
+                "fine-tuning would overwrite them; pass another --conf model_dir"
             )
         return cls(bundle=bundle, base_model=base, model_dir=model_dir)
 
