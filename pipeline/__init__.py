@@ -13,12 +13,13 @@ Modules (arrows point down only, see ``DESIGN.md`` in the shared docs):
   ``pipeline.inference`` (slice / sliding-window inferer, TTA, post-processing, the prediction writer),
   ``pipeline.evaluation`` (per-patient report handler), ``pipeline.report`` (report files and plots).
 - floor 1: ``pipeline.data`` (raw Kaggle folders -> validated volumes, NIfTI, datalist, folds),
-  ``pipeline.cases`` (what to segment, case names), ``pipeline.safety`` (atomic writes, output guard,
-  manifest), ``pipeline.networks`` (the registry) with the custom architectures beside it (``unext``,
-  ``unet``, ``resunet``, ``unetplusplus``, ``deeplab``, ``segmenter``, ``fcn``, ``hrnet``; ``unext_reference``
-  is the public design, for benchmarks and weight loading), ``pipeline.metrics``, ``pipeline.losses``,
-  ``pipeline.optim``, ``pipeline.overlays`` (overlay drawing and colours), ``pipeline.checkpoint``,
-  ``pipeline.handlers``, ``pipeline.synthetic`` (the built-in synthetic data set).
+  ``pipeline.cases`` (what to segment, case names), ``pipeline.studies`` (MONAI Label studies folders),
+  ``pipeline.safety`` (atomic writes, output guard, manifest), ``pipeline.networks`` (the registry) with
+  the custom architectures beside it (``unext``, ``unet``, ``resunet``, ``unetplusplus``, ``deeplab``,
+  ``segmenter``, ``fcn``, ``hrnet``; ``unext_reference`` is the public design, for benchmarks and weight
+  loading), ``pipeline.metrics``, ``pipeline.losses``, ``pipeline.optim``, ``pipeline.overlays`` (overlay
+  drawing and colours), ``pipeline.checkpoint``, ``pipeline.handlers``, ``pipeline.synthetic`` (the
+  built-in synthetic data set).
 
 Submodules load on first use (``pipeline.data`` after ``import pipeline``), which is what the bundle's
 ``"$import pipeline"`` expressions rely on.
@@ -45,6 +46,7 @@ _SUBMODULES = {
     "overlays",
     "report",
     "safety",
+    "studies",
     "synthetic",
     "transforms",
     "workflows",

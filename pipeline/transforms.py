@@ -441,7 +441,9 @@ class LoadVolumed(MapTransform):
         self, keys: KeysCollection = (IMAGE_KEY, LABEL_KEY), allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.nifti = LoadImaged(keys, ensure_channel_first=True, image_only=True, allow_missing_keys=True)
+        self.nifti = LoadImaged(
+            keys, reader="NibabelReader", ensure_channel_first=True, image_only=True, allow_missing_keys=True
+        )
         self.folder = LoadLGGPatientd(self.keys)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
