@@ -7,6 +7,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from test_networks import SMALL
 
 from pipeline.networks import (
     build_network,
@@ -19,21 +20,8 @@ from pipeline.networks import (
 
 ZOO = ["segmenter", "fcn8s", "fcn16s", "fcn32s", "hrnet"]
 
-# tiny configurations: the tests are about behaviour, not capacity
-TINY = {
-    "segmenter": {"depth": 2, "hidden_size": 32, "num_heads": 2, "img_size": 64, "decoder_depth": 1},
-    "fcn8s": {"base_width": 4, "fc_channels": 16},
-    "fcn16s": {"base_width": 4, "fc_channels": 16},
-    "fcn32s": {"base_width": 4, "fc_channels": 16},
-    "hrnet": {
-        "width": 4,
-        "num_modules": (1, 1, 1),
-        "num_blocks": 1,
-        "stage1_blocks": 1,
-        "stage1_channels": 8,
-        "stem_channels": 8,
-    },
-}
+# tiny configurations: the tests are about behaviour, not capacity (one table, in test_networks)
+TINY = {name: SMALL[name] for name in ("segmenter", "fcn8s", "fcn16s", "fcn32s", "hrnet")}
 # every variant a test should see: (registry name, extra options)
 VARIANTS = [
     ("segmenter", {}),
