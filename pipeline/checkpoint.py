@@ -25,6 +25,8 @@ LAST_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
 MODEL_KEY = "model"  # MONAI's CheckpointLoader and MONAI Label read the weights from this key
 LEGACY_MODEL_KEY = "network"
+# the trained model shipped with the bundle (the default model of `lggseg infer` and `evaluate`)
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
 
 
 def _np_state_to_dict(state: tuple) -> dict[str, Any]:

@@ -26,7 +26,15 @@ KEY_METRIC = "val_mean_dice"
 NUM_IMAGE_CHANNELS = 3
 CACHE_MODES = ("memory", "disk", "none")
 # options that define the network: a resumed run or a loaded checkpoint must agree on them
-MODEL_KEYS = ("arch", "spatial_dims", "context", "num_classes", "deep_supervision", "network_kwargs")
+MODEL_KEYS = (
+    "arch",
+    "spatial_dims",
+    "context",
+    "num_classes",
+    "deep_supervision",
+    "network_kwargs",
+    "members",
+)
 # options of evaluation and inference that may differ from the training run's
 POSTPROCESSING_KEYS = ("threshold", "keep_largest", "min_size", "tta", "sw_batch_size", "num_workers")
 
@@ -73,6 +81,7 @@ class RunConfig(TransformSettings):
     num_workers: int = 0
     volume_repeats: int = 4
     network_kwargs: dict[str, Any] = field(default_factory=dict)
+    members: int = 1
     cache: str = "memory"
     cache_dir: str | None = None
     val_interval: int = 1
@@ -141,6 +150,7 @@ OPTION_HELP: dict[str, str] = {
     "num_workers": "data loader worker processes",
     "volume_repeats": "visits of each training volume per epoch",
     "network_kwargs": "JSON object of extra network arguments",
+    "members": "networks averaged by the model (N > 1: an ensemble made by `lggseg ensemble`; training: 1)",
     "spatial_dims": "2: slices (2.5D with --context); 3: patches",
     "context": "2.5D: neighbouring slices on each side as extra channels",
     "num_samples": "slices (3D: patches) drawn per volume per visit",
@@ -229,6 +239,8 @@ def validate_config(cfg: RunConfig) -> None:
     for key in ("lr", "pos", "neg", "weight_decay", "grad_clip"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.members < 1:
+        raise ValueError(f"members must be >= 1, got {cfg.members}")
     if cfg.pos + cfg.neg <= 0:
         raise ValueError("pos and neg cannot both be 0")
     if not 0.0 < cfg.threshold < 1.0:

@@ -147,7 +147,7 @@ class PatientReportHandler:
             records,
             None if distributed else self.slices.compute(),
             self.output_dir,
-            cases=None if distributed else self._case,
+            cases=None if distributed else self.case_volumes,
             extra=extra,
         )
         dice = summarise(records)["overall"]["metrics"]["dice"]
@@ -161,7 +161,9 @@ class PatientReportHandler:
         )
         return paths
 
-    def _case(self, pid: str) -> tuple[Any, Any, Any]:
+    def case_volumes(self, pid: str) -> tuple[Any, Any, Any]:
+        """Image ``(C, H, W, D)``, truth and binary prediction ``(H, W, D)`` of an evaluated patient (for
+        overlays); the image and truth are read again from their files."""
         packed, shape, source, label = self.predictions[pid]
         loaded = LoadVolumed()({"image": source, "label": label} if label else {"image": source})
         pred = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)

@@ -248,7 +248,12 @@ def _resolve_dims(info: NetworkInfo, spatial_dims: int | None) -> int:
 
 
 def build_network(
-    name: str, spatial_dims: int | None = None, in_channels: int = 3, out_channels: int = 1, **kwargs
+    name: str,
+    spatial_dims: int | None = None,
+    in_channels: int = 3,
+    out_channels: int = 1,
+    members: int = 1,
+    **kwargs,
 ) -> nn.Module:
     """Build a registered network.
 
@@ -258,6 +263,8 @@ def build_network(
             The 3D aliases and the 2D-only networks accept their own dimensionality only.
         in_channels: input channels.
         out_channels: output channels (logits).
+        members: 1: one network; N > 1: a :class:`pipeline.ensemble.ModelEnsemble` of N such networks
+            (the form of a model file made by ``lggseg ensemble``).
         **kwargs: the implementation's options (over the registry's defaults); ``deep_supervision``
             only for networks that support it.
 
@@ -268,6 +275,15 @@ def build_network(
         ValueError: unknown name, unsupported ``spatial_dims``, deep supervision asked of a network
             without it, or non-positive channel counts.
     """
+    if int(members) != 1:
+        from pipeline.ensemble import ModelEnsemble
+
+        if int(members) < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        nets = [
+            build_network(name, spatial_dims, in_channels, out_channels, **kwargs) for _ in range(members)
+        ]
+        return ModelEnsemble(nets, num_classes=int(out_channels))
     info = network_info(name)
     dims = _resolve_dims(info, spatial_dims)
     if int(in_channels) < 1 or int(out_channels) < 1:

@@ -91,6 +91,7 @@ def create_network(cfg: RunConfig | Mapping[str, Any]) -> torch.nn.Module:
         c.in_channels,
         c.num_classes,
         deep_supervision=c.deep_supervision,
+        members=c.members,
         **c.network_kwargs,
     )
 
@@ -114,7 +115,7 @@ def make_postprocessing(cfg: RunConfig) -> Any:
     return build_postprocessing(cfg.threshold, cfg.keep_largest, cfg.min_size)
 
 
-def _datalist_path(data: str | Path) -> Path:
+def datalist_path(data: str | Path) -> Path:
     path = Path(data)
     return path / DATALIST_FILENAME if path.is_dir() else path
 
@@ -126,7 +127,7 @@ def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
         LGGDataError: missing datalist or an entry naming a missing file.
         ValueError: a fold with no patients, or validation fold = test fold.
     """
-    datalist = _datalist_path(cfg.data)
+    datalist = datalist_path(cfg.data)
     entries = load_datalist(datalist)
     try:
         parts = split_folds(entries, cfg.fold, cfg.val_fold)
@@ -363,6 +364,11 @@ def train(
     """
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     validate_config(cfg)
+    if cfg.members != 1:
+        raise ValueError(
+            f"members={cfg.members}: training builds one network; make ensembles of trained "
+            "models with `lggseg ensemble`"
+        )
     check_output_location(cfg.run_dir(), [cfg.data])
     _guard_run_dir(cfg, cfg.run_dir())
     run = prepare_run(cfg)
@@ -427,7 +433,7 @@ def _known(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _entries_of(data: str | Path, folds: Sequence[int] | None) -> list[dict]:
-    return load_datalist(_datalist_path(data), folds=folds)
+    return load_datalist(datalist_path(data), folds=folds)
 
 
 def evaluate(
@@ -462,7 +468,7 @@ def evaluate(
 
     Returns:
         ``{"records": per-patient dicts (metrics + timings), "slices": slice-level figures, "summary",
-        "paths", "failures"}``.
+        "paths", "failures", "cases"}`` (``cases(patient_id)``: image, truth and prediction for overlays).
     """
     network, cfg, dev = load_model(checkpoint, overrides, device)
     if entries is None:
@@ -510,6 +516,7 @@ def evaluate(
         "summary": report.summary(),
         "paths": paths,
         "failures": failures,
+        "cases": report.case_volumes,
     }
 
 
@@ -589,15 +596,11 @@ def cross_validate(cfg: RunConfig | Mapping[str, Any], folds: Sequence[int] | No
 
     A fold whose training finished is not retrained; an interrupted one resumes from its last checkpoint.
     """
-    from pipeline.metrics import SliceMetricsAccumulator
-    from pipeline.report import write_report
-
     base = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     validate_config(base)
     if folds is None:
-        folds = sorted({e["fold"] for e in load_datalist(_datalist_path(base.data))})
-    records: list[dict[str, Any]] = []
-    pooled = SliceMetricsAccumulator()
+        folds = sorted({e["fold"] for e in load_datalist(datalist_path(base.data))})
+    checkpoints: dict[int, Path] = {}
     for fold in folds:
         fold_cfg = RunConfig.from_dict({**asdict(base), "fold": fold, "val_fold": None})
         run_dir = fold_cfg.run_dir()
@@ -605,13 +608,52 @@ def cross_validate(cfg: RunConfig | Mapping[str, Any], folds: Sequence[int] | No
             fold_cfg.resume = find_last_checkpoint(run_dir / "checkpoints") is not None
             fold_cfg.overwrite = fold_cfg.overwrite and not fold_cfg.resume
             train(fold_cfg)
+        checkpoints[fold] = run_dir / "checkpoints" / BEST_NAME
+    overrides = {"num_workers": base.num_workers, "progress": base.progress}
+    return evaluate_folds(checkpoints, Path(base.output) / base.name / "cv", overrides)
+
+
+def evaluate_folds(
+    checkpoints: Mapping[int, str | Path],
+    output: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    fold_report: str = "evaluation",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate each fold's model on its own test fold, then pool the patients into one report.
+
+    Args:
+        checkpoints: ``{fold: model file}`` (the model of fold k never saw fold k's patients).
+        output: folder of the pooled report (per-patient CSV, JSON, plots, best/median/worst overlays).
+        overrides: post-processing / TTA / loader options for every fold (see :func:`evaluate`).
+        fold_report: name of each fold's own report folder beside its ``checkpoints`` folder.
+        extra: stored under ``"run"`` in the pooled ``metrics.json``.
+
+    Returns:
+        ``{"records": per-patient dicts of every fold, "paths": files of the pooled report}``.
+    """
+    from pipeline.metrics import SliceMetricsAccumulator
+    from pipeline.report import write_report
+
+    records: list[dict[str, Any]] = []
+    pooled = SliceMetricsAccumulator()
+    volumes: dict[str, Callable[[str], Any]] = {}
+    for fold, checkpoint in checkpoints.items():
+        checkpoint = Path(checkpoint)
         result = evaluate(
-            run_dir / "checkpoints" / BEST_NAME,
-            output=run_dir / "evaluation",
-            overrides={"num_workers": base.num_workers, "progress": base.progress},
+            checkpoint,
+            output=checkpoint.resolve().parent.parent / fold_report,
+            folds=[fold],
+            overrides=overrides,
             extra_slices=[pooled],
         )
         records += result["records"]
-    out = Path(base.output) / base.name / "cv"
-    paths = write_report(records, pooled.compute(), out, extra={"folds": list(folds)})
+        volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
+    paths = write_report(
+        records,
+        pooled.compute(),
+        output,
+        cases=lambda pid: volumes[pid](pid),
+        extra={"folds": list(checkpoints), **dict(overrides or {}), **dict(extra or {})},
+    )
     return {"records": records, "paths": paths}

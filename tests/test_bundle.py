@@ -16,7 +16,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from pipeline.config import RunConfig
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import MODEL_KEYS, RunConfig
 from pipeline.data import prepare_dataset
 from pipeline.synthetic import write_synthetic_kaggle
 from pipeline.workflows import create_network
@@ -86,9 +87,15 @@ def test_metadata_verifies_against_the_schema():
     assert "monai-label" in meta["supported_apps"]
 
 
-def test_train_json_scalars_have_the_cli_defaults():
+def test_bundle_scalars_match_the_cli_defaults_and_the_shipped_model():
+    """train.json = the CLI's defaults; inference.json = the shipped model's network and post-processing."""
     defaults = {f.name: getattr(RunConfig(), f.name) for f in fields(RunConfig)}
+    shipped = load_checkpoint(REPO / "bundle" / "models" / "model.pt")["config"]
+    model_keys = (*MODEL_KEYS, "input_size", "patch_size", "threshold", "keep_largest", "min_size", "tta")
     for name in ("train.json", "inference.json"):
+        expected_values = dict(defaults)
+        if name == "inference.json":
+            expected_values.update({k: shipped.get(k, defaults[k]) for k in model_keys})
         config = json.loads((CONFIGS / name).read_text())
         shared = {
             k: v for k, v in config.items() if ZOO_NAMES.get(k, k) in defaults and not isinstance(v, dict)
@@ -96,9 +103,9 @@ def test_train_json_scalars_have_the_cli_defaults():
         shared = {k: v for k, v in shared.items() if not (isinstance(v, str) and v.startswith(("$", "@")))}
         assert len(shared) >= (15 if name == "train.json" else 10), sorted(shared)
         for key, value in shared.items():
-            expected = defaults[ZOO_NAMES.get(key, key)]
+            expected = expected_values[ZOO_NAMES.get(key, key)]
             expected = list(expected) if isinstance(expected, tuple) else expected
-            assert value == expected, f"{name}: {key}={value!r}, RunConfig default {expected!r}"
+            assert value == expected, f"{name}: {key}={value!r}, expected {expected!r}"
 
 
 def test_configs_have_every_required_property(synthetic, tmp_path):

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "pipeline.cli.data_commands",
     "pipeline.cli.demo_command",
     "pipeline.cli.train_commands",
+    "pipeline.cli.model_commands",
     "pipeline.cli.network_commands",
     "pipeline.cli.studies_command",
 )

@@ -15,6 +15,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.checkpoint import SHIPPED_MODEL
 from pipeline.config import OPTION_HELP, POSTPROCESSING_KEYS, RunConfig, option_choices, option_type
 
 logger = logging.getLogger("lggseg")
@@ -63,7 +64,12 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _postprocessing_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="model file (best_model.pt, model.pt)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=SHIPPED_MODEL,
+        help="model file (best_model.pt, model.pt; default: the shipped bundle/models/model.pt)",
+    )
     parser.add_argument("--device", default="auto", help=OPTION_HELP["device"] + " (default: auto)")
     for name in POSTPROCESSING_KEYS:
         _add_option(parser, name, None, "default: the run's")
@@ -168,7 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train on every fold but --fold and --val-fold; validate per patient "
         "in 3D on --val-fold; checkpoints, TensorBoard and config in OUTPUT/NAME/fold<k>.",
     )
-    add_config_options(p)
+    add_config_options(p, skip=("members",))
     _add_debug(p)
     p.set_defaults(func=run_train)
 
@@ -178,7 +184,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Cross-validation: each fold in turn is the test fold; finished "
         "folds are skipped, interrupted ones resumed. Report in OUTPUT/NAME/cv.",
     )
-    add_config_options(p, skip=("fold", "resume", "val_fold"))
+    add_config_options(p, skip=("fold", "resume", "val_fold", "members"))
     p.add_argument("--folds", type=int, nargs="+", help="folds to run (default: all in the datalist)")
     _add_debug(p)
     p.set_defaults(func=run_cv)

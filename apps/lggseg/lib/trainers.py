@@ -21,6 +21,7 @@ import tempfile
 import time
 from typing import Any
 
+import torch
 from monai.bundle import ConfigWorkflow
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -35,6 +36,15 @@ STATS_NAME = "train_stats.json"
 # request parameters a client may set (Slicer shows config() as the trainer's options)
 INT_OPTIONS = ("max_epochs", "volume_repeats", "batch_size", "num_samples", "seed")
 FLOAT_OPTIONS = ("learning_rate",)
+
+
+def _members_of(path: Any) -> int:
+    """Networks in a weight file (``config["members"]``; 1 when absent or unreadable: loading reports it)."""
+    try:
+        config = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
+        return int(config.get("members", 1))
+    except Exception:  # noqa: BLE001 - load_weights gives the precise error
+        return 1
 
 
 def _number(value: Any) -> float | None:
@@ -111,6 +121,7 @@ class LGGSegTrain(TrainTask):
                 MONAILabelError.APP_TRAIN_FAILED,
                 f"no weights to start from: neither {self.paths.finetuned_model} nor {self.paths.base_model}",
             )
+        members = _members_of(start_from)
         begin = time.time()
         self.paths.model_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".finetune-", dir=self.paths.model_dir) as scratch:
@@ -126,6 +137,7 @@ class LGGSegTrain(TrainTask):
                 "ckpt_dir": f"{scratch}/checkpoints",
                 "output_dir": f"{scratch}/logs",
                 "num_workers": 0,
+                "members": members,  # an ensemble is fine-tuned as one network (its averaged output)
                 **{
                     k: options[k]
                     for k in ("volume_repeats", "batch_size", "num_samples", "seed")

@@ -1,0 +1,118 @@
+"""What a cross-validation chooses, on validation patients only: the post-processing of a CV run.
+
+As nnU-Net does, every candidate (largest-component filtering, flip test-time augmentation) is tried on
+each fold's *validation* patients with that fold's model; the candidate with the best pooled mean Dice
+is kept (ties: the earlier, cheaper one). The test folds never take part in the choice; they are then
+evaluated once with it (:func:`pipeline.workflows.evaluate_folds`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.checkpoint import BEST_NAME, load_checkpoint
+from pipeline.data import load_datalist, split_folds
+from pipeline.safety import atomic_write_text
+from pipeline.workflows import DONE_NAME, datalist_path, evaluate
+
+logger = logging.getLogger(__name__)
+
+CHOICE_NAME = "postprocessing.json"
+DICE_KEYS = ("mean_dice", "median_dice")
+# cheapest first: a tie keeps the earlier candidate
+POSTPROCESSING_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"keep_largest": 0, "tta": "none"},
+    {"keep_largest": 1, "tta": "none"},
+    {"keep_largest": 0, "tta": "flip"},
+    {"keep_largest": 1, "tta": "flip"},
+)
+
+
+def finished_folds(run_root: str | Path) -> dict[int, Path]:
+    """``{fold: best model}`` of the folds of a CV run (``OUTPUT/NAME``) whose training finished.
+
+    Raises:
+        ValueError: when no fold of ``run_root`` has finished.
+    """
+    root = Path(run_root)
+    found = {}
+    for run_dir in sorted(root.glob("fold*")):
+        best = run_dir / "checkpoints" / BEST_NAME
+        if (run_dir / DONE_NAME).is_file() and best.is_file():
+            found[int(load_checkpoint(best)["config"]["fold"])] = best
+    if not found:
+        raise ValueError(f"{root}: no finished fold (fold<k>/{DONE_NAME} with checkpoints/{BEST_NAME})")
+    return dict(sorted(found.items()))
+
+
+def validation_fold(config: Mapping[str, Any]) -> int:
+    """The validation fold a training run used (its ``val_fold``, or the datalist's default for its fold)."""
+    if config.get("val_fold") is not None:
+        return int(config["val_fold"])
+    entries = load_datalist(datalist_path(config["data"]))
+    return int(split_folds(entries, int(config["fold"]))["val_fold"])
+
+
+def choose_postprocessing(
+    run_root: str | Path,
+    candidates: Sequence[Mapping[str, Any]] = POSTPROCESSING_CANDIDATES,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Try every candidate on each finished fold's validation patients; keep the best pooled mean Dice.
+
+    Args:
+        run_root: the CV run folder (``OUTPUT/NAME`` with ``fold<k>`` inside).
+        candidates: post-processing / TTA options to compare (keys of ``POSTPROCESSING_KEYS``).
+        overrides: options for every evaluation (``num_workers``, ``progress``).
+
+    Returns:
+        ``{"chosen": options, "candidates": [{"options", "mean_dice", "median_dice", "patients",
+        "per_fold": {fold: mean Dice}}], "folds": {fold: validation fold}}``; also written to
+        ``run_root/postprocessing.json``.
+    """
+    models = finished_folds(run_root)
+    val_folds = {fold: validation_fold(load_checkpoint(path)["config"]) for fold, path in models.items()}
+    results = []
+    for options in candidates:
+        per_fold: dict[int, float] = {}
+        dice: list[float] = []
+        for fold, path in models.items():
+            result = evaluate(
+                path, folds=[val_folds[fold]], overrides={**dict(overrides or {}), **options}, write=False
+            )
+            values = [float(r["dice"]) for r in result["records"]]
+            per_fold[fold] = statistics.fmean(values)
+            dice += values
+        results.append(
+            {
+                "options": dict(options),
+                "mean_dice": statistics.fmean(dice),
+                "median_dice": statistics.median(dice),
+                "patients": len(dice),
+                "per_fold": per_fold,
+            }
+        )
+        logger.info("validation %s: Dice mean %.4f, median %.4f", options, *map(results[-1].get, DICE_KEYS))
+    best = max(range(len(results)), key=lambda i: (results[i]["mean_dice"], -i))
+    choice = {"chosen": results[best]["options"], "candidates": results, "folds": val_folds}
+    atomic_write_text(Path(run_root) / CHOICE_NAME, json.dumps(choice, indent=2) + "\n")
+    return choice
+
+
+def read_choice(run_root: str | Path) -> dict[str, Any]:
+    """The post-processing chosen for a CV run by :func:`choose_postprocessing`.
+
+    Raises:
+        FileNotFoundError: when it has not been chosen yet.
+    """
+    path = Path(run_root) / CHOICE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: not found; run `lggseg choose-postprocessing --run {run_root}` first"
+        )
+    return json.loads(path.read_text())["chosen"]

@@ -1,0 +1,154 @@
+"""Fold ensembles (``ModelEnsemble``, ``combine_models``, ``lggseg ensemble``) and the post-processing chosen
+on validation folds (``lggseg choose-postprocessing``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import main
+from pipeline.data import prepare_dataset
+from pipeline.ensemble import ModelEnsemble, combine_models
+from pipeline.model_selection import POSTPROCESSING_CANDIDATES, finished_folds
+from pipeline.networks import build_network
+from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.workflows import load_model
+
+TINY = ["--epochs", "1", "--batch-size", "8", "--num-samples", "8", "--input-size", "32", "32"]
+TINY += ["--arch", "unext", "--no-progress", "--overlay-images", "0", "--cache", "none"]
+
+
+class _Constant(nn.Module):
+    """A 'network' whose output is a fixed logit map, whatever the input."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], *self.logits.shape[1:])
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    a = torch.tensor([[[[4.0, -2.0]]]])
+    b = torch.tensor([[[[0.0, -2.0]]]])
+    out = ModelEnsemble([_Constant(a), _Constant(b)])(torch.zeros(2, 3, 1, 2))
+    expected = (torch.sigmoid(a) + torch.sigmoid(b)) / 2  # (0.98201 + 0.5) / 2, not sigmoid(2) = 0.8808
+    assert out.shape == (2, 1, 1, 2)
+    assert torch.allclose(torch.sigmoid(out[0]), expected[0], atol=1e-5)
+    assert abs(torch.sigmoid(out[0, 0, 0, 0]).item() - 0.74101) < 1e-4
+
+
+def test_ensemble_of_softmax_members_returns_log_mean_probabilities():
+    a = torch.tensor([[[[2.0]], [[0.0]]]])
+    b = torch.tensor([[[[0.0]], [[2.0]]]])
+    out = ModelEnsemble([_Constant(a), _Constant(b)], num_classes=2)(torch.zeros(1, 3, 1, 1))
+    assert torch.allclose(torch.softmax(out, dim=1), torch.full((1, 2, 1, 1), 0.5), atol=1e-6)
+
+
+def test_build_network_members_and_bad_counts():
+    single = build_network("unext", 2, 3, 1)
+    ensemble = build_network("unext", 2, 3, 1, members=3)
+    assert isinstance(ensemble, ModelEnsemble) and len(ensemble.members) == 3
+    assert len(ensemble.state_dict()) == 3 * len(single.state_dict())
+    with pytest.raises(ValueError, match="members must be >= 1"):
+        build_network("unext", 2, 3, 1, members=0)
+
+
+def _save_model(path: Path, arch: str = "unext", fold: int = 0, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    net = build_network(arch, 2, 3, 1)
+    config = {"arch": arch, "spatial_dims": 2, "context": 0, "num_classes": 1, "fold": fold}
+    config |= {"deep_supervision": False, "network_kwargs": {}, "input_size": [32, 32]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": net.state_dict(), "config": config}, path)
+    return path
+
+
+def test_combine_models_refuses_what_it_must(tmp_path):
+    a = _save_model(tmp_path / "a.pt")
+    b = _save_model(tmp_path / "b.pt", seed=1)
+    other = _save_model(tmp_path / "c.pt", arch="unet")
+    with pytest.raises(ValueError, match="at least two"):
+        combine_models([a], tmp_path / "e.pt")
+    with pytest.raises(ValueError, match="other network options"):
+        combine_models([a, other], tmp_path / "e.pt")
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"user file")
+    with pytest.raises(ValueError, match="exists"):
+        combine_models([a, b], existing)
+    assert existing.read_bytes() == b"user file"
+    combine_models([a, b], tmp_path / "e.pt")
+    with pytest.raises(ValueError, match="already an ensemble"):
+        combine_models([tmp_path / "e.pt", a], tmp_path / "f.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt", "c.pt", "e.pt", "existing.pt"]
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory) -> Path:
+    """A finished 3-fold CV run on 6 synthetic patients."""
+    root = tmp_path_factory.mktemp("cv")
+    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=1, size=64, slices=(10, 12))
+    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
+    argv = ["cv", "--data", str(root / "prepared"), "--output", str(root / "runs"), "--name", "r", *TINY]
+    assert main(argv) == 0
+    return root / "runs" / "r"
+
+
+def test_choose_postprocessing_uses_validation_folds_only(cv_run, capsys):
+    assert main(["choose-postprocessing", "--run", str(cv_run)]) == 0
+    out = capsys.readouterr().out
+    choice = json.loads((cv_run / "postprocessing.json").read_text())
+    assert [c["options"] for c in choice["candidates"]] == list(POSTPROCESSING_CANDIDATES)
+    # every fold validates on the next fold: each of the 6 patients is a validation patient exactly once
+    assert choice["folds"] == {"0": 1, "1": 2, "2": 0}
+    assert all(c["patients"] == 6 for c in choice["candidates"])
+    means = [c["mean_dice"] for c in choice["candidates"]]
+    best = means.index(max(means))  # the first of equal means: the cheaper candidate
+    assert choice["chosen"] == POSTPROCESSING_CANDIDATES[best]
+    assert f"chosen {json.dumps(choice['chosen'])}" in out
+    report = json.loads((cv_run / "cv_postprocessed" / "metrics.json").read_text())
+    assert len(report["patients"]) == 6
+    for key, value in choice["chosen"].items():
+        assert report["run"][key] == value
+    for kind in ("best", "median", "worst"):
+        assert (cv_run / "cv_postprocessed" / f"overlay_{kind}.png").stat().st_size > 1000
+    for fold in range(3):
+        assert (cv_run / f"fold{fold}" / "evaluation_postprocessed" / "metrics.json").is_file()
+
+
+def test_ensemble_command_makes_one_model_of_the_folds(cv_run, tmp_path, capsys):
+    if not (cv_run / "postprocessing.json").is_file():
+        assert main(["choose-postprocessing", "--run", str(cv_run)]) == 0
+    chosen = json.loads((cv_run / "postprocessing.json").read_text())["chosen"]
+    output = tmp_path / "model.pt"
+    assert main(["ensemble", "--run", str(cv_run), "--output", str(output)]) == 0
+    assert "ensemble of 3 models" in capsys.readouterr().out
+    saved = load_checkpoint(output)
+    assert saved["config"]["members"] == 3
+    assert {k: saved["config"][k] for k in chosen} == chosen
+    assert [m["fold"] for m in saved["members"]] == [0, 1, 2]
+    network, cfg, _ = load_model(output)
+    assert cfg.members == 3 and cfg.keep_largest == chosen["keep_largest"]
+    # the ensemble's probability is the mean of the fold models' probabilities
+    x = torch.rand(2, 3, 32, 32)
+    folds = [load_model(p)[0] for p in finished_folds(cv_run).values()]
+    with torch.no_grad():
+        expected = torch.stack([torch.sigmoid(f(x)) for f in folds]).mean(0)
+        assert torch.allclose(torch.sigmoid(network(x)), expected, atol=1e-5)
+    assert main(["ensemble", "--run", str(cv_run), "--output", str(output)]) == 2  # exists: refused
+    assert main(["ensemble", "--run", str(cv_run), "--output", str(output), "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
+    assert load_checkpoint(output)["config"]["members"] == 3
+    assert main(["evaluate", "--checkpoint", str(output), "--output", str(tmp_path / "eval")]) == 0
+    assert len(json.loads((tmp_path / "eval" / "metrics.json").read_text())["patients"]) == 2
+
+
+def test_training_refuses_members(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--members", "2"])
