@@ -19,7 +19,7 @@ from pipeline.networks import build_network
 from pipeline.synthetic import write_synthetic_kaggle
 from pipeline.workflows import load_model
 
-TINY = ["--epochs", "1", "--batch-size", "8", "--num-samples", "8", "--input-size", "32", "32"]
+TINY = ["--epochs", "4", "--batch-size", "8", "--num-samples", "8", "--lr", "0.005"]
 TINY += ["--arch", "unext", "--no-progress", "--overlay-images", "0", "--cache", "none"]
 
 
@@ -152,3 +152,48 @@ def test_ensemble_command_makes_one_model_of_the_folds(cv_run, tmp_path, capsys)
 def test_training_refuses_members(tmp_path):
     with pytest.raises(SystemExit):
         main(["train", "--data", str(tmp_path), "--members", "2"])
+
+
+def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_path):
+    import importlib.util
+    import shutil
+    import statistics
+
+    if not (cv_run / "postprocessing.json").is_file():
+        assert main(["choose-postprocessing", "--run", str(cv_run)]) == 0
+    model = tmp_path / "model.pt"
+    assert main(["ensemble", "--run", str(cv_run), "--output", str(model)]) == 0
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "docs").mkdir()
+    shutil.copy(Path(__file__).parents[1] / "bundle" / "configs" / "metadata.json", bundle / "configs")
+    card = bundle / "docs" / "README.md"
+    card.write_text("# card\n\nbefore\n<!-- cv-results:start -->\nold\n<!-- cv-results:end -->\nafter\n")
+    log = tmp_path / "cv.log"
+    log.write_text(
+        "x fold 0: 4 training, 2 validation, 2 test patients\n"
+        "x epoch 1/2 | loss 0.5 | lr 0.001 | val_mean_dice 0.7000 (best 0.7000 @ epoch 1) | 60.0 s\n"
+        "x epoch 2/2 | loss 0.4 | lr 0.001 | val_mean_dice 0.8100 (best 0.8100 @ epoch 2) | 120.0 s\n"
+    )
+    spec = importlib.util.spec_from_file_location(
+        "model_card", Path(__file__).parents[1] / "scripts" / "model_card.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--run", str(cv_run), "--model", str(model), "--log", str(log), "--bundle", str(bundle)]
+    assert module.main(argv) == 0
+    report = json.loads((cv_run / "cv_postprocessed" / "metrics.json").read_text())
+    dice = [p["dice"] for p in report["patients"]]
+    metrics = json.loads((bundle / "configs" / "metadata.json").read_text())["eval_metrics"]
+    assert metrics["cv_patients"] == 6 and metrics["cv_folds"] == 3
+    assert metrics["cv_patient_mean_dice"] == round(statistics.fmean(dice), 4)
+    assert metrics["cv_patient_median_dice"] == round(statistics.median(dice), 4)
+    text = card.read_text()
+    assert text.startswith("# card\n\nbefore\n<!-- cv-results:start -->") and text.endswith(
+        "end -->\nafter\n"
+    )
+    assert "\nold\n" not in text and module.file_sha256(model) in text and "(chosen)" in text
+    assert "| 0 | 2 | 0.810 (2) | 3 | 3 (epoch 2) | not reached |" in text  # 180 s = 3 min to 0.8
+    for name in module.FIGURES.values():
+        assert (bundle / "docs" / "images" / name).stat().st_size > 1000
+        assert f"](images/{name})" in text or "volume" in name

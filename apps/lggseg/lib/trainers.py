@@ -38,13 +38,18 @@ INT_OPTIONS = ("max_epochs", "volume_repeats", "batch_size", "num_samples", "see
 FLOAT_OPTIONS = ("learning_rate",)
 
 
-def _members_of(path: Any) -> int:
-    """Networks in a weight file (``config["members"]``; 1 when absent or unreadable: loading reports it)."""
+NETWORK_OPTIONS = ("arch", "spatial_dims", "context", "num_classes", "deep_supervision", "members")
+
+
+def network_options_of(path: Any) -> dict[str, Any]:
+    """The network options stored with a weight file (``config``), so that fine-tuning builds the network
+    the weights belong to (an ensemble is fine-tuned as one network: its averaged output); empty when the
+    file cannot be read (loading it reports why)."""
     try:
         config = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
-        return int(config.get("members", 1))
     except Exception:  # noqa: BLE001 - load_weights gives the precise error
-        return 1
+        return {}
+    return {k: config[k] for k in NETWORK_OPTIONS if k in config}
 
 
 def _number(value: Any) -> float | None:
@@ -121,7 +126,7 @@ class LGGSegTrain(TrainTask):
                 MONAILabelError.APP_TRAIN_FAILED,
                 f"no weights to start from: neither {self.paths.finetuned_model} nor {self.paths.base_model}",
             )
-        members = _members_of(start_from)
+        network_options = network_options_of(start_from)
         begin = time.time()
         self.paths.model_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".finetune-", dir=self.paths.model_dir) as scratch:
@@ -137,7 +142,7 @@ class LGGSegTrain(TrainTask):
                 "ckpt_dir": f"{scratch}/checkpoints",
                 "output_dir": f"{scratch}/logs",
                 "num_workers": 0,
-                "members": members,  # an ensemble is fine-tuned as one network (its averaged output)
+                **network_options,
                 **{
                     k: options[k]
                     for k in ("volume_repeats", "batch_size", "num_samples", "seed")

@@ -1,0 +1,204 @@
+"""Write the cross-validation results of the shipped model into the bundle: figures, ``eval_metrics``, tables.
+
+Every number comes from the files of a finished cross-validation (no hand-edited figures):
+
+- ``RUN/cv/metrics.json`` (test folds, no post-processing) and ``RUN/cv_postprocessed/metrics.json`` (test
+  folds with the post-processing chosen on the validation folds, ``RUN/postprocessing.json``);
+- each ``RUN/fold<k>/evaluation*/metrics.json`` for the per-fold table;
+- the training log (``scripts/training_progress.py``) for epochs, best validation Dice and time-to-quality;
+- the model file for its SHA-256, size and members.
+
+It copies the Dice distribution plot and the best / median / worst overlays to ``BUNDLE/docs/images``,
+sets ``eval_metrics`` in ``BUNDLE/configs/metadata.json`` and replaces the text between
+``<!-- cv-results:start -->`` and ``<!-- cv-results:end -->`` in each ``--markdown`` file. Files are written
+under a temporary name, then renamed.
+
+    python scripts/model_card.py --run runs/unext_r1 --log runs/unext_r1.log --model bundle/models/model.pt \
+        [--bundle bundle] [--markdown bundle/docs/README.md README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from training_progress import parse_log, summarise  # noqa: E402
+
+from pipeline.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.ensemble import file_sha256  # noqa: E402
+from pipeline.safety import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+START, END = "<!-- cv-results:start -->", "<!-- cv-results:end -->"
+FIGURES = {"dice_plot": "cv_dice_per_patient.png", "volume_plot": "cv_volume_pred_vs_true.png"}
+FIGURES |= {f"overlay_{k}": f"cv_overlay_{k}.png" for k in ("best", "median", "worst")}
+THRESHOLDS = (0.8, 0.85)
+
+
+def _metrics(report: Path) -> dict[str, Any]:
+    path = report / "metrics.json"
+    if not path.is_file():
+        raise SystemExit(f"model_card: error: {path}: not found; finish the cross-validation first")
+    return json.loads(path.read_text())
+
+
+def _stat(report: dict[str, Any], name: str, kind: str) -> float | None:
+    """A pooled figure (``None`` when no patient defines it, e.g. HD95 with empty predictions)."""
+    value = report["summary"]["overall"]["metrics"][name][kind]
+    return None if value is None else float(value)
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def eval_metrics(report: dict[str, Any]) -> dict[str, float | int | None]:
+    """``metadata.json``'s ``eval_metrics``: pooled per-patient figures of the test folds."""
+    return {
+        "cv_patient_mean_dice": _rounded(_stat(report, "dice", "mean"), 4),
+        "cv_patient_median_dice": _rounded(_stat(report, "dice", "median"), 4),
+        "cv_patient_mean_iou": _rounded(_stat(report, "iou", "mean"), 4),
+        "cv_patient_mean_hd95_mm": _rounded(_stat(report, "hd95_mm", "mean"), 2),
+        "cv_patient_median_hd95_mm": _rounded(_stat(report, "hd95_mm", "median"), 2),
+        "cv_patients": int(report["n_patients"]),
+        "cv_folds": len(report["run"].get("folds", [])),
+    }
+
+
+def _row(label: str, report: dict[str, Any]) -> str:
+    cells = [
+        _cell(_stat(report, "dice", "mean"), 3),
+        _cell(_stat(report, "dice", "median"), 3),
+        _cell(_stat(report, "dice", "std"), 3),
+        _cell(_stat(report, "iou", "mean"), 3),
+        _cell(_stat(report, "sensitivity", "mean"), 3),
+        _cell(_stat(report, "precision", "mean"), 3),
+        _cell(_stat(report, "hd95_mm", "mean"), 1),
+        _cell(_stat(report, "hd95_mm", "median"), 1),
+    ]
+    return f"| {label} | {report['n_patients']} | " + " | ".join(cells) + " |"
+
+
+HEADER = (
+    "| | patients | Dice mean | Dice median | Dice std | IoU mean | sensitivity | precision | "
+    "HD95 mean (mm) | HD95 median (mm) |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def results_block(run: Path, log: Path | None, model: Path, image_prefix: str) -> str:
+    """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
+    the model file's identity and the figures."""
+    raw, chosen_report = _metrics(run / "cv"), _metrics(run / "cv_postprocessed")
+    choice = json.loads((run / "postprocessing.json").read_text())
+    lines = [START, "", f"Cross-validation `{run.name}`, patient-level folds, every patient tested once:", ""]
+    lines += [
+        HEADER,
+        _row("no post-processing", raw),
+        _row(f"chosen: `{json.dumps(choice['chosen'])}`", chosen_report),
+    ]
+    lines += ["", "Per test fold (chosen post-processing):", "", HEADER]
+    for fold_dir in sorted(run.glob("fold*")):
+        report = fold_dir / "evaluation_postprocessed"
+        if (report / "metrics.json").is_file():
+            lines.append(_row(fold_dir.name, _metrics(report)))
+    lines += ["", "Post-processing candidates on the **validation** folds (the test folds took no part):", ""]
+    lines += ["| candidate | patients | Dice mean | Dice median |", "|---|---|---|---|"]
+    for c in choice["candidates"]:
+        mark = " (chosen)" if c["options"] == choice["chosen"] else ""
+        lines.append(
+            f"| `{json.dumps(c['options'])}`{mark} | {c['patients']} | {c['mean_dice']:.3f} | "
+            f"{c['median_dice']:.3f} |"
+        )
+    if log is not None:
+        lines += [
+            "",
+            f"Training (from `{log.name}`; wall minutes of the logged epochs, validation included):",
+            "",
+        ]
+        names = [f"minutes to val Dice {t:g}" for t in THRESHOLDS]
+        lines += ["| fold | epochs | best val Dice (epoch) | minutes | " + " | ".join(names) + " |"]
+        lines += ["|---" * (4 + len(THRESHOLDS)) + "|"]
+        for fold, epochs in sorted(parse_log(log.read_text().splitlines()).items()):
+            s = summarise(epochs, THRESHOLDS)
+            total = sum(float(v["seconds"] or 0.0) for v in epochs.values()) / 60
+            reach = [
+                f"{s[f'minutes_to_{t:g}']:.0f} (epoch {s[f'epoch_to_{t:g}']})"
+                if s[f"minutes_to_{t:g}"]
+                else "not reached"
+                for t in THRESHOLDS
+            ]
+            best = f"{s['best_dice']:.3f} ({s['best_epoch']})" if s["best_dice"] is not None else "-"
+            lines.append(f"| {fold} | {s['epochs']} | {best} | {total:.0f} | " + " | ".join(reach) + " |")
+    saved = load_checkpoint(model)
+    members = saved["config"].get("members", 1)
+    lines += [
+        "",
+        f"Model file `{model.name}`: SHA-256 `{file_sha256(model)}`, {model.stat().st_size / 1e6:.1f} MB, "
+        f"{members} network(s) of `{saved['config'].get('arch')}`"
+        + (" (the folds' models, probabilities averaged)" if members > 1 else "")
+        + f"; post-processing stored with it: keep_largest {saved['config'].get('keep_largest')}, "
+        f"tta {saved['config'].get('tta')}.",
+        "",
+        f"![per-patient Dice of the cross-validation]({image_prefix}{FIGURES['dice_plot']})",
+        "",
+        "Best, median and worst patients of the cross-validation (FLAIR; truth green, prediction red):",
+        "",
+    ]
+    lines += [f"![{k} patient]({image_prefix}{FIGURES[f'overlay_{k}']})" for k in ("best", "median", "worst")]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str, path: Path) -> str:
+    """``text`` with the marked section replaced by ``block``."""
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"model_card: error: {path}: no '{START}' ... '{END}' section to replace")
+    return pattern.sub(lambda _: block, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, required=True, help="CV run folder (OUTPUT/NAME)")
+    parser.add_argument("--model", type=Path, required=True, help="the shipped model file")
+    parser.add_argument("--log", type=Path, help="the CV training log (time-to-quality)")
+    parser.add_argument("--bundle", type=Path, default=Path("bundle"), help="bundle folder (default: bundle)")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        nargs="*",
+        help="files with a cv-results section (default: BUNDLE/docs/README.md)",
+    )
+    args = parser.parse_args(argv)
+    images = args.bundle / "docs" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    report = _metrics(args.run / "cv_postprocessed")
+    for key, name in FIGURES.items():
+        atomic_write_bytes(images / name, (args.run / "cv_postprocessed" / report["files"][key]).read_bytes())
+    meta_path = args.bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["eval_metrics"] = eval_metrics(report)
+    atomic_write_text(meta_path, json.dumps(meta, indent=4) + "\n")
+    for path in args.markdown or [args.bundle / "docs" / "README.md"]:
+        prefix = Path(os.path.relpath(images.resolve(), path.resolve().parent)).as_posix()
+        block = results_block(args.run, args.log, args.model, f"{prefix}/")
+        atomic_write_text(path, replace_block(path.read_text(), block, path))
+        print(f"{path}: cross-validation section written")
+    print(f"{meta_path}: eval_metrics {json.dumps(meta['eval_metrics'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
