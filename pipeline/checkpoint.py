@@ -11,6 +11,7 @@ plain tensors, numbers and strings, so ``torch.load(weights_only=True)`` reads i
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -167,3 +168,12 @@ def refuse_existing_model(path: str | Path) -> None:
         raise ValueError(
             f"{path}: exists and training would replace it; choose another ckpt_dir or move the file away"
         )
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ The members' probabilities are averaged, as nnU-Net averages its fold models.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.checkpoint import MODEL_KEY, load_checkpoint
+from pipeline.checkpoint import MODEL_KEY, file_sha256, load_checkpoint
 from pipeline.safety import atomic_path
 
 
@@ -49,15 +48,6 @@ class ModelEnsemble(nn.Module):
         if self.num_classes == 1:
             return torch.logit(mean, eps=1e-6)
         return torch.log(mean.clamp_min(1e-12))
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def combine_models(
