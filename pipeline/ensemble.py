@@ -55,6 +55,7 @@ def combine_models(
     output: str | Path,
     overwrite: bool = False,
     config_updates: dict[str, Any] | None = None,
+    half: bool = False,
 ) -> dict[str, Any]:
     """Write one model file holding every model of ``paths`` as a :class:`ModelEnsemble`.
 
@@ -64,6 +65,8 @@ def combine_models(
         overwrite: replace an existing ``output`` (otherwise refused).
         config_updates: configuration values to store with it (the post-processing chosen by
             cross-validation: ``threshold``, ``keep_largest``, ``min_size``, ``tta``).
+        half: store floating-point weights as float16 (half the file; they load into the float32 network,
+            ``load_state_dict`` converts them).
 
     Returns:
         the saved mapping without the weights: ``config`` and ``members`` (path name, fold, SHA-256 of
@@ -92,12 +95,19 @@ def combine_models(
         for i, ckpt in enumerate(checkpoints)
         for name, tensor in ckpt[MODEL_KEY].items()
     }
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     members = [
         {"run": Path(p).parent.parent.name, "fold": c["config"].get("fold"), "sha256": file_sha256(p)}
         for p, c in zip(paths, checkpoints, strict=True)
     ]
     config = {**first, **(config_updates or {}), "members": len(paths)}
-    saved = {MODEL_KEY: weights, "config": config, "members": members}
+    saved = {
+        MODEL_KEY: weights,
+        "config": config,
+        "members": members,
+        "weights_dtype": "float16" if half else "float32",
+    }
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         torch.save(saved, tmp)

@@ -146,6 +146,14 @@ def test_ensemble_command_makes_one_model_of_the_folds(cv_run, tmp_path, capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no temporary file left
     assert load_checkpoint(output)["config"]["members"] == 3
     assert main(["evaluate", "--checkpoint", str(output), "--output", str(tmp_path / "eval")]) == 0
+    # float16 storage: half the file, loads into the float32 network, nearly the same probabilities
+    half = tmp_path / "half.pt"
+    assert main(["ensemble", "--run", str(cv_run), "--output", str(half), "--half"]) == 0
+    assert half.stat().st_size < 0.6 * output.stat().st_size
+    half_network, _, _ = load_model(half)
+    assert next(half_network.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(torch.sigmoid(half_network(x)), expected, atol=2e-3)
     assert len(json.loads((tmp_path / "eval" / "metrics.json").read_text())["patients"]) == 2
 
 

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--models", type=Path, nargs="+", help="model files to combine")
     p.add_argument("--output", type=Path, required=True, help="model file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
     _add_debug(p)
     p.set_defaults(func=run_ensemble)
 
@@ -78,7 +79,9 @@ def run_ensemble(args: argparse.Namespace) -> int:
     def job() -> None:
         models = list(finished_folds(args.run).values()) if args.run else args.models
         chosen = read_choice(args.run) if args.run and (args.run / CHOICE_NAME).is_file() else {}
-        saved = combine_models(models, args.output, overwrite=args.overwrite, config_updates=chosen)
+        saved = combine_models(
+            models, args.output, overwrite=args.overwrite, config_updates=chosen, half=args.half
+        )
         folds = ", ".join(str(m["fold"]) for m in saved["members"])
         print(f"{args.output}: ensemble of {len(models)} models (folds {folds}); post-processing {chosen}")
 
