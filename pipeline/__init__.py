@@ -4,6 +4,8 @@ Modules (arrows point down only, see ``DESIGN.md`` in the shared docs):
 
 - faces: ``pipeline.cli`` (the ``lggseg`` command; one module per group of sub-commands), the bundle's
   ``bundle/configs/*.json``, ``scripts/``.
+- floor 5: ``pipeline.model_selection`` (from a cross-validation to a model: post-processing chosen on the
+  validation folds, the folds' models combined into one model file).
 - floor 4: ``pipeline.workflows`` (the CLI's train / evaluate / infer / cross-validate: the one place that
   turns a run configuration into builder arguments).
 - floor 3: ``pipeline.engines`` (builders: datasets, loaders, MONAI ``SupervisedTrainer`` /
@@ -14,7 +16,8 @@ Modules (arrows point down only, see ``DESIGN.md`` in the shared docs):
   ``pipeline.evaluation`` (per-patient report handler), ``pipeline.report`` (report files and plots).
 - floor 1: ``pipeline.data`` (raw Kaggle folders -> validated volumes, NIfTI, datalist, folds),
   ``pipeline.cases`` (what to segment, case names), ``pipeline.studies`` (MONAI Label studies folders),
-  ``pipeline.safety`` (atomic writes, output guard, manifest), ``pipeline.networks`` (the registry) with
+  ``pipeline.safety`` (atomic writes, output guard, manifest), ``pipeline.networks`` (the registry;
+  ``pipeline.ensemble`` averages several networks) with
   the custom architectures beside it (``unext``, ``unet``, ``resunet``, ``unetplusplus``, ``deeplab``,
   ``segmenter``, ``fcn``, ``hrnet``; ``unext_reference`` is the public design, for benchmarks and weight
   loading), ``pipeline.metrics``, ``pipeline.losses``, ``pipeline.optim``, ``pipeline.overlays`` (overlay
@@ -36,11 +39,13 @@ _SUBMODULES = {
     "config",
     "data",
     "engines",
+    "ensemble",
     "evaluation",
     "handlers",
     "inference",
     "losses",
     "metrics",
+    "model_selection",
     "networks",
     "optim",
     "overlays",

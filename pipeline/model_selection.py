@@ -1,4 +1,5 @@
-"""What a cross-validation chooses, on validation patients only: the post-processing of a CV run.
+"""From a cross-validation to a model (floor 5): the post-processing chosen on validation patients only,
+and the folds' models combined into one model file.
 
 As nnU-Net does, every candidate (largest-component filtering, flip test-time augmentation) is tried on
 each fold's *validation* patients with that fold's model; the candidate with the best pooled mean Dice
@@ -15,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import BEST_NAME, load_checkpoint
+import torch
+
+from pipeline.checkpoint import BEST_NAME, MODEL_KEY, file_sha256, load_checkpoint
 from pipeline.data import load_datalist, split_folds
-from pipeline.safety import atomic_write_text
-from pipeline.workflows import DONE_NAME, datalist_path, evaluate
+from pipeline.safety import atomic_path, atomic_write_text
+from pipeline.workflows import DONE_NAME, check_model_config, datalist_path, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -116,3 +119,65 @@ def read_choice(run_root: str | Path) -> dict[str, Any]:
             f"{path}: not found; run `lggseg choose-postprocessing --run {run_root}` first"
         )
     return json.loads(path.read_text())["chosen"]
+
+
+def combine_models(
+    paths: Sequence[str | Path],
+    output: str | Path,
+    overwrite: bool = False,
+    config_updates: dict[str, Any] | None = None,
+    half: bool = False,
+) -> dict[str, Any]:
+    """Write one model file holding every model of ``paths`` as a :class:`ModelEnsemble`.
+
+    Args:
+        paths: model files (``best_model.pt`` of each fold) trained with the same network options.
+        output: the ensemble's model file; written under a temporary name, then renamed.
+        overwrite: replace an existing ``output`` (otherwise refused).
+        config_updates: configuration values to store with it (the post-processing chosen by
+            cross-validation: ``threshold``, ``keep_largest``, ``min_size``, ``tta``).
+        half: store floating-point weights as float16 (half the file; they load into the float32 network,
+            ``load_state_dict`` converts them).
+
+    Returns:
+        the saved mapping without the weights: ``config`` and ``members`` (path name, fold, SHA-256 of
+        each source file).
+
+    Raises:
+        ValueError: fewer than two models, members whose network options differ, an ensemble among them,
+            or an existing ``output`` without ``overwrite``.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"an ensemble needs at least two models, got {len(paths)}")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output}: exists; pass overwrite to replace it")
+    checkpoints = [load_checkpoint(p) for p in paths]
+    first = checkpoints[0]["config"]
+    for path, ckpt in zip(paths, checkpoints, strict=True):
+        config = ckpt["config"]
+        if int(config.get("members", 1)) != 1:
+            raise ValueError(f"{path}: is already an ensemble; combine single models")
+        check_model_config(config, first, path)
+    weights = {
+        f"members.{i}.{name}": tensor
+        for i, ckpt in enumerate(checkpoints)
+        for name, tensor in ckpt[MODEL_KEY].items()
+    }
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    members = [
+        {"run": Path(p).parent.parent.name, "fold": c["config"].get("fold"), "sha256": file_sha256(p)}
+        for p, c in zip(paths, checkpoints, strict=True)
+    ]
+    config = {**first, **(config_updates or {}), "members": len(paths)}
+    saved = {
+        MODEL_KEY: weights,
+        "config": config,
+        "members": members,
+        "weights_dtype": "float16" if half else "float32",
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(output) as tmp:
+        torch.save(saved, tmp)
+    return {"config": config, "members": members}

@@ -13,8 +13,8 @@ from torch import nn
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
 from pipeline.data import prepare_dataset
-from pipeline.ensemble import ModelEnsemble, combine_models
-from pipeline.model_selection import POSTPROCESSING_CANDIDATES, finished_folds
+from pipeline.ensemble import ModelEnsemble
+from pipeline.model_selection import POSTPROCESSING_CANDIDATES, combine_models, finished_folds
 from pipeline.networks import build_network
 from pipeline.synthetic import write_synthetic_kaggle
 from pipeline.workflows import load_model

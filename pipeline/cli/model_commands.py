@@ -73,8 +73,7 @@ def run_choose_postprocessing(args: argparse.Namespace) -> int:
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
-    from pipeline.ensemble import combine_models
-    from pipeline.model_selection import CHOICE_NAME, finished_folds, read_choice
+    from pipeline.model_selection import CHOICE_NAME, combine_models, finished_folds, read_choice
 
     def job() -> None:
         models = list(finished_folds(args.run).values()) if args.run else args.models
