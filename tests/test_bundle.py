@@ -68,9 +68,15 @@ def synthetic(tmp_path_factory) -> Path:
     return root
 
 
+def _inference_network() -> dict:
+    """The network options of ``inference.json`` (those of the shipped model)."""
+    config = json.loads((CONFIGS / "inference.json").read_text())
+    return {k: config[k] for k in MODEL_KEYS if k in config}
+
+
 def _model_file(folder: Path, **config) -> Path:
-    """An untrained lggseg model file (weights under "model", config beside them)."""
-    cfg = RunConfig.from_dict({"progress": False, **config})
+    """An untrained lggseg model file of inference.json's network (weights under "model", config beside)."""
+    cfg = RunConfig.from_dict({"progress": False, **_inference_network(), **config})
     torch.manual_seed(0)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.pt"
@@ -82,7 +88,9 @@ def test_metadata_verifies_against_the_schema():
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA), hash_val=SCHEMA_MD5)
     meta = json.loads((CONFIGS / "metadata.json").read_text())
     assert meta["schema"].endswith("meta_schema_20240725.json")
-    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    network = RunConfig.from_dict(_inference_network())
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert image["num_channels"] == network.in_channels == len(image["channel_def"])  # 3 x (2 context + 1)
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
     assert "monai-label" in meta["supported_apps"]
 
@@ -281,9 +289,10 @@ def test_verify_net_in_out_and_torchscript_export(tmp_path):
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
     scripted = torch.jit.load(str(tmp_path / "model.ts")).eval()
-    eager = create_network(RunConfig()).eval()
+    cfg = RunConfig.from_dict(_inference_network())
+    eager = create_network(cfg).eval()
     eager.load_state_dict(torch.load(model, weights_only=True)["model"])
-    x = torch.randn(2, 3, 96, 128)
+    x = torch.randn(2, cfg.in_channels, 96, 128)
     with torch.no_grad():
         assert torch.allclose(scripted(x), eager(x), atol=1e-5)
 
