@@ -35,6 +35,13 @@ MODEL_KEYS = (
     "network_kwargs",
     "members",
 )
+# RunConfig names that the bundle's configs spell as the MONAI Model Zoo does
+BUNDLE_NAMES = {
+    "lr": "learning_rate",
+    "loss": "loss_name",
+    "optimizer": "optimizer_name",
+    "scheduler": "scheduler_name",
+}
 # options of evaluation and inference that may differ from the training run's
 POSTPROCESSING_KEYS = ("threshold", "keep_largest", "min_size", "tta", "sw_batch_size", "num_workers")
 

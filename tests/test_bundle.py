@@ -17,7 +17,7 @@ import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import MODEL_KEYS, RunConfig
+from pipeline.config import BUNDLE_NAMES, MODEL_KEYS, RunConfig
 from pipeline.data import prepare_dataset
 from pipeline.synthetic import write_synthetic_kaggle
 from pipeline.workflows import create_network
@@ -27,12 +27,7 @@ CONFIGS = REPO / "bundle" / "configs"
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 # bundle scalars named as the Model Zoo names them -> RunConfig field
-ZOO_NAMES = {
-    "learning_rate": "lr",
-    "loss_name": "loss",
-    "optimizer_name": "optimizer",
-    "scheduler_name": "scheduler",
-}
+ZOO_NAMES = {zoo: name for name, zoo in BUNDLE_NAMES.items()}
 SHORT = {"epochs": 1, "batch_size": 4, "num_samples": 2, "volume_repeats": 1, "device": "cpu"}
 
 
