@@ -69,6 +69,19 @@ def _inference_network() -> dict:
     return {k: config[k] for k in MODEL_KEYS if k in config}
 
 
+def _literal_scalars(name: str = "train.json") -> dict:
+    """A config's literal top-level scalars under their RunConfig names (expressions left out)."""
+    names = {f.name for f in fields(RunConfig)}
+    config = json.loads((CONFIGS / name).read_text())
+    return {
+        ZOO_NAMES.get(k, k): v
+        for k, v in config.items()
+        if ZOO_NAMES.get(k, k) in names
+        and not isinstance(v, dict)
+        and not (isinstance(v, str) and v.startswith(("$", "@")))
+    }
+
+
 def _model_file(folder: Path, **config) -> Path:
     """An untrained lggseg model file of inference.json's network (weights under "model", config beside)."""
     cfg = RunConfig.from_dict({"progress": False, **_inference_network(), **config})
@@ -99,14 +112,10 @@ def test_bundle_scalars_match_the_cli_defaults_and_the_shipped_model():
         expected_values = dict(defaults)
         if name == "inference.json":
             expected_values.update({k: shipped.get(k, defaults[k]) for k in model_keys})
-        config = json.loads((CONFIGS / name).read_text())
-        shared = {
-            k: v for k, v in config.items() if ZOO_NAMES.get(k, k) in defaults and not isinstance(v, dict)
-        }
-        shared = {k: v for k, v in shared.items() if not (isinstance(v, str) and v.startswith(("$", "@")))}
+        shared = _literal_scalars(name)
         assert len(shared) >= (15 if name == "train.json" else 10), sorted(shared)
         for key, value in shared.items():
-            expected = expected_values[ZOO_NAMES.get(key, key)]
+            expected = expected_values[key]
             expected = list(expected) if isinstance(expected, tuple) else expected
             assert value == expected, f"{name}: {key}={value!r}, expected {expected!r}"
 
@@ -133,7 +142,10 @@ def test_bundle_training_equals_cli_training(synthetic, tmp_path):
         _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # the CLI in its own process with the same environment (thread count included: float sums differ)
+    # the CLI in its own process with the same environment (thread count included: float sums differ), given
+    # train.json's recipe as a --config file
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(_literal_scalars()))
     cli_args = [
         "train",
         "--data",
@@ -141,6 +153,8 @@ def test_bundle_training_equals_cli_training(synthetic, tmp_path):
         "--output",
         str(tmp_path / "cli"),
         "--no-progress",
+        "--config",
+        str(recipe),
     ]
     for key, value in SHORT.items():
         cli_args += [f"--{key.replace('_', '-')}", str(value)]
