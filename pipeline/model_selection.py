@@ -140,8 +140,9 @@ def combine_models(
             ``load_state_dict`` converts them).
 
     Returns:
-        the saved mapping without the weights: ``config`` and ``members`` (path name, fold, SHA-256 of
-        each source file).
+        the saved mapping without the weights: ``config`` (with ``members`` and ``config_updates``),
+        ``training_config`` (the first member's, as trained) and ``members`` (run, fold, SHA-256 of each
+        source file).
 
     Raises:
         ValueError: fewer than two models, members whose network options differ, an ensemble among them,
@@ -172,6 +173,7 @@ def combine_models(
     ]
     config = {**first, **(config_updates or {}), "members": len(paths)}
     saved = {
+        "training_config": dict(first),  # the recipe of the members, before the chosen post-processing
         MODEL_KEY: weights,
         "config": config,
         "members": members,
@@ -180,4 +182,4 @@ def combine_models(
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(output) as tmp:
         torch.save(saved, tmp)
-    return {"config": config, "members": members}
+    return {k: v for k, v in saved.items() if k != MODEL_KEY}

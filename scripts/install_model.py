@@ -4,8 +4,8 @@
   written under a temporary name, then renamed);
 - sets ``inference.json``'s network and post-processing scalars (``arch``, ``context``,
   ``deep_supervision``, ``members``, ``keep_largest``, ``tta``, ...) from the model's ``config``;
-- sets ``train.json``'s recipe scalars from it (``members`` 1: training builds one network), so the bundle
-  trains what it ships;
+- sets ``train.json``'s recipe scalars from it (an ensemble's ``training_config``, ``members`` 1: training
+  builds one network), so the bundle trains what it ships;
 - sets the network input of ``metadata.json`` (channels: 3 sequences x ``2 * context + 1`` slices).
 
 Only the value of existing top-level scalar lines changes; the files keep their layout. Expressions
@@ -77,14 +77,16 @@ def install(model: Path, bundle: Path, overwrite: bool = False) -> dict[str, Any
         ValueError: the model needs ``network_kwargs`` (not expressible as scalars), or an existing
             ``models/model.pt`` without ``overwrite``.
     """
-    config = load_checkpoint(model)["config"]
+    saved = load_checkpoint(model)
+    config = saved["config"]
+    trained = saved.get("training_config", config)  # an ensemble keeps its members' recipe apart
     if config.get("network_kwargs"):
         raise ValueError(f"{model}: network_kwargs {config['network_kwargs']} cannot be set in the bundle")
     target = bundle / "models" / "model.pt"
     if target.exists() and not overwrite and target.resolve() != model.resolve():
         raise ValueError(f"{target}: exists; pass --overwrite to replace it")
     names = {f.name for f in fields(RunConfig)}
-    recipe = {k: v for k, v in config.items() if k in names and k not in RUNTIME_KEYS}
+    recipe = {k: v for k, v in trained.items() if k in names and k not in RUNTIME_KEYS}
     changes = {
         "inference.json": set_scalars(
             bundle / "configs" / "inference.json", {k: config[k] for k in INFERENCE_KEYS if k in config}

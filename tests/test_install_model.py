@@ -36,7 +36,8 @@ def _ensemble_file(path: Path) -> Path:
     config = {"arch": "unext", "spatial_dims": 2, "context": 1, "num_classes": 1, "deep_supervision": True}
     config |= {"members": 2, "network_kwargs": {}, "keep_largest": 1, "tta": "flip", "fold": 0}
     config |= {"epochs": 40, "lr": 0.001, "optimizer": "adamw", "batch_dice": True, "device": "cuda:3"}
-    torch.save({"model": net.state_dict(), "config": config}, path)
+    trained = {**config, "members": 1, "keep_largest": 0, "tta": "none"}
+    torch.save({"model": net.state_dict(), "config": config, "training_config": trained}, path)
     return path
 
 
@@ -54,6 +55,7 @@ def test_install_sets_the_configs_from_the_model(bundle, tmp_path):
     train = json.loads((bundle / "configs" / "train.json").read_text())
     assert train["epochs"] == 40 and train["optimizer_name"] == "adamw" and train["batch_dice"] is True
     assert train["members"] == 1 and train["context"] == 1 and train["device"] == "auto"  # runtime kept
+    assert train["keep_largest"] == 0 and train["tta"] == "none"  # the recipe's, not the ensemble's choice
     for name, lines in before.items():  # only the values of those lines changed, nothing else
         after = (bundle / "configs" / name).read_text().splitlines()
         assert len(after) == len(lines)

@@ -132,6 +132,7 @@ def test_ensemble_command_makes_one_model_of_the_folds(cv_run, tmp_path, capsys)
     saved = load_checkpoint(output)
     assert saved["config"]["members"] == 3
     assert {k: saved["config"][k] for k in chosen} == chosen
+    assert saved["training_config"] == load_checkpoint(finished_folds(cv_run)[0])["config"]
     assert [m["fold"] for m in saved["members"]] == [0, 1, 2]
     network, cfg, _ = load_model(output)
     assert cfg.members == 3 and cfg.keep_largest == chosen["keep_largest"]
