@@ -371,7 +371,8 @@ def test_shipped_weights_load_strictly_into_the_inference_network():
     parser["device"] = "cpu"
     network = parser.get_parsed_content("network_def")
     shipped = torch.load(REPO / "bundle" / "models" / "model.pt", map_location="cpu", weights_only=True)
-    assert set(shipped) == {"model", "config"}
+    assert set(shipped) >= {"model", "config"}
     network.load_state_dict(shipped["model"], strict=True)
     for key in ("arch", "spatial_dims", "context", "num_classes", "deep_supervision"):
         assert shipped["config"][key] == parser[key], key
+    assert shipped["config"].get("members", 1) == parser["members"]

@@ -180,10 +180,11 @@ print("ok")
 
 
 def _write_model(path: Path, seed: int = 0) -> Path:
-    from pipeline.config import RunConfig
+    from pipeline.config import MODEL_KEYS, RunConfig
     from pipeline.workflows import create_network
 
-    cfg = RunConfig()
+    inference = json.loads((REPO_ROOT / "bundle" / "configs" / "inference.json").read_text())
+    cfg = RunConfig.from_dict({k: inference[k] for k in MODEL_KEYS if k in inference})  # the shipped network
     torch.manual_seed(seed)
     network = create_network(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -135,9 +135,10 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> tuple[dic
     try:
         network.load_state_dict(checkpoint[MODEL_KEY], strict=True)
     except RuntimeError as error:
-        first = str(error).splitlines()[1:2] or [str(error)]
+        first = (str(error).splitlines()[1:2] or [str(error)])[0].strip()
+        detail = first if len(first) <= 300 else first[:300] + " ..."  # key lists run to thousands of names
         raise ModelFileError(
-            f"{path}: the weights do not fit the bundle's network ({first[0].strip()}); "
+            f"{path}: the weights do not fit the bundle's network ({detail}); "
             "use weights trained with the bundle's network options"
         ) from None
     return checkpoint, stat
