@@ -117,14 +117,20 @@ class ConfigState:
         self.config = dict(state)
 
 
-def find_last_checkpoint(directory: str | Path) -> Path | None:
-    """The ``checkpoint_epoch=N.pt`` with the highest ``N`` in ``directory`` (``None`` when there is none)."""
+def epoch_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """Every ``checkpoint_epoch=N.pt`` of ``directory`` as ``(N, path)``, by epoch."""
     found = [
         (int(m.group(1)), p)
         for p in Path(directory).glob("checkpoint_epoch=*.pt")
         if (m := LAST_PATTERN.search(p.name))
     ]
-    return max(found)[1] if found else None
+    return sorted(found)
+
+
+def find_last_checkpoint(directory: str | Path) -> Path | None:
+    """The ``checkpoint_epoch=N.pt`` with the highest ``N`` in ``directory`` (``None`` when there is none)."""
+    found = epoch_checkpoints(directory)
+    return found[-1][1] if found else None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

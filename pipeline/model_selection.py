@@ -26,6 +26,7 @@ from pipeline.workflows import DONE_NAME, check_model_config, datalist_path, eva
 logger = logging.getLogger(__name__)
 
 CHOICE_NAME = "postprocessing.json"
+VALIDATION_CACHE_NAME = "validation_postprocessing.json"
 DICE_KEYS = ("mean_dice", "median_dice")
 # cheapest first: a tie keeps the earlier candidate
 POSTPROCESSING_CANDIDATES: tuple[dict[str, Any], ...] = (
@@ -73,6 +74,9 @@ def choose_postprocessing(
         candidates: post-processing / TTA options to compare (keys of ``POSTPROCESSING_KEYS``).
         overrides: options for every evaluation (``num_workers``, ``progress``).
 
+    Each fold's figures are kept beside its model (:func:`validation_dice`), so an interrupted choice
+    resumes where it stopped.
+
     Returns:
         ``{"chosen": options, "candidates": [{"options", "mean_dice", "median_dice", "patients",
         "per_fold": {fold: mean Dice}}], "folds": {fold: validation fold}}``; also written to
@@ -85,10 +89,7 @@ def choose_postprocessing(
         per_fold: dict[int, float] = {}
         dice: list[float] = []
         for fold, path in models.items():
-            result = evaluate(
-                path, folds=[val_folds[fold]], overrides={**dict(overrides or {}), **options}, write=False
-            )
-            values = [float(r["dice"]) for r in result["records"]]
+            values = validation_dice(path, val_folds[fold], options, overrides)
             per_fold[fold] = statistics.fmean(values)
             dice += values
         results.append(
@@ -105,6 +106,28 @@ def choose_postprocessing(
     choice = {"chosen": results[best]["options"], "candidates": results, "folds": val_folds}
     atomic_write_text(Path(run_root) / CHOICE_NAME, json.dumps(choice, indent=2) + "\n")
     return choice
+
+
+def validation_dice(
+    model: Path, val_fold: int, options: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> list[float]:
+    """Per-patient Dice of ``model`` on fold ``val_fold`` with post-processing ``options``.
+
+    The figures are kept in ``<run>/fold<k>/validation_postprocessing.json`` with the model file's SHA-256
+    and reused while the model is unchanged.
+    """
+    cache_path = model.resolve().parent.parent / VALIDATION_CACHE_NAME
+    digest = file_sha256(model)
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if cache.get("model_sha256") != digest or cache.get("val_fold") != val_fold:
+        cache = {"model_sha256": digest, "val_fold": val_fold, "dice": {}}
+    key = json.dumps(dict(options), sort_keys=True)
+    if key not in cache["dice"]:
+        settings = {**dict(overrides or {}), **options}
+        result = evaluate(model, folds=[val_fold], overrides=settings, write=False)
+        cache["dice"][key] = [float(r["dice"]) for r in result["records"]]
+        atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
+    return cache["dice"][key]
 
 
 def read_choice(run_root: str | Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from pipeline.checkpoint import (
     MODEL_KEY,
     ConfigState,
     RNGState,
+    epoch_checkpoints,
     find_last_checkpoint,
     load_checkpoint,
 )
@@ -273,7 +274,9 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         EpochSummaryHandler(evaluator, KEY_METRIC, tensorboard.writer, progress=cfg.progress),
         GradientClipHandler(cfg.grad_clip),
         # last: the epoch checkpoint is written after everything else of the epoch, RNG state included
-        AtomicCheckpointSaver(save_dir=str(ckpt_dir), save_dict=to_save, save_interval=1, n_saved=2),
+        epoch_saver := AtomicCheckpointSaver(
+            save_dir=str(ckpt_dir), save_dict=to_save, save_interval=1, n_saved=2
+        ),
     ]
     trainer = build_trainer(
         device=device,
@@ -301,6 +304,7 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         "trainer": trainer,
         "evaluator": evaluator,
         "to_save": to_save,
+        "epoch_saver": epoch_saver,
         "train_transform": train_xf,
         "splits": {"train": train_files, "val": val_files, "test": test_files},
     }
@@ -330,6 +334,9 @@ def resume_run(run: Mapping[str, Any]) -> int:
     to_load = {k: v for k, v in run["to_save"].items() if k != "config"}
     Checkpoint.load_objects(to_load=to_load, checkpoint=ckpt)
     trainer.state.max_epochs = max(max_epochs, trainer.state.epoch)
+    # the epoch checkpoints already there count towards the two kept, so older ones are removed in turn
+    kept = [(n, p.name) for n, p in epoch_checkpoints(run["ckpt_dir"]) if n <= trainer.state.epoch]
+    run["epoch_saver"].load_state_dict({"interval": {"_saved": kept}})
     logger.info("resumed from %s (epoch %d)", path, trainer.state.epoch)
     return int(trainer.state.epoch)
 

@@ -5,7 +5,8 @@ Every number comes from the files of a finished cross-validation (no hand-edited
 - ``RUN/cv/metrics.json`` (test folds, no post-processing) and ``RUN/cv_postprocessed/metrics.json`` (test
   folds with the post-processing chosen on the validation folds, ``RUN/postprocessing.json``);
 - each ``RUN/fold<k>/evaluation*/metrics.json`` for the per-fold table;
-- the training log (``scripts/training_progress.py``) for epochs, best validation Dice and time-to-quality;
+- the training logs (``scripts/training_progress.py``; folds trained side by side may have their own) for
+  epochs, best validation Dice and time-to-quality;
 - the model file for its SHA-256, size and members.
 
 It copies the Dice distribution plot and the best / median / worst overlays to ``BUNDLE/docs/images``,
@@ -94,7 +95,7 @@ HEADER = (
 )
 
 
-def results_block(run: Path, log: Path | None, model: Path, image_prefix: str) -> str:
+def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: str) -> str:
     """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
     the model file's identity and the figures."""
     raw, chosen_report = _metrics(run / "cv"), _metrics(run / "cv_postprocessed")
@@ -118,16 +119,18 @@ def results_block(run: Path, log: Path | None, model: Path, image_prefix: str) -
             f"| `{json.dumps(c['options'])}`{mark} | {c['patients']} | {c['mean_dice']:.3f} | "
             f"{c['median_dice']:.3f} |"
         )
-    if log is not None:
+    if logs:
         lines += [
             "",
-            f"Training (from `{log.name}`; wall minutes of the logged epochs, validation included):",
+            f"Training (from {', '.join(f'`{log.name}`' for log in logs)}; wall minutes of the logged "
+            "epochs, validation included):",
             "",
         ]
         names = [f"minutes to val Dice {t:g}" for t in THRESHOLDS]
         lines += ["| fold | epochs | best val Dice (epoch) | minutes | " + " | ".join(names) + " |"]
         lines += ["|---" * (4 + len(THRESHOLDS)) + "|"]
-        for fold, epochs in sorted(parse_log(log.read_text().splitlines()).items()):
+        log_lines = [line for log in logs for line in log.read_text().splitlines()]
+        for fold, epochs in sorted(parse_log(log_lines).items()):
             s = summarise(epochs, THRESHOLDS)
             total = sum(float(v["seconds"] or 0.0) for v in epochs.values()) / 60
             reach = [
@@ -172,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--run", type=Path, required=True, help="CV run folder (OUTPUT/NAME)")
     parser.add_argument("--model", type=Path, required=True, help="the shipped model file")
-    parser.add_argument("--log", type=Path, help="the CV training log (time-to-quality)")
+    parser.add_argument(
+        "--log", type=Path, nargs="*", default=[], help="the CV training logs (time-to-quality)"
+    )
     parser.add_argument("--bundle", type=Path, default=Path("bundle"), help="bundle folder (default: bundle)")
     parser.add_argument(
         "--markdown",

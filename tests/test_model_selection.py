@@ -120,6 +120,12 @@ def test_choose_postprocessing_uses_validation_folds_only(cv_run, capsys):
         assert (cv_run / "cv_postprocessed" / f"overlay_{kind}.png").stat().st_size > 1000
     for fold in range(3):
         assert (cv_run / f"fold{fold}" / "evaluation_postprocessed" / "metrics.json").is_file()
+    # the validation figures are kept per fold: a second choice reuses them and chooses the same
+    cached = cv_run / "fold0" / "validation_postprocessing.json"
+    stamp = cached.stat().st_mtime_ns
+    assert main(["choose-postprocessing", "--run", str(cv_run)]) == 0
+    assert cached.stat().st_mtime_ns == stamp
+    assert json.loads((cv_run / "postprocessing.json").read_text()) == choice
 
 
 def test_ensemble_command_makes_one_model_of_the_folds(cv_run, tmp_path, capsys):

@@ -197,3 +197,8 @@ def test_kill_9_then_resume_ends_with_the_same_weights(prepared, tmp_path):
     ]
     b = load_checkpoint(ckpts / "checkpoint_epoch=3.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the checkpoints written before the interruption count towards the two kept
+    assert sorted(p.name for p in ckpts.glob("checkpoint_epoch=*.pt")) == [
+        "checkpoint_epoch=2.pt",
+        "checkpoint_epoch=3.pt",
+    ]

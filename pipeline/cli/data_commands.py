@@ -136,7 +136,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         except KeyboardInterrupt:
             if getattr(args, "debug", False):
                 raise
-            _say("interrupted; nothing was written or removed (earlier results are as they were)")
+            _say("interrupted; nothing is half-written (files already in place are complete), run again")
             return 130
 
     return wrapper

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data import LGGDataError
-from pipeline.safety import UnsafeOutputError
+from pipeline.cli.data_commands import _guarded, _say
 from pipeline.studies import write_studies
 
 logger = logging.getLogger("lggseg")
@@ -67,37 +65,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     studies.set_defaults(func=run_studies)
 
 
-def _say(message: str) -> None:
-    """Print one ``lggseg: error:`` line (newlines in ``message`` become ``; ``)."""
-    text = "; ".join(part.strip() for part in message.splitlines() if part.strip())
-    print(f"lggseg: error: {text}", file=sys.stderr)
-
-
+@_guarded
 def run_studies(args: argparse.Namespace) -> int:
     """Run ``lggseg studies``; returns the exit code (0 all written, 1 some patients failed, 2 bad input)."""
-    try:
-        result = write_studies(
-            args.input,
-            args.output,
-            with_labels=args.with_labels,
-            overwrite=args.overwrite,
-            patients=args.patients,
-            spacing=args.spacing,
-            progress=lambda it, total: tqdm(it, total=total, desc="studies", unit="patient"),
-        )
-    except (LGGDataError, UnsafeOutputError) as error:
-        if getattr(args, "debug", False):
-            raise
-        _say("; ".join(error.problems) if isinstance(error, LGGDataError) else str(error))
-        return 2
-    except OSError as error:
-        if getattr(args, "debug", False):
-            raise
-        _say(f"{error.filename or args.output}: {error.strerror or error}; fix the cause and run again")
-        return 1
-    except KeyboardInterrupt:
-        _say(f"{args.output}: interrupted; the studies already moved into place are complete files")
-        return 130
+    result = write_studies(
+        args.input,
+        args.output,
+        with_labels=args.with_labels,
+        overwrite=args.overwrite,
+        patients=args.patients,
+        spacing=args.spacing,
+        progress=lambda it, total: tqdm(it, total=total, desc="studies", unit="patient"),
+    )
     for name, problem in sorted(result.failures.items()):
         _say(f"{args.input / name}: {problem}; skipped, the other patients were written")
     logger.info(
