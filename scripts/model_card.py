@@ -99,7 +99,10 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
     """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
     the model file's identity and the figures."""
     raw, chosen_report = _metrics(run / "cv"), _metrics(run / "cv_postprocessed")
-    choice = json.loads((run / "postprocessing.json").read_text())
+    choice_path = run / "postprocessing.json"
+    if not choice_path.is_file():
+        raise SystemExit(f"model_card: error: {choice_path}: not found; run lggseg choose-postprocessing")
+    choice = json.loads(choice_path.read_text())
     lines = [START, "", f"Cross-validation `{run.name}`, patient-level folds, every patient tested once:", ""]
     lines += [
         HEADER,
