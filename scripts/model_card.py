@@ -189,9 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="files with a cv-results section (default: BUNDLE/docs/README.md)",
     )
     args = parser.parse_args(argv)
+    report = _metrics(args.run / "cv_postprocessed")  # before anything is written
     images = args.bundle / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    report = _metrics(args.run / "cv_postprocessed")
     for key, name in FIGURES.items():
         atomic_write_bytes(images / name, (args.run / "cv_postprocessed" / report["files"][key]).read_bytes())
     meta_path = args.bundle / "configs" / "metadata.json"
