@@ -84,12 +84,13 @@ def choose_postprocessing(
     """
     models = finished_folds(run_root)
     val_folds = {fold: validation_fold(load_checkpoint(path)["config"]) for fold, path in models.items()}
+    digests = {fold: file_sha256(path) for fold, path in models.items()}  # once per model, not per candidate
     results = []
     for options in candidates:
         per_fold: dict[int, float] = {}
         dice: list[float] = []
         for fold, path in models.items():
-            values = validation_dice(path, val_folds[fold], options, overrides)
+            values = validation_dice(path, val_folds[fold], options, overrides, digests[fold])
             per_fold[fold] = statistics.fmean(values)
             dice += values
         results.append(
@@ -109,15 +110,19 @@ def choose_postprocessing(
 
 
 def validation_dice(
-    model: Path, val_fold: int, options: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+    model: Path,
+    val_fold: int,
+    options: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    digest: str | None = None,
 ) -> list[float]:
     """Per-patient Dice of ``model`` on fold ``val_fold`` with post-processing ``options``.
 
     The figures are kept in ``<run>/fold<k>/validation_postprocessing.json`` with the model file's SHA-256
-    and reused while the model is unchanged.
+    and reused while the model is unchanged (``digest``: that SHA-256 when the caller has it).
     """
     cache_path = model.resolve().parent.parent / VALIDATION_CACHE_NAME
-    digest = file_sha256(model)
+    digest = digest or file_sha256(model)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if cache.get("model_sha256") != digest or cache.get("val_fold") != val_fold:
         cache = {"model_sha256": digest, "val_fold": val_fold, "dice": {}}

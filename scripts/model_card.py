@@ -99,7 +99,10 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
     """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
     the model file's identity and the figures."""
     raw, chosen_report = _metrics(run / "cv"), _metrics(run / "cv_postprocessed")
-    choice = json.loads((run / "postprocessing.json").read_text())
+    choice_path = run / "postprocessing.json"
+    if not choice_path.is_file():
+        raise SystemExit(f"model_card: error: {choice_path}: not found; run lggseg choose-postprocessing")
+    choice = json.loads(choice_path.read_text())
     lines = [START, "", f"Cross-validation `{run.name}`, patient-level folds, every patient tested once:", ""]
     lines += [
         HEADER,
@@ -186,9 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="files with a cv-results section (default: BUNDLE/docs/README.md)",
     )
     args = parser.parse_args(argv)
+    report = _metrics(args.run / "cv_postprocessed")  # before anything is written
     images = args.bundle / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    report = _metrics(args.run / "cv_postprocessed")
     for key, name in FIGURES.items():
         atomic_write_bytes(images / name, (args.run / "cv_postprocessed" / report["files"][key]).read_bytes())
     meta_path = args.bundle / "configs" / "metadata.json"

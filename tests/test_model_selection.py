@@ -212,3 +212,34 @@ def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_pat
     for name in module.FIGURES.values():
         assert (bundle / "docs" / "images" / name).stat().st_size > 1000
         assert f"](images/{name})" in text or "volume" in name
+
+
+def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "compare_runs.py"
+    spec = importlib.util.spec_from_file_location("compare_runs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log = tmp_path / f"{cv_run.name}.log"
+    log.write_text(
+        "x fold 0: 4 training, 2 validation, 2 test patients\n"
+        "x epoch 1/1 | loss 0.5 | lr 0.001 | val_mean_dice 0.7000 (best 0.7000 @ epoch 1) | 60.0 s\n"
+        "x fold 1: 4 training, 2 validation, 2 test patients\n"
+        "x epoch 1/1 | loss 0.5 | lr 0.001 | 180.0 s\n"
+    )
+    output = tmp_path / "table.json"
+    assert (
+        module.main([str(cv_run), str(tmp_path / "missing"), "--log", str(log), "--output", str(output)]) == 0
+    )
+    captured = capsys.readouterr()
+    assert "missing: skipped" in captured.err and "| r | unext | 2D, 3 ch |" in captured.out
+    row = json.loads(output.read_text())["rows"][0]
+    report = json.loads((cv_run / "cv" / "metrics.json").read_text())
+    dice = [p["dice"] for p in report["patients"]]
+    assert row["folds"] == 3 and row["epochs"] == 4
+    assert row["dice_mean"] == pytest.approx(sum(dice) / len(dice))
+    assert row["parameters_m"] == pytest.approx(
+        sum(p.numel() for p in build_network("unext", 2, 3, 1).parameters()) / 1e6
+    )
+    assert row["train_min_per_fold"] == pytest.approx(2.0)  # folds 0 and 1 logged: (1 + 3) / 2 minutes
