@@ -6,8 +6,11 @@ on a developer's machine, and fails when ``CI=true`` (CI must always have it).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -28,3 +31,16 @@ def _require_real_data() -> Path:
 def kaggle_root() -> Path:
     """Path to ``../shared/data/lgg/kaggle_3m`` (fails under CI when missing)."""
     return _require_real_data()
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -15,13 +14,6 @@ from pipeline.networks import build_network
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO.parent / "shared" / "schemas" / "meta_schema_20240725.json"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("install_model", REPO / "scripts" / "install_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()
@@ -41,10 +33,11 @@ def _ensemble_file(path: Path) -> Path:
     return path
 
 
-def test_install_sets_the_configs_from_the_model(bundle, tmp_path):
+def test_install_sets_the_configs_from_the_model(bundle, tmp_path, load_script):
+    install_model = load_script("install_model")
     model = _ensemble_file(tmp_path / "ensemble.pt")
     before = {n: (bundle / "configs" / n).read_text().splitlines() for n in ("inference.json", "train.json")}
-    changes = _script().install(model, bundle)
+    changes = install_model.install(model, bundle)
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     expected = {"context": 1, "deep_supervision": True, "members": 2, "keep_largest": 1, "tta": "flip"}
     assert {k: inference[k] for k in expected} == expected
@@ -57,7 +50,7 @@ def test_install_sets_the_configs_from_the_model(bundle, tmp_path):
         assert len(after) == len(lines)
         changed = {a.split(":")[0].strip().strip('"') for a, b in zip(after, lines, strict=True) if a != b}
         assert changed == set(changes[name])
-    assert _script().install(model, bundle, overwrite=True) == {"inference.json": {}, "train.json": {}}
+    assert install_model.install(model, bundle, overwrite=True) == {"inference.json": {}, "train.json": {}}
     meta_file = bundle / "configs" / "metadata.json"
     meta = json.loads(meta_file.read_text())
     image = meta["network_data_format"]["inputs"]["image"]
@@ -72,14 +65,15 @@ def test_install_sets_the_configs_from_the_model(bundle, tmp_path):
     )
 
 
-def test_install_refuses_to_replace_a_model_without_overwrite(bundle, tmp_path, capsys):
+def test_install_refuses_to_replace_a_model_without_overwrite(bundle, tmp_path, capsys, load_script):
+    install_model = load_script("install_model")
     (bundle / "models").mkdir()
     (bundle / "models" / "model.pt").write_bytes(b"shipped")
     model = _ensemble_file(tmp_path / "ensemble.pt")
     configs = {p.name: p.read_bytes() for p in (bundle / "configs").iterdir()}
-    assert _script().main(["--model", str(model), "--bundle", str(bundle)]) == 2
+    assert install_model.main(["--model", str(model), "--bundle", str(bundle)]) == 2
     assert configs == {p.name: p.read_bytes() for p in (bundle / "configs").iterdir()}
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (bundle / "models" / "model.pt").read_bytes() == b"shipped"
-    assert _script().main(["--model", str(model), "--bundle", str(bundle), "--overwrite"]) == 0
+    assert install_model.main(["--model", str(model), "--bundle", str(bundle), "--overwrite"]) == 0
     assert (bundle / "models" / "model.pt").read_bytes() == model.read_bytes()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,11 +249,8 @@ def test_slice_accumulator_hand_computed():
 
 
 @pytest.mark.realdata
-def test_benchmark_script_on_real_masks(kaggle_root, tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_metrics.py"
-    spec = importlib.util.spec_from_file_location("benchmark_metrics", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_benchmark_script_on_real_masks(kaggle_root, tmp_path, load_script):
+    module = load_script("benchmark_metrics")
     out = tmp_path / "bench.json"
     assert module.main(["--root", str(kaggle_root), "--limit", "2", "--output", str(out)]) == 0
     result = json.loads(out.read_text())

@@ -169,8 +169,7 @@ def test_training_refuses_members(tmp_path):
         main(["train", "--data", str(tmp_path), "--members", "2"])
 
 
-def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_path):
-    import importlib.util
+def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_path, load_script):
     import shutil
     import statistics
 
@@ -190,11 +189,7 @@ def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_pat
         "x epoch 1/2 | loss 0.5 | lr 0.001 | val_mean_dice 0.7000 (best 0.7000 @ epoch 1) | 60.0 s\n"
         "x epoch 2/2 | loss 0.4 | lr 0.001 | val_mean_dice 0.8100 (best 0.8100 @ epoch 2) | 120.0 s\n"
     )
-    spec = importlib.util.spec_from_file_location(
-        "model_card", Path(__file__).parents[1] / "scripts" / "model_card.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("model_card")
     argv = ["--run", str(cv_run), "--model", str(model), "--log", str(log), "--bundle", str(bundle)]
     assert module.main(argv) == 0
     report = json.loads((cv_run / "cv_postprocessed" / "metrics.json").read_text())
@@ -214,13 +209,8 @@ def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_pat
         assert f"](images/{name})" in text or "volume" in name
 
 
-def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "compare_runs.py"
-    spec = importlib.util.spec_from_file_location("compare_runs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys, load_script):
+    module = load_script("compare_runs")
     log = tmp_path / f"{cv_run.name}.log"
     log.write_text(
         "x fold 0: 4 training, 2 validation, 2 test patients\n"

@@ -388,15 +388,10 @@ def test_a_few_steps_learn_a_synthetic_task(name):
     assert after >= before + 0.3 and after > 0.6, (before, after)
 
 
-def test_benchmark_script_writes_its_table(tmp_path):
-    import importlib.util
+def test_benchmark_script_writes_its_table(tmp_path, load_script):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_networks.py"
-    spec = importlib.util.spec_from_file_location("benchmark_networks", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmark_networks")
     args = ["--networks", "unext", "unext-reference", "--batch-size", "2", "--size", "64"]
     args += ["--iterations", "1", "--rounds", "1", "--no-gpu", "--threads", "1"]
     assert module.main([*args, "--output", str(tmp_path / "bench.json")]) == 0
