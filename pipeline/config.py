@@ -240,6 +240,11 @@ def validate_config(cfg: RunConfig) -> None:
         )
     if cfg.spatial_dims == 3 and cfg.context:
         raise ValueError("context (2.5D) applies to 2D networks only; use spatial_dims=2 or context=0")
+    if cfg.spatial_dims == 3 and cfg.input_size is not None:
+        raise ValueError(
+            "input_size applies to 2D networks only (3D inference runs at the native size); "
+            "use spatial_dims=2 or leave input_size unset"
+        )
     for key in ("epochs", "batch_size", "val_interval", "num_samples", "volume_repeats", "sw_batch_size"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be >= 1, got {getattr(cfg, key)}")

@@ -85,6 +85,7 @@ def test_train_overwrite_removes_only_that_runs_files(world, tmp_path):
         (["--input-size", "64"], "argument --input-size: expected 2 arguments"),
         (["--threshold", "1.5"], "threshold must be in (0, 1)"),
         (["--arch", "nope"], "invalid choice"),
+        (["--spatial-dims", "3", "--arch", "unet3d", "--input-size", "64", "64"], "input_size applies to 2D"),
     ],
 )
 def test_train_checks_options_before_any_work(world, tmp_path, capsys, extra, message):
