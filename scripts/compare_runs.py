@@ -1,10 +1,12 @@
 """The network comparison table of a cross-validation study (issue 8, item 1), from finished runs only.
 
 One row per CV run folder (``OUTPUT/NAME`` of ``lggseg cv``): network and input, parameters and GMACs per
-slice (counted on the run's own network), folds finished, epochs, mean best validation Dice, the pooled
-per-patient test figures of ``RUN/cv`` (Dice mean and median, HD95 mean and median), mean CPU inference
-seconds per volume (the folds' evaluation reports), wall minutes of training per fold (when the run's
-logs are given) and this machine's CPU. Nothing is typed by hand.
+slice at the run's training size (counted on the run's own network; 3D: one patch divided by its depth),
+folds finished, epochs and slices (3D: patches) drawn per training volume per epoch, mean best validation
+Dice, the pooled per-patient test figures of ``RUN/cv`` (Dice mean and median, HD95 mean and median), mean
+CPU inference seconds per volume (the folds' evaluation reports), wall minutes of training per fold (from
+the run's logs, ``NAME.log`` or ``NAME_fold*.log``, when given) and this machine's CPU.
+Nothing is typed by hand.
 
     python scripts/compare_runs.py runs/unext_r1 runs/unet_short [--log LOG ...] [--output table.json]
 """
@@ -31,6 +33,7 @@ from pipeline.networks import count_gmacs, count_parameters  # noqa: E402
 from pipeline.safety import atomic_write_text  # noqa: E402
 from pipeline.workflows import create_network  # noqa: E402
 
+NATIVE_SIZE = (256, 256)  # the LGG slices
 COLUMNS = (
     ("run", "{}"),
     ("arch", "{}"),
@@ -39,6 +42,7 @@ COLUMNS = (
     ("gmacs_per_slice", "{:.2f}"),
     ("folds", "{}"),
     ("epochs", "{}"),
+    ("samples_per_volume_epoch", "{}"),
     ("best_val_dice", "{:.3f}"),
     ("dice_mean", "{:.3f}"),
     ("dice_median", "{:.3f}"),
@@ -58,7 +62,16 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
     models = finished_folds(run)
     config = load_checkpoint(next(iter(models.values())))["config"]
     network = create_network(config).eval()
-    channels = network_in_channels(int(config.get("spatial_dims", 2)), int(config.get("context", 0)))
+    dims = int(config.get("spatial_dims", 2))
+    channels = network_in_channels(dims, int(config.get("context", 0)))
+    if dims == 3:
+        patch = tuple(int(p) for p in config["patch_size"])
+        size = "patch " + "x".join(map(str, patch))
+        gmacs = count_gmacs(network, (1, channels, *patch)) / patch[-1]
+    else:
+        plane = tuple(config.get("input_size") or NATIVE_SIZE)
+        size = "x".join(map(str, plane)) + ("" if config.get("input_size") else " (native)")
+        gmacs = count_gmacs(network, (1, channels, *plane))
     report_path = run / "cv" / "metrics.json"
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path}: not found; run `lggseg cv` for this run to the end")
@@ -79,11 +92,12 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
     return {
         "run": run.name,
         "arch": config["arch"],
-        "input": f"{config.get('spatial_dims', 2)}D, {channels} ch",
+        "input": f"{dims}D, {channels} ch, {size}",
         "parameters_m": count_parameters(network) / 1e6,
-        "gmacs_per_slice": count_gmacs(network, (1, channels, 256, 256)),
+        "gmacs_per_slice": gmacs,
         "folds": len(models),
         "epochs": int(config["epochs"]),
+        "samples_per_volume_epoch": int(config.get("volume_repeats", 1)) * int(config.get("num_samples", 1)),
         "best_val_dice": statistics.fmean(float(d["best_metric"]) for d in dones),
         "dice_mean": metrics["dice"]["mean"],
         "dice_median": metrics["dice"]["median"],
@@ -114,12 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("runs", type=Path, nargs="+", help="CV run folders (OUTPUT/NAME)")
-    parser.add_argument("--log", type=Path, nargs="*", default=[], help="training logs of those runs")
+    logs_help = "training logs of those runs (NAME.log, NAME_fold*.log)"
+    parser.add_argument("--log", type=Path, nargs="*", default=[], help=logs_help)
     parser.add_argument("--output", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     rows = []
     for run in args.runs:
-        logs = [log for log in args.log if log.name.startswith(run.name)]
+        logs = [log for log in args.log if log.stem == run.name or log.stem.startswith(f"{run.name}_fold")]
         try:
             rows.append(run_row(run, logs))
         except (ValueError, FileNotFoundError) as error:

@@ -15,7 +15,7 @@ from pipeline.cli import main
 from pipeline.data import prepare_dataset
 from pipeline.ensemble import ModelEnsemble
 from pipeline.model_selection import POSTPROCESSING_CANDIDATES, combine_models, finished_folds
-from pipeline.networks import build_network
+from pipeline.networks import build_network, count_gmacs
 from pipeline.synthetic import write_synthetic_kaggle
 from pipeline.workflows import load_model
 
@@ -218,16 +218,21 @@ def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys, 
         "x fold 1: 4 training, 2 validation, 2 test patients\n"
         "x epoch 1/1 | loss 0.5 | lr 0.001 | 180.0 s\n"
     )
+    other = tmp_path / f"{cv_run.name}_25d.log"  # another run whose name starts alike: not this run's log
+    other.write_text("x fold 0: 4 training\nx epoch 1/1 | loss 0.5 | lr 0.001 | 6000.0 s\n")
     output = tmp_path / "table.json"
-    assert (
-        module.main([str(cv_run), str(tmp_path / "missing"), "--log", str(log), "--output", str(output)]) == 0
-    )
+    argv = [str(cv_run), str(tmp_path / "missing"), "--log", str(log), str(other), "--output", str(output)]
+    assert module.main(argv) == 0
     captured = capsys.readouterr()
-    assert "missing: skipped" in captured.err and "| r | unext | 2D, 3 ch |" in captured.out
+    assert "missing: skipped" in captured.err and "| r | unext | 2D, 3 ch, 256x256 (native) |" in captured.out
     row = json.loads(output.read_text())["rows"][0]
     report = json.loads((cv_run / "cv" / "metrics.json").read_text())
     dice = [p["dice"] for p in report["patients"]]
     assert row["folds"] == 3 and row["epochs"] == 4
+    config = json.loads((cv_run / "fold0" / "config.json").read_text())
+    assert row["samples_per_volume_epoch"] == config["volume_repeats"] * config["num_samples"]
+    network = build_network("unext", 2, 3, 1)
+    assert row["gmacs_per_slice"] == pytest.approx(count_gmacs(network, (1, 3, 256, 256)))
     assert row["dice_mean"] == pytest.approx(sum(dice) / len(dice))
     assert row["parameters_m"] == pytest.approx(
         sum(p.numel() for p in build_network("unext", 2, 3, 1).parameters()) / 1e6
