@@ -28,12 +28,15 @@ logger = logging.getLogger(__name__)
 CHOICE_NAME = "postprocessing.json"
 VALIDATION_CACHE_NAME = "validation_postprocessing.json"
 DICE_KEYS = ("mean_dice", "median_dice")
-# cheapest first: a tie keeps the earlier candidate
+# cheapest first: a tie keeps the earlier candidate; the lower thresholds answer under-segmentation (the
+# probability threshold is chosen here, on the validation folds, never on the test fold)
 POSTPROCESSING_CANDIDATES: tuple[dict[str, Any], ...] = (
     {"keep_largest": 0, "tta": "none"},
     {"keep_largest": 1, "tta": "none"},
     {"keep_largest": 0, "tta": "flip"},
     {"keep_largest": 1, "tta": "flip"},
+    {"keep_largest": 0, "tta": "flip", "threshold": 0.4},
+    {"keep_largest": 0, "tta": "flip", "threshold": 0.3},
 )
 
 

@@ -151,8 +151,8 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
         f"Model file `{model.name}`: SHA-256 `{file_sha256(model)}`, {model.stat().st_size / 1e6:.1f} MB, "
         f"{members} network(s) of `{saved['config'].get('arch')}`"
         + (" (the folds' models, probabilities averaged)" if members > 1 else "")
-        + f"; post-processing stored with it: keep_largest {saved['config'].get('keep_largest')}, "
-        f"tta {saved['config'].get('tta')}.",
+        + f"; post-processing stored with it: threshold {saved['config'].get('threshold', 0.5)}, "
+        f"keep_largest {saved['config'].get('keep_largest')}, tta {saved['config'].get('tta')}.",
         "",
         f"![per-patient Dice of the cross-validation]({image_prefix}{FIGURES['dice_plot']})",
         "",
