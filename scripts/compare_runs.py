@@ -9,6 +9,7 @@ the run's logs, ``NAME.log`` or ``NAME_fold*.log``, when given) and this machine
 Nothing is typed by hand.
 
     python scripts/compare_runs.py runs/unext_r1 runs/unet_short [--log LOG ...] [--output table.json]
+        [--markdown README.md --caption "protocol"]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_card import replace_block  # noqa: E402
 from training_progress import parse_log  # noqa: E402
 
 from pipeline.checkpoint import load_checkpoint  # noqa: E402
@@ -34,6 +36,7 @@ from pipeline.safety import atomic_write_text  # noqa: E402
 from pipeline.workflows import create_network  # noqa: E402
 
 NATIVE_SIZE = (256, 256)  # the LGG slices
+START, END = "<!-- network-ranking:start -->", "<!-- network-ranking:end -->"
 COLUMNS = (
     ("run", "{}"),
     ("arch", "{}"),
@@ -131,7 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs_help = "training logs of those runs (NAME.log, NAME_fold*.log)"
     parser.add_argument("--log", type=Path, nargs="*", default=[], help=logs_help)
     parser.add_argument("--output", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--markdown", type=Path, nargs="*", default=[], help=f"files whose {START} section gets the table"
+    )
+    parser.add_argument("--caption", default="", help="text above the table (the protocol, in words)")
     args = parser.parse_args(argv)
+    texts = {path: path.read_text() for path in args.markdown}  # every file checked before any is written
     rows = []
     for run in args.runs:
         logs = [log for log in args.log if log.stem == run.name or log.stem.startswith(f"{run.name}_fold")]
@@ -141,9 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"compare_runs: {run}: skipped: {error}", file=sys.stderr)
     print(markdown(rows))
     print(f"\nhardware: {hardware()}")
+    if not rows:
+        return 1
     if args.output:
         atomic_write_text(args.output, json.dumps({"hardware": hardware(), "rows": rows}, indent=1) + "\n")
-    return 0 if rows else 1
+    block = "\n\n".join(filter(None, [START, args.caption, markdown(rows), f"Hardware: {hardware()}.", END]))
+    new_texts = {path: replace_block(text, block, path, START, END) for path, text in texts.items()}
+    for path, text in new_texts.items():
+        atomic_write_text(path, text)
+        print(f"{path}: network ranking written")
+    return 0
 
 
 if __name__ == "__main__":

@@ -164,11 +164,15 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str, path: Path) -> str:
-    """``text`` with the marked section replaced by ``block``."""
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+def replace_block(text: str, block: str, path: Path, start: str = START, end: str = END) -> str:
+    """``text`` with the section between the markers ``start`` and ``end`` replaced by ``block``.
+
+    Raises:
+        SystemExit: ``path`` has no such section (one line naming the file).
+    """
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"model_card: error: {path}: no '{START}' ... '{END}' section to replace")
+        raise SystemExit(f"{path}: no '{start}' ... '{end}' section to replace")
     return pattern.sub(lambda _: block, text)
 
 

@@ -238,3 +238,17 @@ def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys, 
         sum(p.numel() for p in build_network("unext", 2, 3, 1).parameters()) / 1e6
     )
     assert row["train_min_per_fold"] == pytest.approx(2.0)  # folds 0 and 1 logged: (1 + 3) / 2 minutes
+    # the table goes into the marked section of each --markdown file; a file without one stops it first
+    readme, plain = tmp_path / "README.md", tmp_path / "plain.md"
+    readme.write_text(f"# x\n{module.START}\nold\n{module.END}\nend\n")
+    plain.write_text("no section\n")
+    argv = [str(cv_run), "--markdown", str(readme), str(plain), "--caption", "Fold 0 only."]
+    with pytest.raises(SystemExit, match="plain.md: no '<!-- network-ranking:start -->'"):
+        module.main(argv)
+    assert "old" in readme.read_text() and plain.read_text() == "no section\n"
+    assert module.main(argv[:-3] + argv[-2:]) == 0
+    text = readme.read_text()
+    assert text.startswith(f"# x\n{module.START}\n\nFold 0 only.\n\n| run |") and text.endswith(
+        f"{module.END}\nend\n"
+    )
+    assert "\nold\n" not in text and "| r | unext |" in text and "Hardware: " in text
