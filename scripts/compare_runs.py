@@ -52,7 +52,7 @@ COLUMNS = (
     ("hd95_mean_mm", "{:.1f}"),
     ("hd95_median_mm", "{:.1f}"),
     ("cpu_s_per_volume", "{:.2f}"),
-    ("train_min_per_fold", "{:.0f}"),
+    ("train_min_per_fold", "{:.1f}"),
 )
 
 
@@ -124,7 +124,13 @@ def hardware() -> str:
     """This machine in words (CPU, cores, torch threads)."""
     import torch
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the model name, not just the architecture
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
