@@ -6,7 +6,8 @@ folds finished, epochs and slices (3D: patches) drawn per training volume per ep
 Dice, the pooled per-patient test figures of ``RUN/cv`` (Dice mean and median, HD95 mean and median), mean
 CPU inference seconds per volume (the folds' evaluation reports), wall minutes of training per fold (from
 the run's logs, ``NAME.log`` or ``NAME_fold*.log``, when given) and this machine's CPU.
-Nothing is typed by hand.
+With ``--reference RUN``: the mean per-patient Dice difference from that run on their common test patients and
+the Wilcoxon signed-rank p-value (paired). Nothing is typed by hand.
 
     python scripts/compare_runs.py runs/unext_r1 runs/unet_short [--log LOG ...] [--output table.json]
         [--markdown README.md --caption "protocol"]
@@ -53,6 +54,8 @@ COLUMNS = (
     ("hd95_median_mm", "{:.1f}"),
     ("cpu_s_per_volume", "{:.2f}"),
     ("train_min_per_fold", "{:.1f}"),
+    ("dice_diff_vs_ref", "{:+.3f}"),
+    ("wilcoxon_p_vs_ref", "{:.2f}"),
 )
 
 
@@ -111,11 +114,36 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
     }
 
 
+def patient_dice(run: Path) -> dict[str, float]:
+    """``{patient: Dice}`` of the pooled test report ``RUN/cv``."""
+    report = json.loads((run / "cv" / "metrics.json").read_text())
+    return {p["patient_id"]: float(p["dice"]) for p in report["patients"]}
+
+
+def paired_with(row: dict[str, Any], run: Path, reference: Path) -> None:
+    """Add the paired comparison of ``run`` with ``reference`` on their common test patients to ``row``.
+
+    ``dice_diff_vs_ref``: mean per-patient Dice difference (run minus reference); ``wilcoxon_p_vs_ref``:
+    two-sided Wilcoxon signed-rank p-value (not corrected for the number of runs compared); both ``None``
+    when the runs share no patient or are the reference itself.
+    """
+    from scipy.stats import wilcoxon
+
+    ours, theirs = patient_dice(run), patient_dice(reference)
+    common = sorted(ours.keys() & theirs.keys())
+    row["dice_diff_vs_ref"] = row["wilcoxon_p_vs_ref"] = None
+    if not common or run.resolve() == reference.resolve():
+        return
+    diff = [ours[p] - theirs[p] for p in common]
+    row["dice_diff_vs_ref"] = statistics.fmean(diff)
+    row["wilcoxon_p_vs_ref"] = float(wilcoxon(diff).pvalue) if any(diff) else 1.0
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a Markdown table (``-`` where a figure is missing)."""
     lines = ["| " + " | ".join(name for name, _ in COLUMNS) + " |", "|---" * len(COLUMNS) + "|"]
     for row in rows:
-        cells = ["-" if row[n] is None else fmt.format(row[n]) for n, fmt in COLUMNS]
+        cells = ["-" if row.get(n) is None else fmt.format(row[n]) for n, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -141,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log", type=Path, nargs="*", default=[], help=logs_help)
     parser.add_argument("--output", type=Path, help="also write the rows to this JSON file")
     parser.add_argument(
+        "--reference", type=Path, help="run to compare every run with, patient by patient (paired)"
+    )
+    parser.add_argument(
         "--markdown", type=Path, nargs="*", default=[], help=f"files whose {START} section gets the table"
     )
     parser.add_argument("--caption", default="", help="text above the table (the protocol, in words)")
@@ -151,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs = [log for log in args.log if log.stem == run.name or log.stem.startswith(f"{run.name}_fold")]
         try:
             rows.append(run_row(run, logs))
+            if args.reference:
+                paired_with(rows[-1], run, args.reference)
         except (ValueError, FileNotFoundError) as error:
             print(f"compare_runs: {run}: skipped: {error}", file=sys.stderr)
     print(markdown(rows))

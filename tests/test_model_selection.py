@@ -252,3 +252,23 @@ def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys, 
         f"{module.END}\nend\n"
     )
     assert "\nold\n" not in text and "| r | unext |" in text and "Hardware: " in text
+
+
+def test_compare_runs_pairs_patients_with_the_reference(tmp_path, load_script):
+    module = load_script("compare_runs")
+
+    def run(name: str, dice: dict[str, float]) -> Path:
+        (tmp_path / name / "cv").mkdir(parents=True)
+        patients = [{"patient_id": p, "dice": d} for p, d in dice.items()]
+        (tmp_path / name / "cv" / "metrics.json").write_text(json.dumps({"patients": patients}))
+        return tmp_path / name
+
+    reference = run("ref", {f"p{i}": 0.5 for i in range(6)})
+    better = run("better", {**{f"p{i}": 0.5 + 0.02 * (i + 1) for i in range(6)}, "other": 0.0})
+    row: dict = {}
+    module.paired_with(row, better, reference)
+    # the common six patients only; all six differences positive: exact two-sided p = 2 / 2**6
+    assert row["dice_diff_vs_ref"] == pytest.approx(0.07)
+    assert row["wilcoxon_p_vs_ref"] == pytest.approx(2 / 64)
+    module.paired_with(row, reference, reference)
+    assert row["dice_diff_vs_ref"] is None and row["wilcoxon_p_vs_ref"] is None
