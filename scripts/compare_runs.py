@@ -16,6 +16,7 @@ the Wilcoxon signed-rank p-value (paired). Nothing is typed by hand.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -114,6 +115,7 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
     }
 
 
+@functools.cache  # the reference is read once, not once per run
 def patient_dice(run: Path) -> dict[str, float]:
     """``{patient: Dice}`` of the pooled test report ``RUN/cv``."""
     report = json.loads((run / "cv" / "metrics.json").read_text())
@@ -176,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--caption", default="", help="text above the table (the protocol, in words)")
     args = parser.parse_args(argv)
-    texts = {path: path.read_text() for path in args.markdown}  # every file checked before any is written
+    for path in [*args.markdown, *([args.reference / "cv" / "metrics.json"] if args.reference else [])]:
+        if not path.is_file():  # checked before any work and before any file is written
+            parser.error(f"{path}: not found")
+    texts = {path: path.read_text() for path in args.markdown}
     rows = []
     for run in args.runs:
         logs = [log for log in args.log if log.stem == run.name or log.stem.startswith(f"{run.name}_fold")]
@@ -186,13 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 paired_with(rows[-1], run, args.reference)
         except (ValueError, FileNotFoundError) as error:
             print(f"compare_runs: {run}: skipped: {error}", file=sys.stderr)
-    print(markdown(rows))
-    print(f"\nhardware: {hardware()}")
+    table, machine = markdown(rows), hardware()
+    print(table)
+    print(f"\nhardware: {machine}")
     if not rows:
         return 1
     if args.output:
-        atomic_write_text(args.output, json.dumps({"hardware": hardware(), "rows": rows}, indent=1) + "\n")
-    block = "\n\n".join(filter(None, [START, args.caption, markdown(rows), f"Hardware: {hardware()}.", END]))
+        atomic_write_text(args.output, json.dumps({"hardware": machine, "rows": rows}, indent=1) + "\n")
+    block = "\n\n".join(filter(None, [START, args.caption, table, f"Hardware: {machine}.", END]))
     new_texts = {path: replace_block(text, block, path, START, END) for path, text in texts.items()}
     for path, text in new_texts.items():
         atomic_write_text(path, text)
