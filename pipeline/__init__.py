@@ -1,64 +1,114 @@
 """lggseg: volumetric LGG FLAIR-abnormality segmentation on MONAI.
 
-Modules (arrows point down only, see ``DESIGN.md`` in the shared docs):
+Folders show the stages, as nnU-Net's do; floors say who may import whom (arrows point down only, see
+``DESIGN.md`` in the shared docs and ``CONTRIBUTING.md``):
 
-- faces: ``pipeline.cli`` (the ``lggseg`` command; one module per group of sub-commands), the bundle's
-  ``bundle/configs/*.json``, ``scripts/``.
-- floor 5: ``pipeline.model_selection`` (from a cross-validation to a model: post-processing chosen on the
-  validation folds, the folds' models combined into one model file).
-- floor 4: ``pipeline.workflows`` (the CLI's train / evaluate / infer / cross-validate: the one place that
+- faces: ``pipeline.cli`` (the ``lggseg`` command), the bundle's ``bundle/configs/*.json``, the MONAI
+  Label app (``apps/``), ``scripts/``.
+- floor 4: ``pipeline.workflows`` (train, predict, cross-validate, choose a model: the one place that
   turns a run configuration into builder arguments).
-- floor 3: ``pipeline.engines`` (builders: datasets, loaders, MONAI ``SupervisedTrainer`` /
-  ``SupervisedEvaluator``, the per-case runner) and ``pipeline.config`` (``RunConfig``, every option once,
-  its validation).
-- floor 2: ``pipeline.transforms`` (MONAI dictionary transforms, the raw-folder loader, composed chains),
-  ``pipeline.inference`` (slice / sliding-window inferer, TTA, post-processing, the prediction writer),
-  ``pipeline.evaluation`` (per-patient report handler), ``pipeline.report`` (report files and plots).
-- floor 1: ``pipeline.data`` (raw Kaggle folders -> validated volumes, NIfTI, datalist, folds),
-  ``pipeline.cases`` (what to segment, case names), ``pipeline.studies`` (MONAI Label studies folders),
-  ``pipeline.safety`` (atomic writes, output guard, manifest), ``pipeline.networks`` (the registry;
-  ``pipeline.ensemble`` averages several networks) with
-  the custom architectures beside it (``unext``, ``unet``, ``resunet``, ``unetplusplus``, ``deeplab``,
-  ``segmenter``, ``fcn``, ``hrnet``; ``unext_reference`` is the public design, for benchmarks and weight
-  loading), ``pipeline.metrics``, ``pipeline.losses``, ``pipeline.optim``, ``pipeline.overlays`` (overlay
-  drawing and colours), ``pipeline.checkpoint``, ``pipeline.handlers``, ``pipeline.synthetic`` (the
-  built-in synthetic data set).
+- floor 3: ``pipeline.engines`` (builders with MONAI's argument names: datasets, loaders,
+  ``SupervisedTrainer`` / ``SupervisedEvaluator``, the per-case runner), ``pipeline.config``
+  (``RunConfig``, every option once) and ``pipeline.model_files`` (the model-file format, read and
+  written in one place).
+- floor 2: ``pipeline.transforms`` (MONAI dictionary transforms and chains), ``pipeline.inference``
+  (whole-volume inferer, post-processing, prediction writer), ``pipeline.evaluation`` (metrics,
+  per-patient report, plots, overlays).
+- floor 1: ``pipeline.ingestion`` (Kaggle reading and checks, NIfTI, datalist and folds, export,
+  studies folders, case discovery, synthetic data), ``pipeline.networks`` (the registry) over
+  ``pipeline.nets`` (the architectures and their shared blocks), ``pipeline.training`` (losses,
+  optimisers, handlers, resumable checkpoints), ``pipeline.safety`` (atomic writes, output guard,
+  manifest).
 
-Submodules load on first use (``pipeline.data`` after ``import pipeline``), which is what the bundle's
-``"$import pipeline"`` expressions rely on.
+Sub-packages load on first use (``pipeline.ingestion`` after ``import pipeline``), which is what the
+bundle's ``"$import pipeline"`` expressions rely on. The flat module paths of earlier versions
+(``pipeline.data``, ``pipeline.handlers``, ``pipeline.checkpoint``, ...) still import, as aliases of
+their new homes (:data:`MOVED_MODULES`), so bundle configs written for them keep working.
 """
 
+from __future__ import annotations
+
 import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one home of the version (setup.cfg reads it)
 
-_SUBMODULES = {
-    "cases",
-    "checkpoint",
+_SUBPACKAGES = {
+    "cli",
     "config",
-    "data",
     "engines",
-    "ensemble",
     "evaluation",
-    "handlers",
     "inference",
-    "losses",
-    "metrics",
-    "model_selection",
+    "ingestion",
+    "model_files",
+    "nets",
     "networks",
-    "optim",
-    "overlays",
-    "report",
     "safety",
-    "studies",
-    "synthetic",
+    "training",
     "transforms",
     "workflows",
 }
 
+#: module paths of earlier versions -> their homes now (imported on first use, as aliases)
+MOVED_MODULES = {
+    "data": "pipeline.ingestion",
+    "cases": "pipeline.ingestion.cases",
+    "studies": "pipeline.ingestion.studies",
+    "synthetic": "pipeline.ingestion.synthetic",
+    "checkpoint": "pipeline.model_files",
+    "handlers": "pipeline.training",
+    "losses": "pipeline.training.losses",
+    "optim": "pipeline.training.optim",
+    "metrics": "pipeline.evaluation.metrics",
+    "report": "pipeline.evaluation.report",
+    "overlays": "pipeline.evaluation.overlays",
+    "model_selection": "pipeline.workflows.model_selection",
+    **{
+        name: f"pipeline.nets.{name}"
+        for name in (
+            "unext",
+            "unet",
+            "resunet",
+            "unetplusplus",
+            "deeplab",
+            "segmenter",
+            "fcn",
+            "hrnet",
+            "ensemble",
+        )
+    },
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import ``pipeline.<old>`` as a module that forwards every attribute to its new home."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        prefix, _, name = fullname.partition(".")
+        if prefix != __name__ or name not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        target = importlib.import_module(MOVED_MODULES[spec.name.partition(".")[2]])
+        module = types.ModuleType(spec.name, f"Moved to :mod:`{target.__name__}`.")
+        module.__getattr__ = lambda attr: getattr(target, attr)  # type: ignore[method-assign]
+        module.__dir__ = lambda: dir(target)  # type: ignore[method-assign]
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _MovedModuleFinder())
+
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES or name in MOVED_MODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 
-from pipeline.inference import TTA_MODES
-from pipeline.losses import LOSSES
+from pipeline.inference.inferers import TTA_MODES
 from pipeline.networks import network_names, network_stride
-from pipeline.optim import OPTIMIZERS, SCHEDULERS
+from pipeline.training.losses import LOSSES
+from pipeline.training.optim import OPTIMIZERS, SCHEDULERS
 from pipeline.transforms import TransformSettings
 
-KEY_METRIC = "val_mean_dice"
 NUM_IMAGE_CHANNELS = 3
 CACHE_MODES = ("memory", "disk", "none")
 # options that define the network: a resumed run or a loaded checkpoint must agree on them

@@ -27,10 +27,11 @@ from monai.handlers import MeanDice, from_engine
 from monai.inferers import Inferer, SimpleInferer
 from torch.utils.data import DistributedSampler, RandomSampler, Sampler, Subset
 
-from pipeline.inference import VolumePrepareBatch
-from pipeline.safety import atomic_write_text
+from pipeline.inference.inferers import VolumePrepareBatch
+from pipeline.safety import atomic_write_json
 
 KEY_METRIC = "val_mean_dice"
+FAILURES_FILENAME = "failures.json"
 
 
 def content_hash(item: Mapping[str, Any]) -> bytes:
@@ -273,6 +274,17 @@ class CasesFailed(RuntimeError):
         self.failures = list(failures)
 
 
+def write_failures(failures: Sequence[Mapping[str, Any]], output_dir: str | Path) -> Path:
+    """Write the failed cases as ``output_dir/failures.json`` (the folder is created).
+
+    Returns:
+        the written file.
+    """
+    path = Path(output_dir) / FAILURES_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, list(failures))
+
+
 def _case_name(entry: Any, index: int) -> str:
     if isinstance(entry, Mapping):
         return str(entry.get("case") or entry.get("patient") or entry.get("image"))
@@ -338,7 +350,7 @@ def run_cases(
     num_workers: int = 0,
 ) -> list[dict[str, str]]:
     """:func:`run_per_case`, then the report (``report.write(failures)``, e.g.
-    :class:`pipeline.evaluation.PatientReportHandler`) and, when cases failed, ``failures.json`` in
+    :class:`pipeline.evaluation.handler.PatientReportHandler`) and, when cases failed, ``failures.json`` in
     ``output_dir`` and :class:`CasesFailed`. What the bundle's ``evaluate.json`` and ``inference.json`` run.
 
     Raises:
@@ -352,10 +364,6 @@ def run_cases(
     if report is not None:
         report.write(failures)
     if failures:
-        path = None
-        if not is_distributed() or dist.get_rank() == 0:
-            path = Path(output_dir) / "failures.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(failures, indent=2) + "\n")
+        path = write_failures(failures, output_dir) if not is_distributed() or dist.get_rank() == 0 else None
         raise CasesFailed(failures, len(dataset), path)
     return failures

@@ -12,17 +12,17 @@ Names (``list_networks()`` returns their :class:`NetworkInfo`):
 ============== ====== ==== ====== ===================================================================
 name           dims   DS   stride implementation
 ============== ====== ==== ====== ===================================================================
-unext          2      yes  32     :class:`pipeline.unext.UNeXt` (custom, fast; the point-of-care model)
-unet           2, 3   yes  16     :class:`pipeline.unet.UNet`, classic U-Net, ``base_width=64``
-resunet        2, 3   yes  8      :class:`pipeline.resunet.ResUNet`, ``features=(64, 128, 256, 512)``
-unetplusplus   2, 3   yes  16     :class:`pipeline.unetplusplus.UNetPlusPlus` (MONAI body), pruning
-deeplabv3plus  2      no   16     :class:`pipeline.deeplab.DeepLabV3Plus` (dilated ResNet-18 encoder)
+unext          2      yes  32     :class:`pipeline.nets.unext.UNeXt` (custom, fast; the point-of-care model)
+unet           2, 3   yes  16     :class:`pipeline.nets.unet.UNet`, classic U-Net, ``base_width=64``
+resunet        2, 3   yes  8      :class:`pipeline.nets.resunet.ResUNet`, ``features=(64, 128, 256, 512)``
+unetplusplus   2, 3   yes  16     :class:`pipeline.nets.unetplusplus.UNetPlusPlus` (MONAI body), pruning
+deeplabv3plus  2      no   16     :class:`pipeline.nets.deeplab.DeepLabV3Plus` (dilated ResNet-18 encoder)
 swinunetr      2, 3   no   32     MONAI ``SwinUNETR`` (the transformer member), ``feature_size=24``
-segmenter      2      no   16     :class:`pipeline.segmenter.Segmenter`, ViT-tiny, ``decoder="mask"``
-fcn8s          2      no   32     :class:`pipeline.fcn.FCN`, VGG-16 layout, ``base_width=32``
+segmenter      2      no   16     :class:`pipeline.nets.segmenter.Segmenter`, ViT-tiny, ``decoder="mask"``
+fcn8s          2      no   32     :class:`pipeline.nets.fcn.FCN`, VGG-16 layout, ``base_width=32``
 fcn16s         2      no   32     ``fcn8s`` with ``variant="16s"`` (pool4 skip only)
 fcn32s         2      no   32     ``fcn8s`` with ``variant="32s"`` (no skip)
-hrnet          2      no   32     :class:`pipeline.hrnet.HRNet`, HRNetV2, ``width=18`` (W18-small)
+hrnet          2      no   32     :class:`pipeline.nets.hrnet.HRNet`, HRNetV2, ``width=18`` (W18-small)
 segresnet      2, 3   no   8      MONAI ``SegResNet``, ``init_filters=16``
 monaiunet      2, 3   no   16     MONAI ``UNet``, channels 16..256, two residual units per level
 unet3d         3      no   16     ``monaiunet`` in 3D (anisotropic ``strides`` welcome)
@@ -91,31 +91,31 @@ class NetworkInfo:
 
 
 def _build_unext(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.unext import UNeXt
+    from pipeline.nets.unext import UNeXt
 
     return UNeXt(in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
 def _build_unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.unet import UNet
+    from pipeline.nets.unet import UNet
 
     return UNet(spatial_dims, in_channels, out_channels, **kwargs)
 
 
 def _build_resunet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.resunet import ResUNet
+    from pipeline.nets.resunet import ResUNet
 
     return ResUNet(spatial_dims, in_channels, out_channels, **kwargs)
 
 
 def _build_unetplusplus(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.unetplusplus import UNetPlusPlus
+    from pipeline.nets.unetplusplus import UNetPlusPlus
 
     return UNetPlusPlus(spatial_dims, in_channels, out_channels, **kwargs)
 
 
 def _build_deeplab(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.deeplab import DeepLabV3Plus
+    from pipeline.nets.deeplab import DeepLabV3Plus
 
     return DeepLabV3Plus(in_channels, out_channels, **kwargs)
 
@@ -132,19 +132,19 @@ def _build_swinunetr(spatial_dims: int, in_channels: int, out_channels: int, **k
 
 
 def _build_segmenter(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.segmenter import Segmenter
+    from pipeline.nets.segmenter import Segmenter
 
     return Segmenter(in_channels, out_channels, **kwargs)
 
 
 def _build_fcn(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.fcn import FCN
+    from pipeline.nets.fcn import FCN
 
     return FCN(in_channels, out_channels, **kwargs)
 
 
 def _build_hrnet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    from pipeline.hrnet import HRNet
+    from pipeline.nets.hrnet import HRNet
 
     return HRNet(in_channels, out_channels, **kwargs)
 
@@ -263,7 +263,7 @@ def build_network(
             The 3D aliases and the 2D-only networks accept their own dimensionality only.
         in_channels: input channels.
         out_channels: output channels (logits).
-        members: 1: one network; N > 1: a :class:`pipeline.ensemble.ModelEnsemble` of N such networks
+        members: 1: one network; N > 1: a :class:`pipeline.nets.ensemble.ModelEnsemble` of N such networks
             (the form of a model file made by ``lggseg ensemble``).
         **kwargs: the implementation's options (over the registry's defaults); ``deep_supervision``
             only for networks that support it.
@@ -276,7 +276,7 @@ def build_network(
             without it, or non-positive channel counts.
     """
     if int(members) != 1:
-        from pipeline.ensemble import ModelEnsemble
+        from pipeline.nets.ensemble import ModelEnsemble
 
         if int(members) < 1:
             raise ValueError(f"members must be >= 1, got {members}")

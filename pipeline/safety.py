@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 __all__ = [
     "MANIFEST_FILENAME",
@@ -150,7 +151,19 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"{path}: expected text to write, got {type(text).__name__}")
     return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> Path:
+    """Write ``payload`` as JSON (values it cannot encode as their text) atomically, see
+    :func:`atomic_write_text`.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    return atomic_write_text(path, json.dumps(payload, indent=indent, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ output guard
@@ -312,7 +325,7 @@ def write_manifest(
         files |= owned_files(folder)
     files.discard(MANIFEST_FILENAME)
     payload = {"format": _MANIFEST_FORMAT, "written_by": "lggseg", "command": command, "files": sorted(files)}
-    return atomic_write_text(Path(folder) / MANIFEST_FILENAME, json.dumps(payload, indent=1) + "\n")
+    return atomic_write_json(Path(folder) / MANIFEST_FILENAME, payload, indent=1)
 
 
 def foreign_files(folder: str | os.PathLike) -> list[str]:

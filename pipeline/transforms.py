@@ -51,7 +51,7 @@ from monai.transforms import (
 from monai.transforms.traits import MultiSampleTrait
 from scipy import ndimage
 
-from pipeline.data import read_patient_folder
+from pipeline.ingestion.kaggle import read_patient_folder
 
 IMAGE_KEY = "image"
 DEFAULT_PATCH_SIZE = (128, 128, 16)  # 3D training patch and sliding window (H, W, D): thick slices
@@ -354,7 +354,8 @@ class TransformSettings:
 class LoadLGGPatient(Transform):
     """Load a raw Kaggle patient folder as channel-first 3D ``MetaTensor`` image and label.
 
-    It reads through :func:`pipeline.data.read_patient_folder`, the same validated reader as ``lggseg
+    It reads through :func:`pipeline.ingestion.kaggle.read_patient_folder`, the same validated reader as
+    ``lggseg
     prepare``, so the result equals ``LoadImage(ensure_channel_first=True)`` of the prepared NIfTI files:
     image ``(3, H, W, D)``, label ``(1, H, W, D)`` (values 0/1), the same affine and dtype.
 

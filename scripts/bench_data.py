@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.data import load_datalist, prepare_dataset
+from pipeline.ingestion.datalist import load_datalist
+from pipeline.ingestion.prepare import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_KAGGLE = REPO.parent / "shared" / "data" / "lgg" / "kaggle_3m"

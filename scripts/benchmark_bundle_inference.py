@@ -1,7 +1,7 @@
 """Bundle inference vs the CLI's ``infer``: seconds per volume on the same patients, model and machine.
 
 Both segment the same prepared patients with the same model file and write NIfTI predictions: the
-CLI through :func:`pipeline.workflows.infer`, the bundle through MONAI's ``ConfigWorkflow`` on
+CLI through :func:`pipeline.workflows.prediction.infer`, the bundle through MONAI's ``ConfigWorkflow`` on
 ``bundle/configs/inference.json`` (what ``python -m monai.bundle run`` does), in the same process,
 alternating, ``--rounds`` times each. The goal: bundle at most 1.1x the CLI. With a GPU present it
 also reports the bundle's per-volume latency and peak GPU memory there.
@@ -25,7 +25,8 @@ from bench_data import add_data_arguments, prepared_entries
 from monai.bundle import ConfigWorkflow
 
 from pipeline.config import RunConfig
-from pipeline.workflows import create_network, infer
+from pipeline.model_files import create_network
+from pipeline.workflows.prediction import infer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"

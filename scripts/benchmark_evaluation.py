@@ -1,6 +1,6 @@
 """Per-patient evaluation time: whole-volume inference + post-processing + metrics, loading reported apart.
 
-It runs :func:`pipeline.workflows.evaluate` (the code behind ``lggseg evaluate``) over the prepared
+It runs :func:`pipeline.workflows.prediction.evaluate` (the code behind ``lggseg evaluate``) over the prepared
 patients and reads the per-patient timings it records from the evaluator's events: ``load_s``
 (reading and normalising the volume), ``inference_s`` (``SliceInferer`` over every slice),
 ``postprocess_s`` (threshold and connected components), ``metrics_s`` (3D metrics and slice counts);
@@ -28,7 +28,8 @@ import torch
 from bench_data import add_data_arguments, prepared_entries
 
 from pipeline.config import RunConfig
-from pipeline.workflows import create_network, evaluate
+from pipeline.model_files import create_network
+from pipeline.workflows.prediction import evaluate
 
 TIMINGS = ("load_s", "inference_s", "postprocess_s", "metrics_s", "eval_s")
 

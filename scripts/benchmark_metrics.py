@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time :func:`pipeline.metrics.patient_metrics` (and the slice accumulator) on the real LGG masks.
+"""Time :func:`pipeline.evaluation.metrics.patient_metrics` (and the slice accumulator) on the real LGG masks.
 
 Each patient's truth is read with ``tifffile`` from ``<root>/<patient>/*_mask.tif`` (slices sorted
 numerically, stacked along the last axis); the "prediction" is a perturbed copy of it (dilated once,
@@ -26,7 +26,7 @@ from scipy import ndimage
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.metrics import SliceMetricsAccumulator, patient_metrics  # noqa: E402
+from pipeline.evaluation.metrics import SliceMetricsAccumulator, patient_metrics  # noqa: E402
 
 DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
 _SLICE_RE = re.compile(r"_(\d+)_mask\.tif$")

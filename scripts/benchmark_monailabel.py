@@ -39,7 +39,7 @@ import torch
 from bench_data import DEFAULT_KAGGLE, REPO
 from monai.bundle import ConfigParser
 
-from pipeline.studies import write_studies
+from pipeline.ingestion.studies import write_studies
 
 APP_DIR = REPO / "apps" / "lggseg"
 BUNDLE = REPO / "bundle"

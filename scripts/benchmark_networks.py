@@ -5,7 +5,7 @@ For every network: parameters (3 -> 1 channels), GMACs per 256x256 slice
 (``torch.utils.flop_counter.FlopCounterMode``, MAC = FLOP / 2), and slices per second for inference
 (eval mode, ``torch.inference_mode``) and for one training step (forward, BCE-with-logits loss,
 backward, Adam step) on a batch of ``--batch-size`` slices, on the CPU and, when CUDA is available,
-on the GPU. ``unext-reference`` is the public UNeXt design (:mod:`pipeline.unext_reference`), run in
+on the GPU. ``unext-reference`` is the public UNeXt design (``scripts/unext_reference.py``), run in
 the same process for a side-by-side comparison with ``unext``; the comparison alternates the two
 models ``--rounds`` times and keeps each one's best round, so that a busy machine hurts both alike.
 
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from unext_reference import ReferenceUNeXt
 
 from pipeline.networks import build_network, count_gmacs, count_parameters, list_networks, network_info
-from pipeline.unext_reference import ReferenceUNeXt
 
 REFERENCE = "unext-reference"
 logger = logging.getLogger("benchmark_networks")

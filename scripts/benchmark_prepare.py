@@ -21,7 +21,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.data import discover_patients, prepare_dataset  # noqa: E402
+from pipeline.ingestion.kaggle import discover_patients  # noqa: E402
+from pipeline.ingestion.prepare import prepare_dataset  # noqa: E402
 
 DEFAULT_INPUT = REPO_ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
 

@@ -27,10 +27,11 @@ from ignite.engine import Events
 
 from pipeline.config import RunConfig
 from pipeline.engines import build_dataset, build_train_loader, build_trainer
-from pipeline.losses import build_loss
-from pipeline.optim import build_optimizer
+from pipeline.model_files import create_network
+from pipeline.training.losses import build_loss
+from pipeline.training.optim import build_optimizer
 from pipeline.transforms import build_transforms
-from pipeline.workflows import create_network, transform_settings
+from pipeline.workflows.builders import transform_settings
 
 
 def peak_rss_mib() -> float:

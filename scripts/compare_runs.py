@@ -30,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_card import replace_block  # noqa: E402
 from training_progress import parse_log  # noqa: E402
 
-from pipeline.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.config import network_in_channels  # noqa: E402
-from pipeline.model_selection import finished_folds  # noqa: E402
+from pipeline.model_files import (
+    create_network,  # noqa: E402
+    load_checkpoint,  # noqa: E402
+)
 from pipeline.networks import count_gmacs, count_parameters  # noqa: E402
 from pipeline.safety import atomic_write_text  # noqa: E402
-from pipeline.workflows import create_network  # noqa: E402
+from pipeline.workflows.model_selection import finished_folds  # noqa: E402
 
 NATIVE_SIZE = (256, 256)  # the LGG slices
 START, END = "<!-- network-ranking:start -->", "<!-- network-ranking:end -->"

@@ -25,8 +25,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import BUNDLE_NAMES, MODEL_KEYS, RunConfig, network_in_channels
+from pipeline.model_files import load_checkpoint
 from pipeline.safety import atomic_write_bytes, atomic_write_text
 
 INFERENCE_KEYS = (*MODEL_KEYS, "input_size", "patch_size", "threshold", "keep_largest", "min_size", "tta")

@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from training_progress import parse_log, summarise  # noqa: E402
 
-from pipeline.checkpoint import file_sha256, load_checkpoint  # noqa: E402
+from pipeline.model_files import file_sha256, load_checkpoint  # noqa: E402
 from pipeline.safety import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 START, END = "<!-- cv-results:start -->", "<!-- cv-results:end -->"

@@ -16,11 +16,10 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import BUNDLE_NAMES, MODEL_KEYS, RunConfig
-from pipeline.data import prepare_dataset
-from pipeline.synthetic import write_synthetic_kaggle
-from pipeline.workflows import create_network
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
+from pipeline.model_files import create_network, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"

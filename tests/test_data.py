@@ -16,19 +16,18 @@ import tifffile
 from monai.data import load_decathlon_datalist
 
 from pipeline.cli import main as lggseg
-from pipeline.data import (
-    LGGDataError,
+from pipeline.ingestion.datalist import load_datalist, make_folds
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.export import export_kaggle
+from pipeline.ingestion.kaggle import (
     discover_patients,
-    export_kaggle,
     institution_of,
-    load_datalist,
     make_affine,
-    make_folds,
-    prepare_dataset,
     read_patient_folder,
     scan_patient_folder,
 )
-from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
 
 # Both uncompressed patients of the shared data, and one more of each other institution.
 REAL_PATIENTS = (

@@ -13,14 +13,19 @@ import torch
 from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import KEY_METRIC, RunConfig
-from pipeline.data import LGGDataError, prepare_dataset
-from pipeline.inference import VolumeInferer, build_postprocessing
-from pipeline.losses import LOSSES, build_loss
-from pipeline.optim import build_optimizer, build_scheduler
-from pipeline.synthetic import write_synthetic_kaggle
-from pipeline.workflows import cross_validate, evaluate, infer, prepare_run, train
+from pipeline.config import RunConfig
+from pipeline.engines import KEY_METRIC
+from pipeline.inference.inferers import VolumeInferer
+from pipeline.inference.postprocessing import build_postprocessing
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
+from pipeline.model_files import load_checkpoint
+from pipeline.training.losses import LOSSES, build_loss
+from pipeline.training.optim import build_optimizer, build_scheduler
+from pipeline.workflows.cross_validation import cross_validate
+from pipeline.workflows.prediction import evaluate, infer
+from pipeline.workflows.training import prepare_run, train
 
 # tiny runs: 64x64 synthetic slices, a few iterations per epoch
 ARCH = "unext"  # the project's default network: small, fast, and it learns within a few iterations

@@ -8,8 +8,10 @@ import pytest
 import torch
 from monai.transforms import LoadImaged
 
-from pipeline.data import LGGDataError, discover_patients, make_affine, prepare_dataset
-from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.kaggle import discover_patients, make_affine
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.transforms import LoadLGGPatientd
 
 

@@ -11,7 +11,7 @@ import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 from scipy import ndimage
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     PATIENT_METRIC_KEYS,
     SliceMetricsAccumulator,
     institution_from_patient_id,

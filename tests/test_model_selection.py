@@ -10,14 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
-from pipeline.data import prepare_dataset
-from pipeline.ensemble import ModelEnsemble
-from pipeline.model_selection import POSTPROCESSING_CANDIDATES, combine_models, finished_folds
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
+from pipeline.model_files import load_checkpoint, load_model
+from pipeline.nets.ensemble import ModelEnsemble
 from pipeline.networks import build_network, count_gmacs
-from pipeline.synthetic import write_synthetic_kaggle
-from pipeline.workflows import load_model
+from pipeline.workflows.model_selection import POSTPROCESSING_CANDIDATES, combine_models, finished_folds
 
 TINY = ["--epochs", "4", "--batch-size", "8", "--num-samples", "8", "--lr", "0.005"]
 TINY += ["--arch", "unext", "--no-progress", "--overlay-images", "0", "--cache", "none"]

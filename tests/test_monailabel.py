@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from pipeline.cli import main as lggseg
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import MANIFEST_FILENAME, owned_files
-from pipeline.synthetic import write_synthetic_kaggle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = REPO_ROOT / "apps" / "lggseg"
@@ -182,7 +182,7 @@ print("ok")
 
 def _write_model(path: Path, seed: int = 0) -> Path:
     from pipeline.config import MODEL_KEYS, RunConfig
-    from pipeline.workflows import create_network
+    from pipeline.model_files import create_network
 
     inference = json.loads((REPO_ROOT / "bundle" / "configs" / "inference.json").read_text())
     cfg = RunConfig.from_dict({k: inference[k] for k in MODEL_KEYS if k in inference})  # the shipped network

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from pipeline.metrics import SliceMetricsAccumulator, patient_metrics
-from pipeline.report import _atomic_write_text, select_cases, summarise, write_report
+from pipeline.evaluation.metrics import SliceMetricsAccumulator, patient_metrics
+from pipeline.evaluation.report import select_cases, summarise, write_report
+from pipeline.safety import atomic_write_text
 
 SHAPE = (16, 16, 6)
 IDS = {
@@ -183,9 +184,9 @@ def test_write_report_with_loader_and_missing_case(evaluated, tmp_path):
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "x.txt"
-    _atomic_write_text(target, "old")
+    atomic_write_text(target, "old")
     with pytest.raises(TypeError):
-        _atomic_write_text(target, None)  # type: ignore[arg-type]
+        atomic_write_text(target, None)  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import tifffile
 
-import pipeline.data
+import pipeline.ingestion.prepare
 from pipeline.cli import main as lggseg
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import (
     MANIFEST_FILENAME,
     STAGING_MARKER,
@@ -39,7 +40,6 @@ from pipeline.safety import (
     staging_folder,
     write_manifest,
 )
-from pipeline.synthetic import write_synthetic_kaggle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_REAL_PATIENTS = ("TCGA_HT_A616_19991226", "TCGA_HT_7860_19960513")  # the two smallest, 1.3 MB each
@@ -97,7 +97,7 @@ def no_conversion(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("the conversion started before the inputs were checked")
 
-    monkeypatch.setattr(pipeline.data, "_prepare_patients", refuse)
+    monkeypatch.setattr(pipeline.ingestion.prepare, "_prepare_patients", refuse)
 
 
 def _prepare(root: Path, output: Path, *extra: object) -> list[object]:
@@ -314,7 +314,7 @@ def test_missing_input_and_debug_traceback(tmp_path: Path, capsys) -> None:
     _expect(
         capsys, 2, [str(tmp_path / "nope"), "does not exist"], *_prepare(tmp_path / "nope", tmp_path / "out")
     )
-    with pytest.raises(pipeline.data.LGGDataError):
+    with pytest.raises(pipeline.ingestion.errors.LGGDataError):
         lggseg(["--debug", *map(str, _prepare(tmp_path / "nope", tmp_path / "out"))])
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.data import prepare_dataset
 from pipeline.engines import build_dataset
-from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.transforms import build_transforms
 
 TRAIN = ["--epochs", "1", "--batch-size", "4", "--num-samples", "2", "--volume-repeats", "1"]

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import main
-from pipeline.data import prepare_dataset
-from pipeline.synthetic import write_synthetic_kaggle
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
+from pipeline.model_files import load_checkpoint
 
 TINY = [
     "--epochs",

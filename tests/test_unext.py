@@ -1,14 +1,20 @@
-"""UNeXt: the paper's size, and the same function as the public design (pipeline.unext_reference)."""
+"""UNeXt: the paper's size, and the same function as the public design (scripts/unext_reference.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from unext_reference import ReferenceUNeXt
 
+from pipeline.nets.unext import (
+    AxialShift,
+    UNeXt,
+    chunk_offsets,
+    load_reference_state_dict,
+    reference_key_to_unext,
+)
 from pipeline.networks import build_network, count_gmacs, count_parameters
-from pipeline.unext import AxialShift, UNeXt, chunk_offsets, load_reference_state_dict, reference_key_to_unext
-from pipeline.unext_reference import ReferenceUNeXt
 
 
 @pytest.fixture(autouse=True)

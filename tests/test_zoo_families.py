@@ -165,7 +165,7 @@ def test_segmenter_mask_decoder_shapes_and_single_class():
 
 
 def test_fcn_upsampling_is_bilinear_at_initialisation():
-    from pipeline.fcn import FCN
+    from pipeline.nets.fcn import FCN
 
     net = FCN(3, 2, base_width=4, fc_channels=8)
     x = _input(1, 2, 6, 6)

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.data import LGGDataError, export_kaggle, prepare_dataset
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.export import export_kaggle
+from pipeline.ingestion.prepare import prepare_dataset
+from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import UnsafeOutputError, check_output_location, staging_folder, write_manifest
-from pipeline.synthetic import write_synthetic_kaggle
 
 logger = logging.getLogger("lggseg")
 

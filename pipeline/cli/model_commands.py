@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_choose_postprocessing(args: argparse.Namespace) -> int:
-    from pipeline.model_selection import choose_postprocessing, finished_folds
-    from pipeline.workflows import evaluate_folds
+    from pipeline.workflows.cross_validation import evaluate_folds
+    from pipeline.workflows.model_selection import choose_postprocessing, finished_folds
 
     def job() -> None:
         loader = {"num_workers": args.num_workers, "progress": False}
@@ -73,7 +73,7 @@ def run_choose_postprocessing(args: argparse.Namespace) -> int:
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
-    from pipeline.model_selection import CHOICE_NAME, combine_models, finished_folds, read_choice
+    from pipeline.workflows.model_selection import CHOICE_NAME, combine_models, finished_folds, read_choice
 
     def job() -> None:
         models = list(finished_folds(args.run).values()) if args.run else args.models

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.cli.data_commands import _guarded, _say
-from pipeline.studies import write_studies
+from pipeline.ingestion.studies import write_studies
 
 logger = logging.getLogger("lggseg")
 

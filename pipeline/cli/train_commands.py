@@ -15,8 +15,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.checkpoint import SHIPPED_MODEL
 from pipeline.config import OPTION_HELP, POSTPROCESSING_KEYS, RunConfig, option_choices, option_type
+from pipeline.model_files import SHIPPED_MODEL
 
 logger = logging.getLogger("lggseg")
 
@@ -82,7 +82,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _guard(job: Any, debug: bool = False) -> int:
     """Run ``job``: bad input becomes one line on stderr and exit code 2, failed cases exit code 1, any other
     error one line and exit code 1; ``--debug`` shows the traceback instead."""
-    from pipeline.workflows import CasesFailed
+    from pipeline.engines import CasesFailed
 
     try:
         job()
@@ -115,19 +115,19 @@ def _debug(args: argparse.Namespace) -> bool:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pipeline.workflows import train
+    from pipeline.workflows.training import train
 
     return _guard(lambda: train(config_from_args(args)), _debug(args))
 
 
 def run_cv(args: argparse.Namespace) -> int:
-    from pipeline.workflows import cross_validate
+    from pipeline.workflows.cross_validation import cross_validate
 
     return _guard(lambda: cross_validate(config_from_args(args), folds=args.folds), _debug(args))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.workflows import evaluate
+    from pipeline.workflows.prediction import evaluate
 
     def job() -> None:
         result = evaluate(
@@ -149,7 +149,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_infer(args: argparse.Namespace) -> int:
-    from pipeline.workflows import infer
+    from pipeline.workflows.prediction import infer
 
     def job() -> None:
         written = infer(

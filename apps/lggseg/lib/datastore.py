@@ -38,8 +38,8 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
+from pipeline.ingestion.studies import STUDY_ID
 from pipeline.safety import atomic_write_text, is_inside
-from pipeline.studies import STUDY_ID
 
 LABEL_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")

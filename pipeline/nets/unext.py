@@ -16,7 +16,7 @@ Architecture (the public design, widths ``(c1, c2, c3, m1, m2)``, default ``16, 
   a 1x1 convolution gives the logits. Total stride 32; 1,471,921 parameters for 3 -> 1 channels.
 
 What makes it fast, with the same parameters and the same function as the public code (see
-:mod:`pipeline.unext_reference` and the tests that copy weights across and compare outputs):
+``scripts/unext_reference.py`` and the tests that copy weights across and compare outputs):
 
 - one memory layout everywhere: activations are channels-last, so the token view ``(B, H, W, C)``
   of a feature map is free (no transpose/``contiguous`` copies) and LayerNorm/Linear act on it

@@ -10,7 +10,7 @@ surface distances; the tests check the numbers against both). Lesion-wise detect
 
 Usage::
 
-    from pipeline.metrics import SliceMetricsAccumulator, patient_metrics
+    from pipeline.evaluation.metrics import SliceMetricsAccumulator, patient_metrics
 
     slices = SliceMetricsAccumulator()
     records = []
@@ -18,7 +18,7 @@ Usage::
         records.append(patient_metrics(pred, truth, spacing=(1.0, 1.0, 1.0), patient_id=patient_id))
         slices.update(pred, truth)                  # slices along the last axis
     slice_summary = slices.compute()                # pooled and per-slice figures + convention text
-    # then pipeline.report.write_report(records, slice_summary, output_dir, cases=...)
+    # then pipeline.evaluation.report.write_report(records, slice_summary, output_dir, cases=...)
 
 Speed: all metrics are computed on the bounding box of ``pred | truth`` enlarged by a margin of
 :data:`CROP_MARGIN` voxels (clipped to the volume). This gives identical numbers to the whole
@@ -33,7 +33,6 @@ average (``scripts/benchmark_metrics.py``), against about 0.6 s for MONAI on the
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +48,8 @@ from monai.metrics import (
 )
 from monai.metrics.utils import get_edge_surface_distance
 from scipy import ndimage
+
+from pipeline.ingestion.kaggle import UNKNOWN_INSTITUTION, institution_of
 
 __all__ = [
     "CROP_MARGIN",
@@ -127,22 +128,20 @@ PATIENT_METRIC_KEYS = (
 )
 
 _STRUCTURES = {6: 1, 18: 2, 26: 3}
-_PATIENT_RE = re.compile(r"^TCGA_([A-Z0-9]{2})_")
 
 
 def institution_from_patient_id(patient_id: str | None) -> str | None:
-    """Institution (TCGA tissue source site) code of a Kaggle LGG patient id.
+    """Institution (TCGA tissue source site) code of a Kaggle LGG patient id, for the per-patient records.
 
     Args:
         patient_id: e.g. ``"TCGA_CS_4941_19960909"``.
 
     Returns:
-        the two-character code (``"CS"``), or ``None`` when the id does not follow the pattern.
+        the two-character code (``"CS"``, see :func:`pipeline.ingestion.kaggle.institution_of`), or ``None``
+        when the id does not carry one.
     """
-    if not patient_id:
-        return None
-    match = _PATIENT_RE.match(str(patient_id))
-    return match.group(1) if match else None
+    code = institution_of(patient_id)
+    return None if code == UNKNOWN_INSTITUTION else code
 
 
 @contextmanager
@@ -232,7 +231,7 @@ def patient_metrics(
 
     Returns:
         a flat dict with the keys of :data:`PATIENT_METRIC_KEYS` (floats, NaN where undefined; ints for
-        counts), ready for :func:`pipeline.report.write_report`.
+        counts), ready for :func:`pipeline.evaluation.report.write_report`.
     """
     if connectivity not in _STRUCTURES:
         raise ValueError(f"connectivity must be one of {sorted(_STRUCTURES)}, got {connectivity}")

@@ -1,7 +1,7 @@
 """Reference UNeXt: the public implementation's algorithm, re-written for side-by-side benchmarks.
 
 This module is **not** a network to train: it exists so that ``scripts/benchmark_networks.py`` and
-the tests can compare :class:`pipeline.unext.UNeXt` with the design of the public UNeXt code
+the tests can compare :class:`pipeline.nets.unext.UNeXt` with the design of the public UNeXt code
 (jeya-maria-jose/UNeXt-pytorch, ``archs.py``, class ``UNext``) on the same machine. It follows that
 design operation by operation, including the parts that make it slow:
 
@@ -14,8 +14,8 @@ design operation by operation, including the parts that make it slow:
 - a dropout of probability 0 after the activation and after ``fc2`` (kept: it is what runs there).
 
 It has no dependency beyond PyTorch (no ``timm``/``mmcv``): ``trunc_normal_`` is PyTorch's own and
-``DropPath`` with rate 0 is the identity. Parameter names differ from :mod:`pipeline.unext`; use
-:func:`pipeline.unext.load_reference_state_dict` to copy weights across.
+``DropPath`` with rate 0 is the identity. Parameter names differ from :mod:`pipeline.nets.unext`; use
+:func:`pipeline.nets.unext.load_reference_state_dict` to copy weights across.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, TensorBoardStatsHandler, ValidationHandler
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.overlays import FLAIR_CHANNEL, overlay_rgb
+from pipeline.evaluation.overlays import FLAIR_CHANNEL, overlay_rgb
 
 logger = logging.getLogger("lggseg.train")
 

@@ -14,10 +14,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pipeline.data import DATALIST_FILENAME
+from pipeline.ingestion.datalist import DATALIST_FILENAME
+from pipeline.ingestion.nifti import IMAGE_FILENAME
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-PREPARED_IMAGE = "image.nii.gz"
 
 
 class CaseError(ValueError):
@@ -31,7 +31,7 @@ def case_name(path: str | os.PathLike) -> str:
     folder -> its name.
     """
     p = Path(path)
-    if p.name == PREPARED_IMAGE:
+    if p.name == IMAGE_FILENAME:
         return p.parent.name
     for suffix in NIFTI_SUFFIXES:
         if p.name.endswith(suffix):
@@ -66,8 +66,8 @@ def _folder_cases(folder: Path) -> list[dict]:
             continue
         if _is_nifti(child):
             found.append({"image": str(child), "case": case_name(child)})
-        elif child.is_dir() and (child / PREPARED_IMAGE).is_file():
-            found.append({"image": str(child / PREPARED_IMAGE), "case": child.name})
+        elif child.is_dir() and (child / IMAGE_FILENAME).is_file():
+            found.append({"image": str(child / IMAGE_FILENAME), "case": child.name})
         elif child.is_dir() and any(child.glob("*.tif")):
             found.append({"image": str(child), "case": child.name})
     return found

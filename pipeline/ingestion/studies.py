@@ -8,7 +8,8 @@ a raw Kaggle folder (``kaggle_3m``, or one patient folder) or from a prepared fo
     STUDIES/labels/final/<patient>.nii.gz    uint8, array (H, W, D): 0 background, 1 FLAIR abnormality
     STUDIES/.lggseg-manifest.json            the files lggseg wrote (only those are ever replaced)
 
-The image is the same file ``lggseg prepare`` writes (:func:`pipeline.data.save_nifti`; copied byte for byte
+The image is the same file ``lggseg prepare`` writes (:func:`pipeline.ingestion.nifti.save_nifti`; copied
+byte for byte
 from a prepared folder): the form the bundle's chain reads (``LoadImaged`` gives ``(3, H, W, D)``). 3D Slicer
 reads it as a 4D volume, i.e. a sequence of 3 frames (0 pre-contrast, 1 FLAIR, 2 post-contrast) on one 3D
 grid, so labels drawn on any frame have the study's (H, W, D) geometry. A 3D vector image (a 5D NIfTI with
@@ -34,15 +35,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.data import (
-    DATALIST_FILENAME,
-    LGGDataError,
-    discover_patients,
-    load_datalist,
-    make_affine,
-    read_patient_folder,
-    save_nifti,
-)
+from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.kaggle import discover_patients, make_affine, read_patient_folder
+from pipeline.ingestion.nifti import save_nifti
 from pipeline.safety import (
     check_output_location,
     foreign_files,

@@ -2,8 +2,9 @@
 
 :class:`PatientReportHandler` is attached to a ``SupervisedEvaluator`` whose output holds the
 post-processed ``pred`` and the ``label`` of whole volumes. It computes every 3D metric of
-:func:`pipeline.metrics.patient_metrics` per patient as the evaluator goes and writes the report of
-:func:`pipeline.report.write_report` when asked. ``lggseg evaluate`` and the bundle's ``evaluate.json``
+:func:`pipeline.evaluation.metrics.patient_metrics` per patient as the evaluator goes and writes the report of
+:func:`pipeline.evaluation.report.write_report` when asked. ``lggseg evaluate`` and the bundle's
+``evaluate.json``
 both use it; under ``torchrun`` every rank evaluates its share and rank 0 writes one merged report.
 """
 
@@ -21,8 +22,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
-from pipeline.metrics import SliceMetricsAccumulator, patient_metrics
-from pipeline.report import summarise, write_report
+from pipeline.evaluation.metrics import SliceMetricsAccumulator, patient_metrics
+from pipeline.evaluation.report import summarise, write_report
 from pipeline.transforms import LoadVolumed
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ and the folds' models combined into one model file.
 As nnU-Net does, every candidate (largest-component filtering, flip test-time augmentation) is tried on
 each fold's *validation* patients with that fold's model; the candidate with the best pooled mean Dice
 is kept (ties: the earlier, cheaper one). The test folds never take part in the choice; they are then
-evaluated once with it (:func:`pipeline.workflows.evaluate_folds`).
+evaluated once with it (:func:`pipeline.workflows.cross_validation.evaluate_folds`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoint import BEST_NAME, MODEL_KEY, file_sha256, load_checkpoint
-from pipeline.data import load_datalist, split_folds
-from pipeline.safety import atomic_path, atomic_write_text
-from pipeline.workflows import DONE_NAME, check_model_config, datalist_path, evaluate
+from pipeline.ingestion.datalist import load_datalist, split_folds
+from pipeline.model_files import MODEL_KEY, check_model_config, file_sha256, load_checkpoint
+from pipeline.safety import atomic_path, atomic_write_json
+from pipeline.training.checkpoints import BEST_NAME
+from pipeline.workflows.builders import datalist_path
+from pipeline.workflows.prediction import evaluate
+from pipeline.workflows.training import DONE_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ def choose_postprocessing(
         logger.info("validation %s: Dice mean %.4f, median %.4f", options, *map(results[-1].get, DICE_KEYS))
     best = max(range(len(results)), key=lambda i: (results[i]["mean_dice"], -i))
     choice = {"chosen": results[best]["options"], "candidates": results, "folds": val_folds}
-    atomic_write_text(Path(run_root) / CHOICE_NAME, json.dumps(choice, indent=2) + "\n")
+    atomic_write_json(Path(run_root) / CHOICE_NAME, choice)
     return choice
 
 
@@ -134,7 +137,7 @@ def validation_dice(
         settings = {**dict(overrides or {}), **options}
         result = evaluate(model, folds=[val_fold], overrides=settings, write=False)
         cache["dice"][key] = [float(r["dice"]) for r in result["records"]]
-        atomic_write_text(cache_path, json.dumps(cache, indent=1) + "\n")
+        atomic_write_json(cache_path, cache, indent=1)
     return cache["dice"][key]
 
 

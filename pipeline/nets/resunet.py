@@ -21,7 +21,7 @@ import torch
 from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
-from pipeline.unet import EncoderDecoderUNet
+from pipeline.nets.unet import EncoderDecoderUNet
 
 __all__ = ["ResUNet", "ResidualUnit"]
 

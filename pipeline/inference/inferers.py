@@ -3,33 +3,24 @@
 :class:`VolumeInferer` is a MONAI ``Inferer``: ``inferer(volume, network)`` maps a batch of normalised
 volumes ``(B, C, H, W, D)`` to the tumour probability ``(B, 1, H, W, D)`` on the volume's device. The
 windows (slices or patches) run on ``sw_device`` (the network's device, e.g. the GPU) so that a large
-volume can stay on the CPU. :func:`build_postprocessing` thresholds the probability and filters
-connected components; :func:`prediction_writer` writes each case with MONAI's ``SaveImaged`` as
-``<output>/<case>/<case>_seg.nii.gz`` (uint8, the input's shape and affine), under a temporary name first.
+volume can stay on the CPU. :class:`VolumePrepareBatch` keeps large volumes on the CPU.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.engines import PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
-from monai.transforms import AsDiscreted, Compose, MapTransform, SaveImaged
 
-from pipeline.cases import case_name
-from pipeline.safety import check_output_location
-from pipeline.transforms import DEFAULT_PATCH_SIZE, ConnectedComponentFilterd, SliceContext
+from pipeline.transforms import DEFAULT_PATCH_SIZE, SliceContext
 
 TTA_MODES = ("none", "flip", "scale", "flip+scale")
-PREDICTION_POSTFIX = "seg"
-PARTIAL_MARK = ".partial"
 
 
 class VolumeInferer(Inferer):
@@ -162,27 +153,6 @@ class VolumeInferer(Inferer):
         return out
 
 
-def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size: int = 0) -> Compose:
-    """Post-processing of the decollated evaluator output: probability -> binary mask.
-
-    Args:
-        threshold: tumour when the (averaged) probability is above this.
-        keep_largest: keep the N largest 3D connected components (Buda et al. keep 1; 0: off).
-        min_size: drop 3D connected components smaller than this many voxels (0: off).
-
-    Returns:
-        a ``Compose`` acting on the ``"pred"`` key.
-    """
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    return Compose(
-        [
-            AsDiscreted(keys="pred", threshold=threshold),
-            ConnectedComponentFilterd(keys="pred", keep_largest=keep_largest, min_size=min_size),
-        ]
-    )
-
-
 class VolumePrepareBatch(PrepareBatch):
     """Move image and label to the engine's device unless the volume is large (then keep it on the CPU).
 
@@ -204,91 +174,3 @@ class VolumePrepareBatch(PrepareBatch):
         if batchdata["image"].numel() > self.max_device_voxels:
             device = torch.device("cpu")
         return default_prepare_batch(batchdata, device, non_blocking, **kwargs)
-
-
-def case_name_formatter(metadict: dict, saver: Any) -> dict:
-    """``SaveImaged``'s ``output_name_formatter``: name the output after the case (see
-    :func:`pipeline.cases.case_name`), never after a file name shared by every case (``image.nii.gz``)."""
-    source = metadict.get("filename_or_obj", getattr(saver, "_data_index", 0)) if metadict else 0
-    return {"subject": case_name(str(source)), "idx": None}
-
-
-class PublishSavedd(MapTransform):
-    """Rename the file ``SaveImaged`` just wrote (``saved_to`` in the metadata) from its temporary name to
-    its final one, so an interrupted run never leaves a half-written prediction under the final name.
-
-    Args:
-        keys: the saved keys (``"pred"``).
-    """
-
-    def __call__(self, data: Any) -> Any:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            meta = getattr(d[key], "meta", {})
-            saved = meta.get("saved_to")
-            folder, name = os.path.split(str(saved or ""))
-            if PARTIAL_MARK in name:
-                final = os.path.join(folder, "".join(name.rsplit(PARTIAL_MARK, 1)))
-                os.replace(saved, final)
-                meta["saved_to"] = final
-        return d
-
-
-def prediction_path(output_dir: str | os.PathLike, case: str) -> str:
-    """Where :func:`prediction_writer` puts the prediction of ``case``."""
-    return os.path.join(str(output_dir), case, f"{case}_{PREDICTION_POSTFIX}.nii.gz")
-
-
-def prediction_writer(output_dir: str | os.PathLike, key: str = "pred") -> Compose:
-    """MONAI ``SaveImaged`` of the binary prediction, then :class:`PublishSavedd`.
-
-    Args:
-        output_dir: root of the outputs; each case gets ``<case>/<case>_seg.nii.gz``.
-        key: the key to write.
-    """
-    return Compose(
-        [
-            SaveImaged(
-                keys=key,
-                output_dir=str(output_dir),
-                output_postfix=PREDICTION_POSTFIX + PARTIAL_MARK,
-                output_ext=".nii.gz",
-                output_dtype=np.uint8,
-                resample=False,
-                separate_folder=True,
-                output_name_formatter=case_name_formatter,
-                savepath_in_metadict=True,
-                print_log=False,
-            ),
-            PublishSavedd(keys=key),
-        ]
-    )
-
-
-def check_prediction_targets(
-    cases: Sequence[dict],
-    output_dir: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike] = (),
-    overwrite: bool = False,
-) -> None:
-    """Refuse, before any work, an output folder that is or holds an input, or predictions that exist
-    already (unless ``overwrite``: then only those prediction files are replaced).
-
-    Args:
-        cases: the cases to segment (``{"image", "case"}``, see :func:`pipeline.cases.find_cases`).
-        output_dir: where :func:`prediction_writer` writes.
-        inputs: the paths the cases come from.
-        overwrite: replace existing predictions of these cases.
-
-    Raises:
-        ValueError: naming the path and what to do.
-    """
-    check_output_location(output_dir, [*inputs, *(c["image"] for c in cases)])
-    if isinstance(overwrite, str):  # a bundle override given as text
-        overwrite = overwrite.strip().lower() in ("1", "true", "yes")
-    existing = [p for c in cases if os.path.exists(p := prediction_path(output_dir, c["case"]))]
-    if existing and not overwrite:
-        raise ValueError(
-            f"{existing[0]}: exists ({len(existing)} of the {len(cases)} predictions would be replaced); "
-            "pass overwrite (--overwrite) to replace them, or choose another output folder"
-        )

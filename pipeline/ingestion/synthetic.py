@@ -7,7 +7,7 @@ the tests need no download.
 
 Example::
 
-    from pipeline.synthetic import write_synthetic_kaggle
+    from pipeline.ingestion.synthetic import write_synthetic_kaggle
     root = write_synthetic_kaggle("runs/synthetic/kaggle_3m", num_patients=10, seed=0, size=128)
 """
 

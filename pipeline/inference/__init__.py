@@ -1,0 +1,22 @@
+"""Inference (floor 2): from a normalised volume to a mask on disk.
+
+- :mod:`~pipeline.inference.inferers`: :class:`VolumeInferer` (slice-by-slice 2D / 2.5D or sliding-window
+  3D, test-time augmentation) and :class:`VolumePrepareBatch`.
+- :mod:`~pipeline.inference.postprocessing`: threshold and connected-component filters.
+- :mod:`~pipeline.inference.writer`: predictions written with MONAI's ``SaveImaged`` (temporary name, then
+  rename) and the check of their targets before any work.
+"""
+
+from pipeline.inference.inferers import TTA_MODES, VolumeInferer, VolumePrepareBatch
+from pipeline.inference.postprocessing import build_postprocessing
+from pipeline.inference.writer import check_prediction_targets, prediction_path, prediction_writer
+
+__all__ = [
+    "TTA_MODES",
+    "VolumeInferer",
+    "VolumePrepareBatch",
+    "build_postprocessing",
+    "check_prediction_targets",
+    "prediction_path",
+    "prediction_writer",
+]

@@ -1,0 +1,83 @@
+"""``lggseg export-kaggle``: a label volume back to per-slice Kaggle ``_mask.tif`` files."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.nifti import load_label_volume
+from pipeline.safety import (
+    atomic_path,
+    check_output_location,
+    owned_files,
+    remove_owned,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def export_kaggle(
+    label_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    patient_id: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write a label volume back as per-slice ``<patient>_<k>_mask.tif`` files (values 0/255, Kaggle layout).
+
+    Mask files are listed in ``output_dir/.lggseg-manifest.json``. A mask file lggseg did not write (an
+    original Kaggle mask, say) is never replaced, even with ``overwrite``; other files are left alone.
+
+    Args:
+        label_path: the label NIfTI (from ``prepare`` or a prediction).
+        output_dir: folder for the masks (created).
+        patient_id: file-name prefix; default the name of the label's parent folder.
+        overwrite: replace mask files of this patient that an earlier export wrote (and remove those of
+            slices the new label no longer has).
+
+    Returns:
+        the written files, slice 1 first.
+
+    Raises:
+        LGGDataError: bad label file, mask files of an earlier export present without ``overwrite``, or
+            mask files lggseg did not write under the names it would write.
+        UnsafeOutputError: the output is a file or cannot be written.
+    """
+    label_path, output_dir = Path(label_path), Path(output_dir)
+    patient_id = patient_id or label_path.resolve().parent.name
+    if not patient_id or Path(patient_id).name != patient_id:
+        raise LGGDataError(
+            f"--patient {patient_id!r}: not a valid file-name prefix; e.g. --patient TCGA_CS_4941"
+        )
+    check_output_location(output_dir)  # writes only *_mask.tif names, never the label
+    mask, _ = load_label_volume(label_path)
+    names = [output_dir / f"{patient_id}_{k + 1}_mask.tif" for k in range(mask.shape[-1])]
+    owned = owned_files(output_dir)
+    existing = [p for p in names if p.exists() or p.is_symlink()]
+    foreign = [p.name for p in existing if p.name not in owned or p.is_dir()]
+    if foreign:
+        raise LGGDataError(
+            f"{output_dir}: holds {len(foreign)} mask files lggseg did not write (e.g. {foreign[0]}); "
+            "they are never overwritten, even with --overwrite: choose another folder or move them away"
+        )
+    if existing and not overwrite:
+        raise LGGDataError(
+            f"{output_dir}: already holds {len(existing)} mask files of an earlier export "
+            f"(e.g. {existing[0].name}); pass --overwrite to replace them"
+        )
+    pattern = re.compile(rf"^{re.escape(patient_id)}_\d+_mask\.tif$")
+    stale = {rel for rel in owned if pattern.match(rel)} - {p.name for p in names}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(output_dir, [p.name for p in names], command="export-kaggle")
+    with contextlib.ExitStack() as stack:  # every file is renamed into place only when all are written
+        for k, name in enumerate(names):
+            tifffile.imwrite(stack.enter_context(atomic_path(name)), (mask[..., k] * 255).astype(np.uint8))
+    remove_owned(output_dir, stale)
+    return names

@@ -1,0 +1,356 @@
+"""``lggseg prepare``: a Kaggle ``kaggle_3m`` folder -> per-patient NIfTI volumes, datalist and folds, written
+safely (checked, staged, claimed, moved; see :mod:`pipeline.safety`), one process per patient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.ingestion.datalist import (
+    CLINICAL_TABLE_FILENAME,
+    DATALIST_FILENAME,
+    PATIENTS_TABLE_FILENAME,
+    make_folds,
+    read_clinical_table,
+    write_datalist,
+    write_patients_table,
+)
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.kaggle import (
+    CHANNEL_NAMES,
+    case_id_of,
+    discover_patients,
+    make_affine,
+    read_patient_folder,
+)
+from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME, write_patient_nifti
+from pipeline.safety import (
+    MANIFEST_FILENAME,
+    STAGING_MARKER,
+    UnsafeOutputError,
+    atomic_write_json,
+    check_output_location,
+    foreign_files,
+    owned_files,
+    process_alive,
+    remove_owned,
+    staging_folder,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare_dataset` wrote.
+
+    Args:
+        output_dir: the output folder.
+        patients: per-patient summary rows (also in ``patients.csv``).
+        problems: the patients skipped with ``skip_invalid`` and why.
+    """
+
+    output_dir: Path
+    patients: list[dict[str, object]]
+    problems: dict[str, str]
+
+
+def _missing_sequences(image: np.ndarray) -> str:
+    """Channels that duplicate FLAIR (the data set's stand-in for a missing sequence)."""
+    missing = [CHANNEL_NAMES[c] for c in (0, 2) if np.array_equal(image[c], image[1])]
+    return ";".join(missing)
+
+
+def _prepare_one(folder: Path, staging: Path, spacing: tuple[float, float, float]) -> dict[str, object]:
+    volume = read_patient_folder(folder, spacing)
+    write_patient_nifti(volume, staging / volume.patient_id)
+    height, width, depth = volume.label.shape[1:]
+    return {
+        "patient": volume.patient_id,
+        "institution": volume.institution,
+        "num_slices": depth,
+        "height": height,
+        "width": width,
+        "tumour_slices": int(volume.label[0].any(axis=(0, 1)).sum()),
+        "tumour_voxels": int(volume.label.sum()),
+        "tumour_volume_mm3": float(volume.label.sum() * np.prod(spacing)),
+        "missing_sequences": _missing_sequences(volume.image),
+    }
+
+
+PROBLEMS_FILENAME = "problems.json"
+
+
+def _check_options(
+    num_folds: int, spacing: Sequence[float], workers: int | None
+) -> tuple[float, float, float]:
+    """Validate ``prepare``'s options before any work; returns the spacing as floats."""
+    try:
+        values = tuple(float(s) for s in spacing)
+        make_affine(values)
+    except (TypeError, ValueError):
+        raise LGGDataError(
+            f"--spacing {' '.join(map(str, spacing))}: expected three positive voxel sizes in mm; "
+            "e.g. --spacing 1 1 1"
+        ) from None
+    if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
+        raise LGGDataError(f"--folds {num_folds}: at least 2 folds are needed; e.g. --folds 5")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise LGGDataError(f"--workers {workers}: expected a positive number of processes; e.g. --workers 2")
+    return values  # type: ignore[return-value]
+
+
+def _planned_files(folders: Sequence[Path]) -> list[str]:
+    """Every file ``prepare`` may write into the output, relative (posix), volumes first, datalist last."""
+    names = [f"{f.name}/{name}" for f in folders for name in (IMAGE_FILENAME, LABEL_FILENAME)]
+    return [*names, PATIENTS_TABLE_FILENAME, PROBLEMS_FILENAME, DATALIST_FILENAME]
+
+
+def _clashes(output_dir: Path, planned: Iterable[str], owned: set[str]) -> list[str]:
+    """Planned names that exist in ``output_dir`` but were not written by lggseg (or are in the way)."""
+    found = []
+    for rel in planned:
+        target = output_dir / rel
+        parent = target.parent
+        if parent != output_dir and (parent.is_symlink() or (parent.exists() and not parent.is_dir())):
+            found.append(parent.relative_to(output_dir).as_posix())
+        elif (target.exists() or target.is_symlink()) and (rel not in owned or target.is_dir()):
+            found.append(rel)
+    return sorted(set(found))
+
+
+def _check_output_contents(output_dir: Path, planned: Sequence[str], overwrite: bool) -> None:
+    """Refuse an output folder holding results without ``overwrite``, or holding foreign files at all
+    without ``overwrite``; even with it, refuse when a file lggseg did not write has a name it would write."""
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    owned = owned_files(output_dir)
+    foreign = foreign_files(output_dir)
+    has_results = any((output_dir / rel).exists() for rel in owned)
+    if not overwrite and (has_results or foreign):
+        if has_results:
+            raise LGGDataError(
+                f"{output_dir}: output folder already holds results; pass --overwrite to replace them "
+                "(files lggseg did not write are kept)"
+            )
+        raise LGGDataError(
+            f"{output_dir}: output folder is not empty and holds {len(foreign)} files lggseg did not write "
+            f"(e.g. {foreign[0]}); choose a new or empty folder, or pass --overwrite to "
+            "write beside them (they are kept)"
+        )
+    clashes = _clashes(output_dir, planned, owned)
+    if clashes:
+        raise LGGDataError(
+            f"{output_dir}: holds {len(clashes)} files lggseg did not write under names it would write "
+            f"(e.g. {clashes[0]}); they are never overwritten: move them away or choose another folder"
+        )
+
+
+def prepare_dataset(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    num_folds: int = 5,
+    seed: int = 0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    overwrite: bool = False,
+    skip_invalid: bool = False,
+    workers: int | None = None,
+    progress: Callable[[Iterable, int], Iterable] | None = None,
+) -> PrepareResult:
+    """Convert a Kaggle ``kaggle_3m`` folder into per-patient NIfTI volumes, a datalist and folds.
+
+    Options, paths and the output folder are checked before any conversion. Everything is written into a
+    staging folder beside ``output_dir`` (see :func:`pipeline.safety.staging_folder`) and moved into place
+    only when every patient succeeded, so a failed or interrupted run leaves ``output_dir`` as it was.
+    The files written are listed in ``output_dir/.lggseg-manifest.json``; no file that is not listed there
+    is ever replaced or removed (see :mod:`pipeline.safety`).
+
+    Args:
+        input_dir: the ``kaggle_3m`` folder (patient sub-folders, optional ``data.csv``).
+        output_dir: where to write; outside ``input_dir``; empty or new unless ``overwrite``.
+        num_folds: number of patient-level folds, stratified by institution (2 to the number of patients).
+        seed: seed of the fold assignment.
+        spacing: voxel size in mm (row, column, slice).
+        overwrite: replace the results of an earlier run in ``output_dir`` and write into a folder that
+            holds other files; files lggseg did not write are kept, and a name clash with one is refused.
+        skip_invalid: write the valid patients and list the invalid ones in ``problems`` instead of failing.
+        workers: parallel processes (default: the number of CPUs); they die with this process.
+        progress: optional ``(iterable, total) -> iterable`` wrapper that shows progress (e.g. ``tqdm``).
+
+    Returns:
+        the :class:`PrepareResult`.
+
+    Raises:
+        LGGDataError: bad options, the input is missing or empty, a bad ``data.csv``, the output holds
+            results (or foreign files) and ``overwrite`` is off, or (without ``skip_invalid``) a patient is
+            invalid: then ``failures`` lists every problem of every patient.
+        UnsafeOutputError: the output equals, contains or is inside the input, is a file, or is not writable.
+        OSError: writing failed (disk full, ...); nothing is left half-written.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    spacing = _check_options(num_folds, spacing, workers)
+    folders = discover_patients(input_dir, include_empty=True)
+    clinical_path = input_dir / CLINICAL_TABLE_FILENAME
+    check_output_location(output_dir, [input_dir, *folders, clinical_path])
+    if num_folds > len(folders):
+        raise LGGDataError(
+            f"--folds {num_folds}: more folds than the {len(folders)} patients in {input_dir}; "
+            f"choose --folds {min(5, len(folders))} or fewer"
+            if len(folders) >= 2
+            else f"{input_dir}: {len(folders)} patient is too few for folds; at least 2 are needed"
+        )
+    clinical = read_clinical_table(clinical_path) if clinical_path.exists() else {}
+    planned = _planned_files(folders)
+    _check_output_contents(output_dir, planned, overwrite)
+
+    with contextlib.ExitStack() as stack:
+        try:
+            staging = stack.enter_context(staging_folder(output_dir))
+        except OSError as error:
+            raise UnsafeOutputError(
+                output_dir.parent,
+                f"cannot create a staging folder here ({error.strerror or error})",
+                "choose another output folder or fix the permissions",
+            ) from None
+        rows, problems = _prepare_patients(folders, staging, spacing, workers, progress)
+        if problems and not skip_invalid:
+            raise LGGDataError(
+                [f"patient {p}: {m}" for p, m in sorted(problems.items())],
+                failures=problems,
+            )
+        if len(rows) < num_folds:
+            raise LGGDataError(
+                f"{input_dir}: {len(rows)} valid patients are too few for {num_folds} folds; "
+                "fix the invalid patients or pass a smaller --folds",
+                failures=problems,
+            )
+        folds = make_folds([r["patient"] for r in rows], num_folds, seed)
+        for row in rows:
+            row["fold"] = folds[row["patient"]]
+            row.update({f"clinical_{k}": v for k, v in clinical.get(case_id_of(row["patient"]), {}).items()})
+        rows.sort(key=lambda r: r["patient"])
+        write_datalist(staging / DATALIST_FILENAME, rows, num_folds, seed, spacing)
+        write_patients_table(staging / PATIENTS_TABLE_FILENAME, rows)
+        if problems:
+            atomic_write_json(staging / PROBLEMS_FILENAME, problems)
+        written = [rel for rel in planned if (staging / rel).is_file()]
+        _move_into_place(staging, output_dir, written, planned, command="prepare")
+    return PrepareResult(output_dir=output_dir, patients=rows, problems=problems)
+
+
+def _move_into_place(
+    staging: Path, output_dir: Path, written: list[str], planned: list[str], command: str
+) -> None:
+    """Move the finished files from ``staging`` into ``output_dir``, touching only lggseg's own files.
+
+    A new output folder is the staging folder renamed (one atomic step). Into an existing folder, the files
+    are first claimed in the manifest, then renamed one by one (volumes first, ``datalist.json`` last);
+    files of an earlier run that this run did not write again are removed; the manifest ends up listing
+    exactly what this run wrote.
+    """
+    if not output_dir.exists():
+        write_manifest(staging, written, command=command, replace=True)
+        (staging / STAGING_MARKER).unlink()
+        try:
+            os.replace(staging, output_dir)
+            return
+        except OSError:
+            if not output_dir.is_dir():  # created meanwhile: fall through to the careful path
+                raise
+            (staging / MANIFEST_FILENAME).unlink()
+    owned = owned_files(output_dir)
+    clashes = _clashes(output_dir, planned, owned)
+    if clashes:  # appeared since the check before the conversion
+        raise LGGDataError(
+            f"{output_dir}: {clashes[0]} appeared during the run and lggseg did not write it; "
+            "nothing was replaced: move it away and run again"
+        )
+    write_manifest(output_dir, written, command=command)
+    for rel in written:
+        target = output_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, target)
+    remove_owned(output_dir, owned - set(written))
+    write_manifest(output_dir, written, command=command, replace=True)
+
+
+def _prepare_patients(
+    folders: Sequence[Path],
+    staging: Path,
+    spacing: tuple[float, float, float],
+    workers: int | None,
+    progress: Callable[[Iterable, int], Iterable] | None,
+) -> tuple[list[dict[str, object]], dict[str, str]]:
+    rows: list[dict[str, object]] = []
+    problems: dict[str, str] = {}
+    workers = max(1, min(workers or os.cpu_count() or 1, len(folders)))
+    wrap = progress or (lambda iterable, total: iterable)
+    if workers == 1:
+        outcomes = ((folder, _call(_prepare_one, folder, staging, spacing)) for folder in folders)
+        for folder, (row, error) in wrap(outcomes, len(folders)):
+            _collect(folder, row, error, rows, problems)
+        return rows, problems
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(_call, _prepare_one, folder, staging, spacing): folder for folder in folders}
+        for future in wrap(as_completed(futures), len(folders)):
+            row, error = future.result()
+            _collect(futures[future], row, error, rows, problems)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return rows, problems
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Make a worker process die with its parent, even when the parent is killed with ``kill -9``.
+
+    On Linux the kernel sends the worker ``SIGKILL`` when its parent dies (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere, a daemon thread also checks every half second that the parent is still there. ``Ctrl-C``
+    is left to the parent, which cancels the pending patients and removes the staging folder.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux") and os.getppid() == parent_pid:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid and not process_alive(parent_pid):  # the parent died before prctl
+        os._exit(1)
+
+    def watch() -> None:
+        while process_alive(parent_pid):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lggseg-parent-watch", daemon=True).start()
+
+
+def _call(function: Callable, *args: object) -> tuple[object, str | None]:
+    """Run ``function`` and return ``(result, None)`` or ``(None, message)`` for data errors."""
+    try:
+        return function(*args), None
+    except LGGDataError as error:
+        return None, "\n  ".join(error.problems) if len(error.problems) > 1 else error.problems[0]
+    except OSError as error:
+        return None, f"cannot write output: {error}"
+
+
+def _collect(folder: Path, row, error, rows: list, problems: dict) -> None:
+    if error is None:
+        rows.append(row)
+    else:
+        problems[folder.name] = error
+        logger.error("patient %s: %s", folder.name, error)

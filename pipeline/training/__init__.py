@@ -1,0 +1,30 @@
+"""Training pieces (floor 1): losses, optimisers and schedules by name, the Ignite handlers of a run, and
+what a resumable run saves beside its model.
+
+- :mod:`~pipeline.training.losses`, :mod:`~pipeline.training.optim`: built by name (``--loss``,
+  ``--optimizer``).
+- :mod:`~pipeline.training.handlers`: epoch line, TensorBoard, gradient clipping, atomic checkpoints,
+  interval validation.
+- :mod:`~pipeline.training.checkpoints`: epoch checkpoints and :class:`RNGState`.
+"""
+
+from pipeline.training.handlers import (
+    AtomicCheckpointSaver,
+    EpochSummaryHandler,
+    GradientClipHandler,
+    IntervalValidationHandler,
+    TensorBoardHandlers,
+)
+from pipeline.training.losses import build_loss
+from pipeline.training.optim import build_optimizer, build_scheduler
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "EpochSummaryHandler",
+    "GradientClipHandler",
+    "IntervalValidationHandler",
+    "TensorBoardHandlers",
+    "build_loss",
+    "build_optimizer",
+    "build_scheduler",
+]

@@ -1,0 +1,91 @@
+"""From a :class:`pipeline.config.RunConfig` to the builders' arguments (floor 4): the one place that turns a
+run configuration into the keyword arguments of :mod:`pipeline.engines`,
+:func:`pipeline.networks.build_network`,
+:func:`pipeline.transforms.build_transforms`, the inferer and the post-processing, the same functions the
+bundle's JSON configs call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from monai.data import Dataset
+
+from pipeline.config import RunConfig
+from pipeline.engines import (
+    build_dataset,
+)
+from pipeline.inference.inferers import VolumeInferer
+from pipeline.inference.postprocessing import build_postprocessing
+from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist, split_folds
+from pipeline.transforms import TransformSettings
+
+logger = logging.getLogger(__name__)
+
+
+def transform_settings(cfg: RunConfig) -> TransformSettings:
+    """The transform options of a configuration (training samples padded to the network's stride)."""
+    return TransformSettings.from_dict({**asdict(cfg), "divisible": cfg.stride()})
+
+
+def make_inferer(cfg: RunConfig) -> VolumeInferer:
+    """The whole-volume inferer of a configuration (validation, evaluation, inference)."""
+    return VolumeInferer(
+        spatial_dims=cfg.spatial_dims,
+        num_classes=cfg.num_classes,
+        context=cfg.context,
+        divisible=cfg.stride(),
+        input_size=cfg.input_size,
+        patch_size=cfg.patch_size,
+        sw_batch_size=cfg.sw_batch_size,
+        tta=cfg.tta,
+    )
+
+
+def make_postprocessing(cfg: RunConfig) -> Any:
+    """Threshold and connected-component filters of a configuration."""
+    return build_postprocessing(cfg.threshold, cfg.keep_largest, cfg.min_size)
+
+
+def datalist_path(data: str | Path) -> Path:
+    path = Path(data)
+    return path / DATALIST_FILENAME if path.is_dir() else path
+
+
+def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train, validation and test entries of the configured fold (patient-level, from the datalist).
+
+    Raises:
+        LGGDataError: missing datalist or an entry naming a missing file.
+        ValueError: a fold with no patients, or validation fold = test fold.
+    """
+    datalist = datalist_path(cfg.data)
+    entries = load_datalist(datalist)
+    try:
+        parts = split_folds(entries, cfg.fold, cfg.val_fold)
+    except ValueError as err:
+        raise ValueError(f"{datalist}: {err}") from err
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    return train, val, test
+
+
+def _cache_dir(cfg: RunConfig, tag: str) -> Path:
+    # one folder per transform setting; inside, PersistentDataset keys each file by the data's content
+    settings = json.dumps(asdict(transform_settings(cfg)), sort_keys=True, default=str)
+    digest = hashlib.sha1(settings.encode()).hexdigest()[:12]
+    return Path(cfg.cache_dir or Path(cfg.output) / cfg.name / "cache") / f"{tag}-{digest}"
+
+
+def cached_dataset(cfg: RunConfig, files: Sequence[dict], transform: Any, tag: str) -> Dataset:
+    cache_dir = _cache_dir(cfg, tag) if cfg.cache == "disk" else None
+    return build_dataset(files, transform, cfg.cache, cache_dir, cfg.num_workers, cfg.progress)
+
+
+def datalist_entries(data: str | Path, folds: Sequence[int] | None) -> list[dict]:
+    return load_datalist(datalist_path(data), folds=folds)

@@ -1,0 +1,86 @@
+"""Cross-validation (floor 4): train and evaluate every fold, then one pooled per-patient report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RunConfig, validate_config
+from pipeline.ingestion.datalist import load_datalist
+from pipeline.training.checkpoints import BEST_NAME, find_last_checkpoint
+from pipeline.workflows.builders import datalist_path
+from pipeline.workflows.prediction import evaluate
+from pipeline.workflows.training import DONE_NAME, train
+
+logger = logging.getLogger(__name__)
+
+
+def cross_validate(cfg: RunConfig | Mapping[str, Any], folds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Train and evaluate every fold, then write the pooled per-patient report to ``output/name/cv``.
+
+    A fold whose training finished is not retrained; an interrupted one resumes from its last checkpoint.
+    """
+    base = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    validate_config(base)
+    if folds is None:
+        folds = sorted({e["fold"] for e in load_datalist(datalist_path(base.data))})
+    checkpoints: dict[int, Path] = {}
+    for fold in folds:
+        fold_cfg = RunConfig.from_dict({**asdict(base), "fold": fold, "val_fold": None})
+        run_dir = fold_cfg.run_dir()
+        if not (run_dir / DONE_NAME).is_file():
+            fold_cfg.resume = find_last_checkpoint(run_dir / "checkpoints") is not None
+            fold_cfg.overwrite = fold_cfg.overwrite and not fold_cfg.resume
+            train(fold_cfg)
+        checkpoints[fold] = run_dir / "checkpoints" / BEST_NAME
+    overrides = {"num_workers": base.num_workers, "progress": base.progress}
+    return evaluate_folds(checkpoints, Path(base.output) / base.name / "cv", overrides)
+
+
+def evaluate_folds(
+    checkpoints: Mapping[int, str | Path],
+    output: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    fold_report: str = "evaluation",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate each fold's model on its own test fold, then pool the patients into one report.
+
+    Args:
+        checkpoints: ``{fold: model file}`` (the model of fold k never saw fold k's patients).
+        output: folder of the pooled report (per-patient CSV, JSON, plots, best/median/worst overlays).
+        overrides: post-processing / TTA / loader options for every fold (see :func:`evaluate`).
+        fold_report: name of each fold's own report folder beside its ``checkpoints`` folder.
+        extra: stored under ``"run"`` in the pooled ``metrics.json``.
+
+    Returns:
+        ``{"records": per-patient dicts of every fold, "paths": files of the pooled report}``.
+    """
+    from pipeline.evaluation.metrics import SliceMetricsAccumulator
+    from pipeline.evaluation.report import write_report
+
+    records: list[dict[str, Any]] = []
+    pooled = SliceMetricsAccumulator()
+    volumes: dict[str, Callable[[str], Any]] = {}
+    for fold, checkpoint in checkpoints.items():
+        checkpoint = Path(checkpoint)
+        result = evaluate(
+            checkpoint,
+            output=checkpoint.resolve().parent.parent / fold_report,
+            folds=[fold],
+            overrides=overrides,
+            extra_slices=[pooled],
+        )
+        records += result["records"]
+        volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
+    paths = write_report(
+        records,
+        pooled.compute(),
+        output,
+        cases=lambda pid: volumes[pid](pid),
+        extra={"folds": list(checkpoints), **dict(overrides or {}), **dict(extra or {})},
+    )
+    return {"records": records, "paths": paths}

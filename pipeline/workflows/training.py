@@ -1,0 +1,298 @@
+"""Train one fold (floor 4): build every object of a run, resume it, run it.
+
+Folds: ``fold`` is held out for testing (``evaluate``); ``val_fold`` (default ``fold + 1``) selects the
+best checkpoint and drives early stopping; training uses every other fold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ignite.handlers import Checkpoint
+from monai.engines import SupervisedTrainer
+from monai.handlers import EarlyStopHandler, LrScheduleHandler
+from monai.utils import set_determinism
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from pipeline.config import RunConfig, resolve_device, validate_config
+from pipeline.engines import (
+    KEY_METRIC,
+    build_evaluator,
+    build_train_loader,
+    build_trainer,
+    build_val_loader,
+    mean_dice_metric,
+)
+from pipeline.model_files import MODEL_KEY, ConfigState, check_model_config, create_network, load_checkpoint
+from pipeline.safety import atomic_write_json, check_output_location
+from pipeline.training.checkpoints import BEST_NAME, RNGState, epoch_checkpoints, find_last_checkpoint
+from pipeline.training.handlers import (
+    AtomicCheckpointSaver,
+    EpochSummaryHandler,
+    GradientClipHandler,
+    IntervalValidationHandler,
+    TensorBoardHandlers,
+)
+from pipeline.training.losses import build_loss
+from pipeline.training.optim import build_optimizer, build_scheduler
+from pipeline.transforms import build_transforms
+from pipeline.workflows.builders import (
+    cached_dataset,
+    make_inferer,
+    make_postprocessing,
+    split_datalist,
+    transform_settings,
+)
+
+logger = logging.getLogger(__name__)
+
+DONE_NAME = "training_done.json"
+CONFIG_NAME = "config.json"
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The files a training run writes in its folder (what ``--overwrite`` may remove, nothing else)."""
+    ckpt = run_dir / "checkpoints"
+    found = [
+        run_dir / CONFIG_NAME,
+        run_dir / DONE_NAME,
+        ckpt / BEST_NAME,
+        *(p for _, p in epoch_checkpoints(ckpt)),
+    ]
+    found += (run_dir / "tensorboard").glob("events.out.tfevents.*")
+    return [p for p in found if p.is_file()]
+
+
+def _guard_run_dir(cfg: RunConfig, run_dir: Path) -> None:
+    existing = run_files(run_dir)
+    trained = [p for p in existing if p.name != CONFIG_NAME and p.parent.name != "tensorboard"]
+    if not trained or cfg.resume:
+        return
+    if not cfg.overwrite:
+        raise ValueError(
+            f"{run_dir}: holds a training run; continue it with --resume, start it again with --overwrite "
+            "(removes only that run's files) or choose another --name"
+        )
+    for path in existing:
+        path.unlink()
+    logger.info("--overwrite: removed %d files of the earlier run in %s", len(existing), run_dir)
+
+
+def prepare_run(cfg: RunConfig) -> dict[str, Any]:
+    """Build every object of a training run without running it (the tests reach inside).
+
+    Returns:
+        a dict with ``trainer``, ``evaluator``, ``network``, ``run_dir``, ``ckpt_dir``, ``device``,
+        ``to_save`` (what the epoch checkpoint holds), ``train_transform`` and the data ``splits``.
+    """
+    validate_config(cfg)
+    run_dir = cfg.run_dir()
+    ckpt_dir = run_dir / "checkpoints"
+    device = resolve_device(cfg.device)
+    train_files, val_files, test_files = split_datalist(cfg)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed=cfg.seed)
+    logger.info(
+        "fold %d: %d training, %d validation, %d test patients",
+        cfg.fold,
+        len(train_files),
+        len(val_files),
+        len(test_files),
+    )
+    settings = transform_settings(cfg)
+    train_ds = cached_dataset(cfg, train_files, build_transforms("train", settings), "train")
+    train_loader = build_train_loader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        num_samples=cfg.num_samples,
+        volume_repeats=cfg.volume_repeats,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        seed=cfg.seed,
+    )
+    # same order as the bundle's train.json resolves them: MONAI's DataLoader re-seeds torch's generator
+    # when it is built, so the network's initial weights and the sampler depend on this order
+    network = create_network(cfg).to(device)
+    val_ds = cached_dataset(cfg, val_files, build_transforms("val", settings), "val")
+    val_loader = build_val_loader(val_ds, num_workers=cfg.num_workers)
+    optimizer = build_optimizer(
+        cfg.optimizer, network.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov
+    )
+    loss_function = build_loss(cfg.loss, cfg.num_classes, cfg.deep_supervision, cfg.batch_dice)
+    scheduler = build_scheduler(
+        cfg.scheduler,
+        optimizer,
+        cfg.epochs,
+        cfg.min_lr,
+        cfg.factor,
+        cfg.patience,
+        cfg.milestones,
+        cfg.gamma,
+        cfg.warmup_epochs,
+    )
+    config_state = ConfigState(asdict(cfg))
+    best_saver = AtomicCheckpointSaver(
+        save_dir=str(ckpt_dir),
+        save_dict={MODEL_KEY: network, "config": config_state},
+        save_key_metric=True,
+        key_metric_filename=BEST_NAME,
+    )
+    val_handlers: list[Any] = [best_saver]
+    stopper = None
+    if cfg.early_stopping > 0:
+        stopper = EarlyStopHandler(
+            cfg.early_stopping, lambda e: e.state.metrics[KEY_METRIC], epoch_level=True
+        )
+        val_handlers.append(stopper)
+    plateau = isinstance(scheduler, ReduceLROnPlateau)
+    if plateau:
+        val_handlers.append(
+            LrScheduleHandler(scheduler, step_transform=lambda e: e.state.metrics[KEY_METRIC])
+        )
+    evaluator = build_evaluator(
+        device=device,
+        val_data_loader=val_loader,
+        network=network,
+        inferer=make_inferer(cfg),
+        postprocessing=make_postprocessing(cfg),
+        key_val_metric=mean_dice_metric(),
+        val_handlers=val_handlers,
+        amp=cfg.amp,
+    )
+    evaluator.state_dict_user_keys.extend(["best_metric", "best_metric_epoch"])
+
+    train_xf = train_ds.transform
+    to_save: dict[str, Any] = {
+        MODEL_KEY: network,
+        "optimizer": optimizer,
+        "lr_scheduler": scheduler,
+        "evaluator": evaluator,
+        "best_checkpointer": best_saver,
+        "rng": RNGState([train_xf]),
+        "config": config_state,
+    }
+    tensorboard = TensorBoardHandlers(run_dir / "tensorboard", evaluator, cfg.overlay_images)
+    train_handlers: list[Any] = [
+        IntervalValidationHandler(evaluator, cfg.val_interval),
+        *([] if plateau else [LrScheduleHandler(scheduler, print_lr=False)]),
+        tensorboard,
+        EpochSummaryHandler(evaluator, KEY_METRIC, tensorboard.writer, progress=cfg.progress),
+        GradientClipHandler(cfg.grad_clip),
+        # last: the epoch checkpoint is written after everything else of the epoch, RNG state included
+        epoch_saver := AtomicCheckpointSaver(
+            save_dir=str(ckpt_dir), save_dict=to_save, save_interval=1, n_saved=2
+        ),
+    ]
+    trainer = build_trainer(
+        device=device,
+        max_epochs=cfg.epochs,
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        amp=cfg.amp,
+        train_handlers=train_handlers,
+    )
+    trainer.lr_scheduler = scheduler
+    to_save["trainer"] = trainer  # the epoch checkpoint reads its objects when it saves
+    if trainer.scaler is not None:
+        to_save["scaler"] = trainer.scaler
+    if stopper is not None:
+        stopper.set_trainer(trainer)
+        to_save["early_stopping"] = stopper._handler
+    return {
+        "cfg": cfg,
+        "run_dir": run_dir,
+        "ckpt_dir": ckpt_dir,
+        "device": device,
+        "network": network,
+        "trainer": trainer,
+        "evaluator": evaluator,
+        "to_save": to_save,
+        "epoch_saver": epoch_saver,
+        "train_transform": train_xf,
+        "splits": {"train": train_files, "val": val_files, "test": test_files},
+    }
+
+
+def resume_run(run: Mapping[str, Any]) -> int:
+    """Load the last checkpoint of the run folder into every object of the run.
+
+    Returns:
+        the epoch it resumes after.
+
+    Raises:
+        FileNotFoundError: no ``checkpoint_epoch=N.pt`` in the run's checkpoint folder.
+        ValueError: the checkpoint was made with another network configuration.
+    """
+    path = find_last_checkpoint(run["ckpt_dir"])
+    if path is None:
+        raise FileNotFoundError(f"{run['ckpt_dir']}: no checkpoint_epoch=N.pt to resume from (--resume)")
+    ckpt = load_checkpoint(path)
+    check_model_config(ckpt["config"], asdict(run["cfg"]), path)
+    trainer: SupervisedTrainer = run["trainer"]
+    max_epochs = trainer.state.max_epochs
+    to_load = {k: v for k, v in run["to_save"].items() if k != "config"}
+    Checkpoint.load_objects(to_load=to_load, checkpoint=ckpt)
+    trainer.state.max_epochs = max(max_epochs, trainer.state.epoch)
+    # the epoch checkpoints already there count towards the two kept, so older ones are removed in turn
+    kept = [(n, p.name) for n, p in epoch_checkpoints(run["ckpt_dir"]) if n <= trainer.state.epoch]
+    run["epoch_saver"].load_state_dict({"interval": {"_saved": kept}})
+    logger.info("resumed from %s (epoch %d)", path, trainer.state.epoch)
+    return int(trainer.state.epoch)
+
+
+def train(
+    cfg: RunConfig | Mapping[str, Any], on_built: Callable[[dict[str, Any]], None] | None = None
+) -> dict:
+    """Train one fold; returns ``{"best_metric", "best_metric_epoch", "run_dir", "epochs"}``.
+
+    A folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (remove that
+    run's files, nothing else, and start again).
+
+    Args:
+        cfg: the run configuration.
+        on_built: called with the prepared run (dict of :func:`prepare_run`) before training starts.
+    """
+    cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    validate_config(cfg)
+    if cfg.members != 1:
+        raise ValueError(
+            f"members={cfg.members}: training builds one network; make ensembles of trained "
+            "models with `lggseg ensemble`"
+        )
+    check_output_location(cfg.run_dir(), [cfg.data])
+    _guard_run_dir(cfg, cfg.run_dir())
+    run = prepare_run(cfg)
+    text = json.dumps(asdict(cfg), indent=2, default=str)
+    logger.info("resolved configuration:\n%s", text)
+    trainer = run["trainer"]
+    resumed_after = resume_run(run) if cfg.resume else 0
+    atomic_write_json(run["run_dir"] / CONFIG_NAME, asdict(cfg))
+    if resumed_after >= cfg.epochs:
+        logger.info("nothing to resume: the run already finished its %d epochs", cfg.epochs)
+    else:
+        if on_built is not None:
+            on_built(run)
+        trainer.run()
+    evaluator = run["evaluator"]
+    result = {
+        "best_metric": float(evaluator.state.best_metric),
+        "best_metric_epoch": int(evaluator.state.best_metric_epoch),
+        # completed epochs (after an early stop Ignite has already counted the next epoch in state.epoch)
+        "epochs": int(trainer.state.iteration // trainer.state.epoch_length),
+        "run_dir": str(run["run_dir"]),
+    }
+    logger.info(
+        "training done: best %s %.4f at epoch %d",
+        KEY_METRIC,
+        result["best_metric"],
+        result["best_metric_epoch"],
+    )
+    atomic_write_json(Path(result["run_dir"]) / DONE_NAME, result)
+    return result
