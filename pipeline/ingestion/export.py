@@ -13,13 +13,7 @@ import tifffile
 
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.nifti import load_label_volume
-from pipeline.safety import (
-    atomic_path,
-    check_output_location,
-    owned_files,
-    remove_owned,
-    write_manifest,
-)
+from pipeline.safety import OutputTransaction, atomic_path, owned_files, remove_owned
 
 logger = logging.getLogger(__name__)
 
@@ -56,26 +50,23 @@ def export_kaggle(
         raise LGGDataError(
             f"--patient {patient_id!r}: not a valid file-name prefix; e.g. --patient TCGA_CS_4941"
         )
-    check_output_location(output_dir)  # writes only *_mask.tif names, never the label
     mask, _ = load_label_volume(label_path)
     names = [output_dir / f"{patient_id}_{k + 1}_mask.tif" for k in range(mask.shape[-1])]
     owned = owned_files(output_dir)
-    existing = [p for p in names if p.exists() or p.is_symlink()]
-    foreign = [p.name for p in existing if p.name not in owned or p.is_dir()]
-    if foreign:
-        raise LGGDataError(
-            f"{output_dir}: holds {len(foreign)} mask files lggseg did not write (e.g. {foreign[0]}); "
-            "they are never overwritten, even with --overwrite: choose another folder or move them away"
-        )
-    if existing and not overwrite:
-        raise LGGDataError(
-            f"{output_dir}: already holds {len(existing)} mask files of an earlier export "
-            f"(e.g. {existing[0].name}); pass --overwrite to replace them"
-        )
+    earlier = [p.name for p in names if p.name in owned and p.is_file()]
+    transaction = OutputTransaction(
+        output_dir,
+        "export-kaggle",
+        overwrite,
+        error=LGGDataError,
+        results=f"{len(earlier)} mask files of an earlier export (e.g. {earlier[0] if earlier else ''})",
+        noun="mask files",
+        foreign_needs_overwrite=False,  # writes only *_mask.tif names, never anything else of the folder
+    )
+    transaction.check([p.name for p in names], earlier=earlier)
     pattern = re.compile(rf"^{re.escape(patient_id)}_\d+_mask\.tif$")
     stale = {rel for rel in owned if pattern.match(rel)} - {p.name for p in names}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(output_dir, [p.name for p in names], command="export-kaggle")
+    transaction.claim([p.name for p in names])
     with contextlib.ExitStack() as stack:  # every file is renamed into place only when all are written
         for k, name in enumerate(names):
             tifffile.imwrite(stack.enter_context(atomic_path(name)), (mask[..., k] * 255).astype(np.uint8))

@@ -137,6 +137,26 @@ def make_affine(spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     return affine
 
 
+def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """Check a ``--spacing`` option (three positive voxel sizes in mm), the one check every command uses.
+
+    Returns:
+        the spacing as floats.
+
+    Raises:
+        LGGDataError: one line naming the option and an example.
+    """
+    try:
+        values = tuple(float(s) for s in spacing)
+        make_affine(values)
+    except (TypeError, ValueError):
+        raise LGGDataError(
+            f"--spacing {' '.join(map(str, spacing))}: expected three positive voxel sizes in mm; "
+            "e.g. --spacing 1 1 1"
+        ) from None
+    return values  # type: ignore[return-value]
+
+
 def _is_hidden(path: Path) -> bool:
     """Hidden or system entries, never patients or slices (``.DS_Store``, ``._x.tif``, ``__MACOSX``)."""
     return path.name.startswith((".", "__MACOSX")) or path.name.lower() in {"thumbs.db", "desktop.ini"}

@@ -32,24 +32,12 @@ from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import (
     CHANNEL_NAMES,
     case_id_of,
+    check_spacing,
     discover_patients,
-    make_affine,
     read_patient_folder,
 )
 from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME, write_patient_nifti
-from pipeline.safety import (
-    MANIFEST_FILENAME,
-    STAGING_MARKER,
-    UnsafeOutputError,
-    atomic_write_json,
-    check_output_location,
-    foreign_files,
-    owned_files,
-    process_alive,
-    remove_owned,
-    staging_folder,
-    write_manifest,
-)
+from pipeline.safety import OutputTransaction, atomic_write_json, process_alive
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +87,7 @@ def _check_options(
     num_folds: int, spacing: Sequence[float], workers: int | None
 ) -> tuple[float, float, float]:
     """Validate ``prepare``'s options before any work; returns the spacing as floats."""
-    try:
-        values = tuple(float(s) for s in spacing)
-        make_affine(values)
-    except (TypeError, ValueError):
-        raise LGGDataError(
-            f"--spacing {' '.join(map(str, spacing))}: expected three positive voxel sizes in mm; "
-            "e.g. --spacing 1 1 1"
-        ) from None
+    values = check_spacing(spacing)
     if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 2:
         raise LGGDataError(f"--folds {num_folds}: at least 2 folds are needed; e.g. --folds 5")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -118,46 +99,6 @@ def _planned_files(folders: Sequence[Path]) -> list[str]:
     """Every file ``prepare`` may write into the output, relative (posix), volumes first, datalist last."""
     names = [f"{f.name}/{name}" for f in folders for name in (IMAGE_FILENAME, LABEL_FILENAME)]
     return [*names, PATIENTS_TABLE_FILENAME, PROBLEMS_FILENAME, DATALIST_FILENAME]
-
-
-def _clashes(output_dir: Path, planned: Iterable[str], owned: set[str]) -> list[str]:
-    """Planned names that exist in ``output_dir`` but were not written by lggseg (or are in the way)."""
-    found = []
-    for rel in planned:
-        target = output_dir / rel
-        parent = target.parent
-        if parent != output_dir and (parent.is_symlink() or (parent.exists() and not parent.is_dir())):
-            found.append(parent.relative_to(output_dir).as_posix())
-        elif (target.exists() or target.is_symlink()) and (rel not in owned or target.is_dir()):
-            found.append(rel)
-    return sorted(set(found))
-
-
-def _check_output_contents(output_dir: Path, planned: Sequence[str], overwrite: bool) -> None:
-    """Refuse an output folder holding results without ``overwrite``, or holding foreign files at all
-    without ``overwrite``; even with it, refuse when a file lggseg did not write has a name it would write."""
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
-        return
-    owned = owned_files(output_dir)
-    foreign = foreign_files(output_dir)
-    has_results = any((output_dir / rel).exists() for rel in owned)
-    if not overwrite and (has_results or foreign):
-        if has_results:
-            raise LGGDataError(
-                f"{output_dir}: output folder already holds results; pass --overwrite to replace them "
-                "(files lggseg did not write are kept)"
-            )
-        raise LGGDataError(
-            f"{output_dir}: output folder is not empty and holds {len(foreign)} files lggseg did not write "
-            f"(e.g. {foreign[0]}); choose a new or empty folder, or pass --overwrite to "
-            "write beside them (they are kept)"
-        )
-    clashes = _clashes(output_dir, planned, owned)
-    if clashes:
-        raise LGGDataError(
-            f"{output_dir}: holds {len(clashes)} files lggseg did not write under names it would write "
-            f"(e.g. {clashes[0]}); they are never overwritten: move them away or choose another folder"
-        )
 
 
 def prepare_dataset(
@@ -205,7 +146,11 @@ def prepare_dataset(
     spacing = _check_options(num_folds, spacing, workers)
     folders = discover_patients(input_dir, include_empty=True)
     clinical_path = input_dir / CLINICAL_TABLE_FILENAME
-    check_output_location(output_dir, [input_dir, *folders, clinical_path])
+    planned = _planned_files(folders)
+    transaction = OutputTransaction(
+        output_dir, "prepare", overwrite, inputs=[input_dir, *folders, clinical_path], error=LGGDataError
+    )
+    transaction.check(planned)
     if num_folds > len(folders):
         raise LGGDataError(
             f"--folds {num_folds}: more folds than the {len(folders)} patients in {input_dir}; "
@@ -214,18 +159,8 @@ def prepare_dataset(
             else f"{input_dir}: {len(folders)} patient is too few for folds; at least 2 are needed"
         )
     clinical = read_clinical_table(clinical_path) if clinical_path.exists() else {}
-    planned = _planned_files(folders)
-    _check_output_contents(output_dir, planned, overwrite)
 
-    with contextlib.ExitStack() as stack:
-        try:
-            staging = stack.enter_context(staging_folder(output_dir))
-        except OSError as error:
-            raise UnsafeOutputError(
-                output_dir.parent,
-                f"cannot create a staging folder here ({error.strerror or error})",
-                "choose another output folder or fix the permissions",
-            ) from None
+    with transaction.staging() as staging:
         rows, problems = _prepare_patients(folders, staging, spacing, workers, progress)
         if problems and not skip_invalid:
             raise LGGDataError(
@@ -248,44 +183,8 @@ def prepare_dataset(
         if problems:
             atomic_write_json(staging / PROBLEMS_FILENAME, problems)
         written = [rel for rel in planned if (staging / rel).is_file()]
-        _move_into_place(staging, output_dir, written, planned, command="prepare")
+        transaction.commit(staging, written)
     return PrepareResult(output_dir=output_dir, patients=rows, problems=problems)
-
-
-def _move_into_place(
-    staging: Path, output_dir: Path, written: list[str], planned: list[str], command: str
-) -> None:
-    """Move the finished files from ``staging`` into ``output_dir``, touching only lggseg's own files.
-
-    A new output folder is the staging folder renamed (one atomic step). Into an existing folder, the files
-    are first claimed in the manifest, then renamed one by one (volumes first, ``datalist.json`` last);
-    files of an earlier run that this run did not write again are removed; the manifest ends up listing
-    exactly what this run wrote.
-    """
-    if not output_dir.exists():
-        write_manifest(staging, written, command=command, replace=True)
-        (staging / STAGING_MARKER).unlink()
-        try:
-            os.replace(staging, output_dir)
-            return
-        except OSError:
-            if not output_dir.is_dir():  # created meanwhile: fall through to the careful path
-                raise
-            (staging / MANIFEST_FILENAME).unlink()
-    owned = owned_files(output_dir)
-    clashes = _clashes(output_dir, planned, owned)
-    if clashes:  # appeared since the check before the conversion
-        raise LGGDataError(
-            f"{output_dir}: {clashes[0]} appeared during the run and lggseg did not write it; "
-            "nothing was replaced: move it away and run again"
-        )
-    write_manifest(output_dir, written, command=command)
-    for rel in written:
-        target = output_dir / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, target)
-    remove_owned(output_dir, owned - set(written))
-    write_manifest(output_dir, written, command=command, replace=True)
 
 
 def _prepare_patients(

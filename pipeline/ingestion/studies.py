@@ -37,15 +37,9 @@ import numpy as np
 
 from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist
 from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.kaggle import discover_patients, make_affine, read_patient_folder
+from pipeline.ingestion.kaggle import check_spacing, discover_patients, read_patient_folder
 from pipeline.ingestion.nifti import save_nifti
-from pipeline.safety import (
-    check_output_location,
-    foreign_files,
-    owned_files,
-    staging_folder,
-    write_manifest,
-)
+from pipeline.safety import OutputTransaction
 
 logger = logging.getLogger(__name__)
 
@@ -143,32 +137,6 @@ def find_study_sources(
     return sources
 
 
-def _check_contents(output_dir: Path, planned: Iterable[str], overwrite: bool) -> None:
-    """Refuse a non-empty output without ``overwrite``; with it, refuse names held by files lggseg did
-    not write (they are never replaced)."""
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
-        return
-    owned = owned_files(output_dir)
-    if not overwrite:
-        foreign = foreign_files(output_dir)
-        what = (
-            f"holds {len(foreign)} files lggseg did not write (e.g. {foreign[0]})"
-            if foreign
-            else "already holds studies lggseg wrote"
-        )
-        raise LGGDataError(
-            f"{output_dir}: output folder {what}; choose a new or empty folder, or pass --overwrite to "
-            "replace lggseg's own files (files lggseg did not write are kept)"
-        )
-    for rel in planned:
-        target = output_dir / rel
-        if (target.exists() or target.is_symlink()) and (rel not in owned or target.is_dir()):
-            raise LGGDataError(
-                f"{target}: exists and lggseg did not write it; it is never replaced: move it away or choose "
-                "another output folder"
-            )
-
-
 def _check_prepared_image(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Read a prepared image completely (a truncated file fails here); returns its (H, W, D) and affine."""
     image = nib.load(path)
@@ -251,23 +219,18 @@ def write_studies(
         LGGDataError: bad input, options or output contents (nothing written).
         UnsafeOutputError: the output is, contains or is inside the input, is a file, or is not writable.
     """
-    try:
-        spacing = tuple(float(s) for s in spacing)
-        make_affine(spacing)
-    except (TypeError, ValueError):
-        raise LGGDataError(
-            f"--spacing {' '.join(map(str, spacing))}: expected three positive voxel sizes in mm; "
-            "e.g. --spacing 1 1 1"
-        ) from None
+    spacing = check_spacing(spacing)
     sources = find_study_sources(input_dir, patients)
     inputs = [Path(input_dir), *(s.image for s in sources), *(s.label for s in sources if s.label)]
-    out = check_output_location(output_dir, inputs)
     planned = [rel for s in sources for rel in study_files(s.name, with_labels)]
-    _check_contents(out, planned, overwrite)
+    transaction = OutputTransaction(
+        output_dir, COMMAND, overwrite, inputs=inputs, error=LGGDataError, results="studies lggseg wrote"
+    )
+    out = transaction.check(planned)
 
     result = StudiesResult(output_dir=out)
     wrap = progress or (lambda iterable, total: iterable)
-    with staging_folder(out) as staging:
+    with transaction.staging() as staging:
         staged: list[tuple[str, list[str]]] = []
         for source in wrap(sources, len(sources)):
             try:
@@ -277,12 +240,7 @@ def write_studies(
                 logger.debug("study %s failed", source.name, exc_info=True)
         files = [rel for _, names in staged for rel in names]
         if files:
-            out.mkdir(parents=True, exist_ok=True)
-            _check_contents(out, files, overwrite=True)  # a foreign file that appeared meanwhile is kept
-            write_manifest(out, files, command=COMMAND)  # claim the names before moving the files in
-            for rel in files:
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / rel, out / rel)
+            transaction.commit(staging, files, keep_earlier=True)
     result.written = [name for name, _ in staged]
     result.files = files
     return result
