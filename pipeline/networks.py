@@ -253,6 +253,7 @@ def build_network(
     in_channels: int = 3,
     out_channels: int = 1,
     members: int = 1,
+    network_kwargs: dict | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build a registered network.
@@ -265,6 +266,8 @@ def build_network(
         out_channels: output channels (logits).
         members: 1: one network; N > 1: a :class:`pipeline.nets.ensemble.ModelEnsemble` of N such networks
             (the form of a model file made by ``lggseg ensemble``).
+        network_kwargs: the implementation's options as one mapping (a run's ``network_kwargs``, as the
+            bundle's ``network_def`` passes them); ``**kwargs`` win over it.
         **kwargs: the implementation's options (over the registry's defaults); ``deep_supervision``
             only for networks that support it.
 
@@ -275,6 +278,7 @@ def build_network(
         ValueError: unknown name, unsupported ``spatial_dims``, deep supervision asked of a network
             without it, or non-positive channel counts.
     """
+    kwargs = {**(network_kwargs or {}), **kwargs}
     if int(members) != 1:
         from pipeline.nets.ensemble import ModelEnsemble
 
