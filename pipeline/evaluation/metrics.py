@@ -54,7 +54,9 @@ from pipeline.ingestion.kaggle import UNKNOWN_INSTITUTION, institution_of
 __all__ = [
     "CROP_MARGIN",
     "PATIENT_CONVENTIONS",
+    "LESION_COUNT_KEYS",
     "PATIENT_METRIC_KEYS",
+    "SUMMARY_METRIC_KEYS",
     "SLICE_CONVENTION",
     "SliceMetricsAccumulator",
     "institution_from_patient_id",
@@ -100,11 +102,8 @@ SLICE_CONVENTION = (
     "The *_positive means are over slices whose truth contains tumour only."
 )
 
-#: keys of the dict returned by :func:`patient_metrics`, in CSV column order.
-PATIENT_METRIC_KEYS = (
-    "patient_id",
-    "institution",
-    "n_slices",
+#: the per-patient figures of :func:`patient_metrics` that are summarised over patients (mean, median, ...).
+SUMMARY_METRIC_KEYS = (
     "dice",
     "iou",
     "sensitivity",
@@ -116,14 +115,21 @@ PATIENT_METRIC_KEYS = (
     "volume_diff_mm3",
     "abs_volume_diff_mm3",
     "rel_volume_diff",
+    "lesion_sensitivity",
+)
+#: the lesion counts of :func:`patient_metrics` (summed over patients).
+LESION_COUNT_KEYS = ("lesions_true", "lesions_detected", "lesions_pred", "lesions_false_positive")
+#: keys of the dict returned by :func:`patient_metrics`, in CSV column order.
+PATIENT_METRIC_KEYS = (
+    "patient_id",
+    "institution",
+    "n_slices",
+    *SUMMARY_METRIC_KEYS[:-1],
     "tp",
     "fp",
     "fn",
     "tn",
-    "lesions_true",
-    "lesions_detected",
-    "lesions_pred",
-    "lesions_false_positive",
+    *LESION_COUNT_KEYS,
     "lesion_sensitivity",
 )
 

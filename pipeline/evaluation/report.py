@@ -35,7 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.metrics import PATIENT_CONVENTIONS, PATIENT_METRIC_KEYS
+from pipeline.evaluation.metrics import (
+    LESION_COUNT_KEYS,
+    PATIENT_CONVENTIONS,
+    PATIENT_METRIC_KEYS,
+    SUMMARY_METRIC_KEYS,
+)
 from pipeline.evaluation.plots import (
     institution_of_record,
     plot_dice_per_institution,
@@ -45,34 +50,13 @@ from pipeline.evaluation.plots import (
 from pipeline.safety import atomic_write_text
 
 __all__ = [
-    "COUNT_KEYS",
     "SUMMARY_CONVENTION",
-    "SUMMARY_METRICS",
     "select_cases",
     "summarise",
     "write_report",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: per-patient metrics summarised by :func:`summarise` (mean, median, std, min, max).
-SUMMARY_METRICS = (
-    "dice",
-    "iou",
-    "sensitivity",
-    "precision",
-    "hd95_mm",
-    "assd_mm",
-    "volume_true_mm3",
-    "volume_pred_mm3",
-    "volume_diff_mm3",
-    "abs_volume_diff_mm3",
-    "rel_volume_diff",
-    "lesion_sensitivity",
-)
-
-#: lesion counts summed over patients by :func:`summarise`.
-COUNT_KEYS = ("lesions_true", "lesions_detected", "lesions_pred", "lesions_false_positive")
 
 #: how the summary statistics are computed, written into ``metrics.json``.
 SUMMARY_CONVENTION = (
@@ -113,7 +97,7 @@ def _group_summary(records: Sequence[Mapping[str, Any]], metrics: Sequence[str])
     for key in metrics:
         if any(key in r for r in records):
             summary["metrics"][key] = _stats(r.get(key) for r in records)
-    lesions = {key: int(sum(int(r.get(key) or 0) for r in records)) for key in COUNT_KEYS}
+    lesions = {key: int(sum(int(r.get(key) or 0) for r in records)) for key in LESION_COUNT_KEYS}
     lesions["pooled_lesion_sensitivity"] = (
         lesions["lesions_detected"] / lesions["lesions_true"] if lesions["lesions_true"] else math.nan
     )
@@ -122,7 +106,7 @@ def _group_summary(records: Sequence[Mapping[str, Any]], metrics: Sequence[str])
 
 
 def summarise(
-    records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = SUMMARY_METRICS
+    records: Sequence[Mapping[str, Any]], metrics: Sequence[str] = SUMMARY_METRIC_KEYS
 ) -> dict[str, Any]:
     """Mean, median, std (and min, max, counts) of each metric, overall and per institution.
 
