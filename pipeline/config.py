@@ -1,8 +1,15 @@
 """The run configuration: every option of training, evaluation and inference, described once (floor 3).
 
-:class:`RunConfig` holds the options; :data:`OPTION_HELP` and :func:`option_choices` describe them (the
-CLI generates its flags from them, the bundle's ``train.json`` uses the same names and defaults);
-:func:`validate_config` checks them against each other before any work starts.
+:class:`RunConfig` holds the options; :data:`OPTION_HELP` (one line for every option) and
+:func:`option_choices` describe them, and the CLI generates its flags from them. :func:`validate_config`
+checks them against each other before any work starts.
+
+The defaults are the UNeXt training script's. The bundle's ``train.json`` uses the same names (a few spelt as
+the MONAI Model Zoo does, :data:`BUNDLE_NAMES`) and the same defaults, except where the recipe of the shipped
+model chose otherwise: ``scripts/install_model.py`` writes that recipe into ``train.json`` from the model
+file, so that ``monai.bundle run`` trains what the bundle ships (today: 40 epochs, validation every 2, 2.5D
+context 1, deep supervision, batch Dice, AdamW with weight decay 1e-2, 2 warm-up epochs). A test checks that
+every difference is the shipped model's recipe.
 """
 
 from __future__ import annotations
@@ -24,16 +31,6 @@ from pipeline.transforms import TransformSettings
 
 NUM_IMAGE_CHANNELS = 3
 CACHE_MODES = ("memory", "disk", "none")
-# options that define the network: a resumed run or a loaded checkpoint must agree on them
-MODEL_KEYS = (
-    "arch",
-    "spatial_dims",
-    "context",
-    "num_classes",
-    "deep_supervision",
-    "network_kwargs",
-    "members",
-)
 # RunConfig names that the bundle's configs spell as the MONAI Model Zoo does
 BUNDLE_NAMES = {
     "lr": "learning_rate",
@@ -177,6 +174,28 @@ OPTION_HELP: dict[str, str] = {
     "sw_batch_size": "slices (3D: patches) per inference forward pass",
     "overlay_images": "validation slices shown as overlays in TensorBoard",
     "progress": "progress bar per iteration",
+    "divisible": "pad training samples in-plane to a multiple of this (set from the network's stride)",
+    "clip_lower": "normalisation: lower percentile of the brain voxels each channel is clipped to",
+    "clip_upper": "normalisation: upper percentile of the brain voxels each channel is clipped to",
+    "brain_threshold": "normalisation: a voxel is brain when any channel is above this value",
+    "cache_float16": "keep cached normalised volumes as float16 (half the memory)",
+    "augment": "training augmentation (the prob_* options)",
+    "prob_flip": "probability of a left-right flip",
+    "prob_rotate90": "probability of an in-plane 90-degree rotation",
+    "prob_rotate": "probability of an in-plane rotation by up to --rotate-degrees",
+    "rotate_degrees": "largest in-plane rotation, degrees",
+    "prob_elastic": "probability of an elastic deformation",
+    "prob_scale_intensity": "probability of an intensity scaling",
+    "prob_shift_intensity": "probability of an intensity shift",
+    "prob_gamma": "probability of a gamma (contrast) change",
+    "momentum": "SGD momentum (sgd only)",
+    "weight_decay": "weight decay of the optimiser",
+    "nesterov": "Nesterov momentum (sgd only)",
+    "min_lr": "lowest learning rate of the cosine and plateau schedules",
+    "factor": "plateau schedule: factor of each reduction",
+    "patience": "plateau schedule: validations without improvement before a reduction",
+    "milestones": "multistep schedule: epochs at which the learning rate is multiplied by --gamma",
+    "gamma": "multistep schedule: factor at each milestone",
 }
 
 

@@ -2,14 +2,16 @@
 
 - copies the model file to ``BUNDLE/models/model.pt`` (an existing one is replaced only with ``--overwrite``;
   written under a temporary name, then renamed);
-- sets ``inference.json``'s network and post-processing scalars (``arch``, ``context``,
-  ``deep_supervision``, ``members``, ``keep_largest``, ``tta``, ...) from the model's ``config``;
-- sets ``train.json``'s recipe scalars from it (an ensemble's ``training_config``, ``members`` 1: training
+- sets ``inference.json``'s network options and post-processing values (``arch``, ``context``,
+  ``deep_supervision``, ``members``, ``network_kwargs``, ``keep_largest``, ``tta``, ...) from the model's
+  ``config``;
+- sets ``train.json``'s recipe values from it (an ensemble's ``training_config``, ``members`` 1: training
   builds one network), so the bundle trains what it ships;
 - sets the network input of ``metadata.json`` (channels: 3 sequences x ``2 * context + 1`` slices).
 
-Only the value of existing top-level scalar lines changes; the files keep their layout. Expressions
-(``$...``, ``@...``) are never touched.
+Only the value of existing top-level one-line values changes (scalars, and literals such as
+``"network_kwargs": {}``); the files keep their layout. Expressions (``$...``, ``@...``) and blocks that
+span lines are never touched.
 
     python scripts/install_model.py --model runs/unext_r1/model.pt [--bundle bundle] [--overwrite]
 """
@@ -25,8 +27,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import BUNDLE_NAMES, MODEL_KEYS, RunConfig, network_in_channels
-from pipeline.model_files import load_checkpoint
+from pipeline.config import BUNDLE_NAMES, RunConfig, network_in_channels
+from pipeline.model_files import CONFIG_KEY, MODEL_KEYS, load_checkpoint
 from pipeline.safety import atomic_write_bytes, atomic_write_text
 
 INFERENCE_KEYS = (*MODEL_KEYS, "input_size", "patch_size", "threshold", "keep_largest", "min_size", "tta")
@@ -36,7 +38,8 @@ SEQUENCES = ("pre-contrast T1", "FLAIR", "post-contrast T1")
 
 
 def set_scalars(path: Path, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Set the value of each top-level scalar line of a bundle JSON config that names a key of ``values``.
+    """Set the value of each top-level one-line value of a bundle JSON config that names a key of ``values``
+    (a line that opens a block, ``{`` or ``[``, and expressions are left alone).
 
     Args:
         path: the config file.
@@ -51,9 +54,9 @@ def set_scalars(path: Path, values: Mapping[str, Any]) -> dict[str, Any]:
         key = BUNDLE_NAMES.get(name, name)
         pattern = re.compile(rf'^(    "{re.escape(key)}": )(.*?)(,?)$', re.M)
         match = pattern.search(text)
-        if match is None or match.group(2).startswith(('"$', '"@', "{")) or match.group(2) == "[":
+        if match is None or match.group(2).startswith(('"$', '"@')) or match.group(2) in ("{", "["):
             continue
-        new = json.dumps(list(value) if isinstance(value, tuple) else value)
+        new = json.dumps(value)
         if new != match.group(2):
             text = text[: match.start(2)] + new + text[match.end(2) :]
             changed[key] = value
@@ -74,14 +77,12 @@ def install(model: Path, bundle: Path, overwrite: bool = False) -> dict[str, Any
     """Copy ``model`` into ``bundle`` and make the bundle's configs agree with it.
 
     Raises:
-        ValueError: the model needs ``network_kwargs`` (not expressible as scalars), or an existing
-            ``models/model.pt`` without ``overwrite``.
+        FileNotFoundError: no such model file.
+        ValueError: not an lggseg model file, or an existing ``models/model.pt`` without ``overwrite``.
     """
     saved = load_checkpoint(model)
-    config = saved["config"]
+    config = saved[CONFIG_KEY]
     trained = saved.get("training_config", config)  # an ensemble keeps its members' recipe apart
-    if config.get("network_kwargs"):
-        raise ValueError(f"{model}: network_kwargs {config['network_kwargs']} cannot be set in the bundle")
     target = bundle / "models" / "model.pt"
     if target.exists() and not overwrite and target.resolve() != model.resolve():
         raise ValueError(f"{target}: exists; pass --overwrite to replace it")

@@ -16,10 +16,10 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata
 
-from pipeline.config import BUNDLE_NAMES, MODEL_KEYS, RunConfig
+from pipeline.config import BUNDLE_NAMES, RunConfig
 from pipeline.ingestion.prepare import prepare_dataset
 from pipeline.ingestion.synthetic import write_synthetic_kaggle
-from pipeline.model_files import create_network, load_checkpoint
+from pipeline.model_files import MODEL_KEYS, create_network, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"

@@ -181,8 +181,8 @@ print("ok")
 
 
 def _write_model(path: Path, seed: int = 0) -> Path:
-    from pipeline.config import MODEL_KEYS, RunConfig
-    from pipeline.model_files import create_network
+    from pipeline.config import RunConfig
+    from pipeline.model_files import MODEL_KEYS, create_network
 
     inference = json.loads((REPO_ROOT / "bundle" / "configs" / "inference.json").read_text())
     cfg = RunConfig.from_dict({k: inference[k] for k in MODEL_KEYS if k in inference})  # the shipped network

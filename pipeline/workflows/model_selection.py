@@ -16,11 +16,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.ingestion.datalist import load_datalist, split_folds
-from pipeline.model_files import MODEL_KEY, check_model_config, file_sha256, load_checkpoint
-from pipeline.safety import atomic_path, atomic_write_json
+from pipeline.model_files import (
+    CONFIG_KEY,
+    MODEL_KEY,
+    check_model_config,
+    file_sha256,
+    load_checkpoint,
+    save_model_file,
+)
+from pipeline.safety import atomic_write_json
 from pipeline.training.checkpoints import BEST_NAME
 from pipeline.workflows.builders import datalist_path
 from pipeline.workflows.prediction import evaluate
@@ -54,7 +59,7 @@ def finished_folds(run_root: str | Path) -> dict[int, Path]:
     for run_dir in sorted(root.glob("fold*")):
         best = run_dir / "checkpoints" / BEST_NAME
         if (run_dir / DONE_NAME).is_file() and best.is_file():
-            found[int(load_checkpoint(best)["config"]["fold"])] = best
+            found[int(load_checkpoint(best)[CONFIG_KEY]["fold"])] = best
     if not found:
         raise ValueError(f"{root}: no finished fold (fold<k>/{DONE_NAME} with checkpoints/{BEST_NAME})")
     return dict(sorted(found.items()))
@@ -89,7 +94,7 @@ def choose_postprocessing(
         ``run_root/postprocessing.json``.
     """
     models = finished_folds(run_root)
-    val_folds = {fold: validation_fold(load_checkpoint(path)["config"]) for fold, path in models.items()}
+    val_folds = {fold: validation_fold(load_checkpoint(path)[CONFIG_KEY]) for fold, path in models.items()}
     digests = {fold: file_sha256(path) for fold, path in models.items()}  # once per model, not per candidate
     results = []
     for options in candidates:
@@ -188,9 +193,9 @@ def combine_models(
     if output.exists() and not overwrite:
         raise ValueError(f"{output}: exists; pass overwrite to replace it")
     checkpoints = [load_checkpoint(p) for p in paths]
-    first = checkpoints[0]["config"]
+    first = checkpoints[0][CONFIG_KEY]
     for path, ckpt in zip(paths, checkpoints, strict=True):
-        config = ckpt["config"]
+        config = ckpt[CONFIG_KEY]
         if int(config.get("members", 1)) != 1:
             raise ValueError(f"{path}: is already an ensemble; combine single models")
         check_model_config(config, first, path)
@@ -202,18 +207,16 @@ def combine_models(
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     members = [
-        {"run": Path(p).parent.parent.name, "fold": c["config"].get("fold"), "sha256": file_sha256(p)}
+        {"run": Path(p).parent.parent.name, "fold": c[CONFIG_KEY].get("fold"), "sha256": file_sha256(p)}
         for p, c in zip(paths, checkpoints, strict=True)
     ]
     config = {**first, **(config_updates or {}), "members": len(paths)}
     saved = {
         "training_config": dict(first),  # the recipe of the members, before the chosen post-processing
         MODEL_KEY: weights,
-        "config": config,
+        CONFIG_KEY: config,
         "members": members,
         "weights_dtype": "float16" if half else "float32",
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output) as tmp:
-        torch.save(saved, tmp)
+    save_model_file(output, saved)
     return {k: v for k, v in saved.items() if k != MODEL_KEY}
