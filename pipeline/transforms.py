@@ -12,8 +12,8 @@ slice ``k`` along the last axis), labels ``(1, H, W, D)`` with values 0/1.
   channel as extra channels (``C * (2k + 1)`` channels, channel-major; zeros beyond the volume).
 - :class:`RandSliceByPosNegd`: tumour-weighted 2D slice sampling from a cached volume, with a
   configurable positive:negative ratio (positive = the slice holds tumour).
-- :class:`ConnectedComponentFilterd`: post-processing, keep the largest connected component(s) and
-  drop components under ``min_size`` voxels (3D, full connectivity; scipy, no scikit-image needed).
+- :class:`RemoveSmallComponentsd`: post-processing, drop components under ``min_size`` voxels (3D, full
+  connectivity; the largest components are kept by MONAI's ``KeepLargestConnectedComponentd``).
 """
 
 from __future__ import annotations
@@ -237,63 +237,56 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         return samples
 
 
-class ConnectedComponentFilter(Transform):
-    """Keep the largest connected component(s) and/or drop small components of a binary mask.
+class RemoveSmallComponents(Transform):
+    """Drop the connected components of a binary mask that have fewer than ``min_size`` voxels, channel by
+    channel. MONAI's ``RemoveSmallObjects`` would do, but its threshold follows scikit-image's: from
+    scikit-image 0.26 it also drops components of exactly ``min_size`` voxels; this one keeps them whatever
+    is installed. (The largest components are kept by MONAI's ``KeepLargestConnectedComponent``.)
 
     Args:
-        keep_largest: number of largest components to keep (0: keep all).
-        min_size: drop components with fewer voxels (0: keep all).
+        min_size: smallest component kept, in voxels (<= 1: keep every component).
         connectivity: scipy connectivity rank (1: faces only; ``None``: full, 26 neighbours in 3D).
     """
 
-    def __init__(self, keep_largest: int = 0, min_size: int = 0, connectivity: int | None = None) -> None:
-        self.keep_largest, self.min_size, self.connectivity = keep_largest, min_size, connectivity
+    def __init__(self, min_size: int = 0, connectivity: int | None = None) -> None:
+        self.min_size, self.connectivity = min_size, connectivity
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Filter a channel-first binary mask ``(C, *spatial)`` channel by channel."""
-        if not self.keep_largest and not self.min_size:
+        """Filter a channel-first binary mask ``(C, *spatial)``; returns it with the input's type."""
+        if self.min_size <= 1:
             return img
         mask = torch.as_tensor(img).detach().cpu().numpy() > 0
-        keep_all = np.zeros_like(mask)
+        structure = ndimage.generate_binary_structure(mask.ndim - 1, self.connectivity or mask.ndim - 1)
+        keep = np.zeros_like(mask)
         for c in range(mask.shape[0]):
-            structure = ndimage.generate_binary_structure(mask.ndim - 1, self.connectivity or mask.ndim - 1)
-            labels, num = ndimage.label(mask[c], structure=structure)
-            if num == 0:
-                continue
+            labels, _ = ndimage.label(mask[c], structure=structure)
             sizes = np.bincount(labels.ravel())
-            sizes[0] = 0
-            keep = sizes >= max(self.min_size, 1)
-            if self.keep_largest:
-                largest = np.zeros_like(keep)
-                largest[np.argsort(sizes)[::-1][: self.keep_largest]] = True
-                keep &= largest
-            keep[0] = False
-            keep_all[c] = keep[labels]
-        out = torch.as_tensor(keep_all, device=torch.as_tensor(img).device).to(torch.as_tensor(img).dtype)
+            sizes[0] = 0  # background
+            keep[c] = (sizes >= self.min_size)[labels]
+        out = torch.as_tensor(keep, device=torch.as_tensor(img).device).to(torch.as_tensor(img).dtype)
         if isinstance(img, MetaTensor):
             return MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
         return out
 
 
-class ConnectedComponentFilterd(MapTransform):
-    """Dictionary version of :class:`ConnectedComponentFilter`.
+class RemoveSmallComponentsd(MapTransform):
+    """Dictionary version of :class:`RemoveSmallComponents`.
 
     Args:
         keys: keys of the binary masks.
-        keep_largest, min_size, connectivity: see :class:`ConnectedComponentFilter`.
+        min_size, connectivity: see :class:`RemoveSmallComponents`.
         allow_missing_keys: don't raise when a key is missing.
     """
 
     def __init__(
         self,
         keys: KeysCollection,
-        keep_largest: int = 0,
         min_size: int = 0,
         connectivity: int | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.filter = ConnectedComponentFilter(keep_largest, min_size, connectivity)
+        self.filter = RemoveSmallComponents(min_size, connectivity)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from monai.data import CacheDataset
 
+from pipeline.inference.postprocessing import build_postprocessing
 from pipeline.transforms import (
     BrainNormalize,
-    ConnectedComponentFilter,
     LoadVolumed,
     RandSliceByPosNegd,
     SliceContext,
@@ -108,6 +108,13 @@ def test_slice_sampler_mixes_and_falls_back():
     assert len(sampler({"image": image, "label": no_tumour})) == 5  # no positive slice: negatives instead
     with pytest.raises(ValueError):
         RandSliceByPosNegd(pos=0, neg=0)
+
+
+def ConnectedComponentFilter(keep_largest: int = 0, min_size: int = 0):  # noqa: N802 - the former class
+    """The post-processing's connected-component filters (MONAI's KeepLargestConnectedComponentd, then
+    RemoveSmallComponentsd) on a binary mask."""
+    post = build_postprocessing(0.5, keep_largest, min_size)
+    return lambda mask: post({"pred": mask})["pred"]
 
 
 def test_connected_component_filter():

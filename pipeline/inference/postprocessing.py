@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from monai.transforms import AsDiscreted, Compose
+from monai.transforms import AsDiscreted, Compose, KeepLargestConnectedComponentd
 
-from pipeline.transforms import ConnectedComponentFilterd
+from pipeline.transforms import RemoveSmallComponentsd
 
 
 def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size: int = 0) -> Compose:
@@ -12,17 +12,22 @@ def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size
 
     Args:
         threshold: tumour when the (averaged) probability is above this.
-        keep_largest: keep the N largest 3D connected components (Buda et al. keep 1; 0: off).
-        min_size: drop 3D connected components smaller than this many voxels (0: off).
+        keep_largest: keep the N largest 3D connected components (Buda et al. keep 1; 0: off), with MONAI's
+            ``KeepLargestConnectedComponentd`` (full connectivity: 26 neighbours).
+        min_size: drop 3D connected components smaller than this many voxels (0: off), with
+            :class:`pipeline.transforms.RemoveSmallComponentsd` (full connectivity).
 
     Returns:
         a ``Compose`` acting on the ``"pred"`` key.
+
+    Raises:
+        ValueError: ``threshold`` outside (0, 1).
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    return Compose(
-        [
-            AsDiscreted(keys="pred", threshold=threshold),
-            ConnectedComponentFilterd(keys="pred", keep_largest=keep_largest, min_size=min_size),
-        ]
-    )
+    xforms: list = [AsDiscreted(keys="pred", threshold=threshold)]
+    if keep_largest:
+        xforms.append(KeepLargestConnectedComponentd(keys="pred", num_components=keep_largest))
+    if min_size:
+        xforms.append(RemoveSmallComponentsd(keys="pred", min_size=min_size))
+    return Compose(xforms)
