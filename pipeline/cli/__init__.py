@@ -1,7 +1,8 @@
 """The ``lggseg`` command line: one sub-command per job, each with ``--help``.
 
 Every command module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
-sub-commands and sets ``func`` (called with the parsed arguments, returning an exit code).
+sub-commands with :func:`pipeline.cli.parsing.add_command` (the job, and what Ctrl-C leaves behind);
+:func:`main` runs the chosen one under the error rule of :mod:`pipeline.cli.errors`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from pipeline.cli.errors import run_command
+from pipeline.cli.parsing import common_options
 
 COMMAND_MODULES = (
     "pipeline.cli.data_commands",
@@ -31,11 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lggseg",
         description="Volumetric LGG brain-tumour segmentation on MONAI.",
+        parents=[common_options()],
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--debug", action="store_true", help="show the full traceback of errors instead of a one-line message"
-    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
@@ -49,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: arguments without the program name; ``sys.argv[1:]`` when ``None``.
 
     Returns:
-        the process exit code (0 on success).
+        the process exit code: 0 on success, 2 for bad usage or input, 1 when cases failed or on an
+        unexpected error, 130 on Ctrl-C (see :mod:`pipeline.cli.errors`).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.func(args) or 0)
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,8 @@
 """Data commands: ``prepare`` (Kaggle folders -> NIfTI + datalist), ``export-kaggle``, ``synthesize``.
 
 They keep the project rule of :mod:`pipeline.safety`: no command deletes or overwrites a file it did not
-write. Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <what to do>``, with exit
-code 2 for bad usage or input and 1 when some patients failed (one line each); ``--debug`` shows tracebacks.
+write. Errors follow :mod:`pipeline.cli.errors`: one line on stderr, exit code 2 for bad usage or input and
+1 when some patients failed (one line each); ``--debug`` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -11,31 +11,30 @@ import argparse
 import functools
 import logging
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.cli.errors import report_failures
+from pipeline.cli.parsing import add_command, add_spacing_option
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.export import export_kaggle
 from pipeline.ingestion.prepare import prepare_dataset
 from pipeline.ingestion.synthetic import write_synthetic_kaggle
-from pipeline.safety import UnsafeOutputError, check_output_location, staging_folder, write_manifest
+from pipeline.safety import check_output_location, staging_folder, write_manifest
 
 logger = logging.getLogger("lggseg")
 
 
-def _add_debug(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
-    )
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the data sub-commands to ``lggseg``."""
-    prepare = subparsers.add_parser(
+    prepare = add_command(
+        subparsers,
         "prepare",
+        run_prepare,
+        interrupted="nothing in {output} is half-written (results are moved in only when all is done) and "
+        "the staging folder was removed; run again",
+        failure_line=prepare_failure_line,
         help="stack raw Kaggle patient folders into per-patient NIfTI volumes, a datalist and folds",
         description="Discover patients, validate and sort their slices numerically, stack them into "
         "3-channel image and binary label volumes (compressed NIfTI), and write datalist.json (MONAI "
@@ -48,14 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--output", required=True, type=Path, help="output folder")
     prepare.add_argument("--folds", type=int, default=5, help="number of patient-level folds (default 5)")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
-    prepare.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=(1.0, 1.0, 1.0),
-        metavar=("ROW", "COL", "SLICE"),
-        help="voxel size in mm (default 1 1 1; the TIFFs do not store it)",
-    )
+    add_spacing_option(prepare)
     prepare.add_argument("--workers", type=int, default=None, help="parallel processes (default: all CPUs)")
     prepare.add_argument(
         "--overwrite",
@@ -68,11 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="write the valid patients and list invalid ones in problems.json (exit code stays 1)",
     )
-    _add_debug(prepare)
-    prepare.set_defaults(func=run_prepare)
 
-    export = subparsers.add_parser(
+    export = add_command(
+        subparsers,
         "export-kaggle",
+        run_export_kaggle,
+        interrupted="no mask file in {output} is half-written (each is renamed into place once all are "
+        "written); run again, with --overwrite if some were",
         help="write a label volume back as per-slice <patient>_<k>_mask.tif files",
         description="The inverse of prepare for labels: slice k of the NIfTI label (or prediction) becomes "
         "<patient>_<k+1>_mask.tif with values 0/255, in the original Kaggle naming.",
@@ -85,11 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace mask files an earlier export-kaggle wrote (never masks lggseg did not write)",
     )
-    _add_debug(export)
-    export.set_defaults(func=run_export_kaggle)
 
-    synth = subparsers.add_parser(
+    synth = add_command(
+        subparsers,
         "synthesize",
+        run_synthesize,
+        interrupted="nothing was written to {output} and the staging folder was removed; run again",
         help="write the built-in synthetic LGG-like data set in the Kaggle layout",
         description="Deterministic synthetic patients (brain ellipsoid, FLAIR-hyperintense tumour blob and "
         "its mask) as per-slice TIFFs plus data.csv, for trying the pipeline without a download.",
@@ -98,69 +93,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--patients", type=int, default=10, help="number of patients (default 10)")
     synth.add_argument("--size", type=int, default=256, help="slice height and width (default 256)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    _add_debug(synth)
-    synth.set_defaults(func=run_synthesize)
 
 
-def _say(message: str) -> None:
-    """Print one ``lggseg: error:`` line (newlines in ``message`` become ``; ``)."""
-    print(
-        "lggseg: error: " + "; ".join(part.strip() for part in message.splitlines() if part.strip()),
-        file=sys.stderr,
+def prepare_failure_line(args: argparse.Namespace, patient: str, problem: str) -> str:
+    """The line of a patient ``prepare`` could not convert: its folder, the problem, what to do."""
+    hint = (
+        f"skipped, listed in {args.output / 'problems.json'}"
+        if args.skip_invalid
+        else "fix or remove the folder, or pass --skip-invalid to write the other patients"
     )
+    return f"{args.input / patient}: {problem}; {hint}"
 
 
-def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn errors into one-line messages and exit codes; ``--debug`` re-raises them (full traceback)."""
-
-    @functools.wraps(run)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except Exception as error:
-            if getattr(args, "debug", False):
-                raise
-            if isinstance(error, LGGDataError) and error.failures:
-                return _report_failures(args, error.failures, error)
-            if isinstance(error, (LGGDataError, UnsafeOutputError)):
-                _say(str(error) if not isinstance(error, LGGDataError) else "; ".join(error.problems))
-                return 2
-            if isinstance(error, OSError):
-                where = error.filename or "output"
-                _say(
-                    f"{where}: {error.strerror or error}; nothing was half-written: fix the cause, run again"
-                )
-                return 1
-            _say(
-                f"internal error ({type(error).__name__}: {error}); run again with --debug for the traceback"
-            )
-            return 1
-        except KeyboardInterrupt:
-            if getattr(args, "debug", False):
-                raise
-            _say("interrupted; nothing is half-written (files already in place are complete), run again")
-            return 130
-
-    return wrapper
-
-
-def _report_failures(
-    args: argparse.Namespace, failures: dict[str, str], error: Exception | None = None
-) -> int:
-    """One line per failed patient, naming its folder; exit code 1."""
-    for patient, message in sorted(failures.items()):
-        hint = (
-            f"skipped, listed in {args.output / 'problems.json'}"
-            if args.skip_invalid
-            else "fix or remove the folder, or pass --skip-invalid to write the other patients"
-        )
-        _say(f"{args.input / patient}: {'; '.join(m.strip() for m in message.splitlines())}; {hint}")
-    if error is not None and not error.problems[0].startswith("patient "):
-        _say("; ".join(error.problems))  # a problem of the run as a whole (e.g. too few valid patients)
-    return 1
-
-
-@_guarded
 def run_prepare(args: argparse.Namespace) -> int:
     """Run ``lggseg prepare``."""
     result = prepare_dataset(
@@ -177,12 +121,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     logger.info(
         "wrote %d patients, %s/datalist.json and patients.csv", len(result.patients), result.output_dir
     )
-    if result.problems:
-        return _report_failures(args, result.problems)
-    return 0
+    return report_failures(result.problems, functools.partial(prepare_failure_line, args))
 
 
-@_guarded
 def run_export_kaggle(args: argparse.Namespace) -> int:
     """Run ``lggseg export-kaggle``."""
     files = export_kaggle(args.label, args.output, patient_id=args.patient, overwrite=args.overwrite)
@@ -190,7 +131,6 @@ def run_export_kaggle(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
 def run_synthesize(args: argparse.Namespace) -> int:
     """Run ``lggseg synthesize``: into a new or empty folder only, staged and moved into place at the end."""
     if args.patients < 1:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from pipeline.cli import main as lggseg
+from pipeline.cli.parsing import add_command
 
 logger = logging.getLogger("lggseg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``demo`` to ``lggseg``."""
-    demo = subparsers.add_parser(
+    demo = add_command(
+        subparsers,
         "demo",
+        run_demo,
+        interrupted="the steps finished so far are in {output}; run again with --overwrite to start again",
         help="run the pipeline end to end on synthetic LGG-like data (the README's main command)",
         description="Generate deterministic synthetic patients in the Kaggle layout, then run every "
         "pipeline step on them with the same commands a user runs on the real data.",
@@ -27,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--size", type=int, default=128, help="slice size of the synthetic data (default 128)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--overwrite", action="store_true", help="start again if --output already exists")
-    demo.set_defaults(func=run_demo)
 
 
 def demo_steps(args: argparse.Namespace) -> list[list[str]]:
@@ -121,25 +123,26 @@ def _clear_for_overwrite(output: Path) -> str | None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``lggseg demo``: every step, stopping at the first failure. ``--overwrite`` starts again in a
-    folder of an earlier demo and replaces only the files the demo wrote."""
+    folder of an earlier demo and replaces only the files the demo wrote; ``--debug`` is passed on to
+    the steps.
+
+    Raises:
+        ValueError: ``--output`` holds an earlier demo and no ``--overwrite``, or files the demo did not
+            write (bad usage, exit code 2; nothing removed).
+    """
     steps = demo_steps(args)
     if args.output.exists() and any(args.output.iterdir()):
         if not args.overwrite:
-            print(
-                f"lggseg: error: {args.output}: already exists; pass --overwrite to start again",
-                file=sys.stderr,
-            )
-            return 2
+            raise ValueError(f"{args.output}: already exists; pass --overwrite to start again")
         problem = _clear_for_overwrite(args.output)
         if problem:
-            print(f"lggseg: error: {problem}", file=sys.stderr)
-            return 2
+            raise ValueError(problem)
         for step in steps:
             if step[0] in ("prepare", "train", "infer"):
                 step.append("--overwrite")
     for number, step in enumerate(steps, start=1):
         logger.info("demo step %d: lggseg %s", number, " ".join(step))
-        code = lggseg(step)
+        code = lggseg(["--debug", *step] if getattr(args, "debug", False) else step)
         if code:
             logger.error("demo step %d failed (exit code %d)", number, code)
             return code

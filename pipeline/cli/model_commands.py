@@ -11,13 +11,16 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.cli.train_commands import _add_debug, _debug, _guard
+from pipeline.cli.parsing import add_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``choose-postprocessing`` and ``ensemble``."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "choose-postprocessing",
+        run_choose_postprocessing,
+        interrupted="the folds' models in {run} are untouched; run the same command again (it starts over)",
         help="choose post-processing and TTA of a CV run on its validation folds, then report the test folds",
         description="Each finished fold's model is evaluated on its validation patients with every "
         "candidate (largest component on/off, flip TTA on/off); the best pooled mean Dice wins (ties: "
@@ -25,11 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--run", type=Path, required=True, help="CV run folder (OUTPUT/NAME, with fold<k> inside)")
     p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default: 0)")
-    _add_debug(p)
-    p.set_defaults(func=run_choose_postprocessing)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "ensemble",
+        run_ensemble,
+        interrupted="{output} is unchanged (the model file is renamed into place when complete); run again",
         help="combine the folds' models of a CV run into one model file (probabilities averaged)",
         description="One model file holding every finished fold's best model, with the post-processing "
         "chosen by `choose-postprocessing` (when made); load it with --checkpoint like any model.",
@@ -40,48 +44,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, required=True, help="model file to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
-    _add_debug(p)
-    p.set_defaults(func=run_ensemble)
 
 
 def run_choose_postprocessing(args: argparse.Namespace) -> int:
+    """Run ``lggseg choose-postprocessing``: print every candidate's validation Dice and the test figures."""
     from pipeline.workflows.cross_validation import evaluate_folds
     from pipeline.workflows.model_selection import choose_postprocessing, finished_folds
 
-    def job() -> None:
-        loader = {"num_workers": args.num_workers, "progress": False}
-        choice = choose_postprocessing(args.run, overrides=loader)
-        for candidate in choice["candidates"]:
-            print(
-                f"validation {json.dumps(candidate['options'])}: Dice mean {candidate['mean_dice']:.4f} "
-                f"median {candidate['median_dice']:.4f} ({candidate['patients']} patients)"
-            )
-        result = evaluate_folds(
-            finished_folds(args.run),
-            args.run / "cv_postprocessed",
-            overrides={**loader, **choice["chosen"]},
-            fold_report="evaluation_postprocessed",
-            extra={"chosen_on": "validation folds", "choice": str(args.run / "postprocessing.json")},
-        )
-        dice = [float(r["dice"]) for r in result["records"]]
+    loader = {"num_workers": args.num_workers, "progress": False}
+    choice = choose_postprocessing(args.run, overrides=loader)
+    for candidate in choice["candidates"]:
         print(
-            f"chosen {json.dumps(choice['chosen'])}; test folds, {len(dice)} patients: Dice mean "
-            f"{sum(dice) / len(dice):.4f}; report in {args.run / 'cv_postprocessed'}"
+            f"validation {json.dumps(candidate['options'])}: Dice mean {candidate['mean_dice']:.4f} "
+            f"median {candidate['median_dice']:.4f} ({candidate['patients']} patients)"
         )
-
-    return _guard(job, _debug(args))
+    result = evaluate_folds(
+        finished_folds(args.run),
+        args.run / "cv_postprocessed",
+        overrides={**loader, **choice["chosen"]},
+        fold_report="evaluation_postprocessed",
+        extra={"chosen_on": "validation folds", "choice": str(args.run / "postprocessing.json")},
+    )
+    dice = [float(r["dice"]) for r in result["records"]]
+    print(
+        f"chosen {json.dumps(choice['chosen'])}; test folds, {len(dice)} patients: Dice mean "
+        f"{sum(dice) / len(dice):.4f}; report in {args.run / 'cv_postprocessed'}"
+    )
+    return 0
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
+    """Run ``lggseg ensemble``: one model file from the folds' models (and the chosen post-processing)."""
     from pipeline.workflows.model_selection import CHOICE_NAME, combine_models, finished_folds, read_choice
 
-    def job() -> None:
-        models = list(finished_folds(args.run).values()) if args.run else args.models
-        chosen = read_choice(args.run) if args.run and (args.run / CHOICE_NAME).is_file() else {}
-        saved = combine_models(
-            models, args.output, overwrite=args.overwrite, config_updates=chosen, half=args.half
-        )
-        folds = ", ".join(str(m["fold"]) for m in saved["members"])
-        print(f"{args.output}: ensemble of {len(models)} models (folds {folds}); post-processing {chosen}")
-
-    return _guard(job, _debug(args))
+    models = list(finished_folds(args.run).values()) if args.run else args.models
+    chosen = read_choice(args.run) if args.run and (args.run / CHOICE_NAME).is_file() else {}
+    saved = combine_models(
+        models, args.output, overwrite=args.overwrite, config_updates=chosen, half=args.half
+    )
+    folds = ", ".join(str(m["fold"]) for m in saved["members"])
+    print(f"{args.output}: ensemble of {len(models)} models (folds {folds}); post-processing {chosen}")
+    return 0

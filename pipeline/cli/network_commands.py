@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
-logger = logging.getLogger("lggseg")
+from pipeline.cli.parsing import add_command
 
 PATCH_3D = (96, 96, 32)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``networks`` to ``lggseg``."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "networks",
+        run_networks,
+        interrupted="nothing was written",
         help="list the networks of the registry (parameters, GMACs, deep supervision)",
         description="Print every network name of the registry with its parameters (3 -> 1 channels), "
         "its cost in GMACs per 256x256 slice (3D networks: per 96x96x32 patch), whether it supports "
@@ -24,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out-channels", type=int, default=1, help="output channels (default 1)")
     parser.add_argument("--no-gmacs", action="store_true", help="skip the GMAC count (faster)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(func=run_networks)
 
 
 def describe_networks(in_channels: int = 3, out_channels: int = 1, gmacs: bool = True) -> list[dict]:
@@ -88,10 +89,16 @@ def format_table(records: list[dict]) -> str:
 
 
 def run_networks(args: argparse.Namespace) -> int:
-    """Run ``lggseg networks``."""
+    """Run ``lggseg networks``.
+
+    Raises:
+        ValueError: ``--in-channels`` or ``--out-channels`` below 1 (bad usage, exit code 2).
+    """
     if args.in_channels < 1 or args.out_channels < 1:
-        logger.error("--in-channels and --out-channels must be positive")
-        return 2
+        raise ValueError(
+            f"--in-channels {args.in_channels} --out-channels {args.out_channels}: both must be positive; "
+            "e.g. --in-channels 3 --out-channels 1"
+        )
     records = describe_networks(args.in_channels, args.out_channels, gmacs=not args.no_gmacs)
     print(json.dumps(records, indent=2) if args.json else format_table(records))
     return 0

@@ -1,19 +1,21 @@
 """``lggseg studies``: a flat studies folder for MONAI Label / 3D Slicer (see :mod:`pipeline.studies`).
 
-Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <what to do>``: exit code 2 for
-bad usage or input (nothing written), 1 when some patients could not be written (one line each; the others
-were written); ``--debug`` shows tracebacks.
+Errors follow :mod:`pipeline.cli.errors`: one line on stderr, exit code 2 for bad usage or input (nothing
+written), 1 when some patients could not be written (one line each; the others were written); ``--debug``
+shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.cli.data_commands import _guarded, _say
+from pipeline.cli.errors import report_failures
+from pipeline.cli.parsing import add_command, add_spacing_option
 from pipeline.ingestion.studies import write_studies
 
 logger = logging.getLogger("lggseg")
@@ -21,8 +23,12 @@ logger = logging.getLogger("lggseg")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``studies`` to ``lggseg``."""
-    studies = subparsers.add_parser(
+    studies = add_command(
+        subparsers,
         "studies",
+        run_studies,
+        interrupted="nothing in {output} is half-written (the studies are moved in only when all are "
+        "staged) and the staging folder was removed; run again",
         help="write a flat studies folder for MONAI Label and 3D Slicer (<patient>.nii.gz [+ labels])",
         description="Write every patient of a kaggle_3m folder, a raw patient folder or a prepared folder "
         "as <patient>.nii.gz in one flat folder, the layout MONAI Label's local datastore reads; with "
@@ -45,27 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     studies.add_argument(
         "--patients", nargs="+", default=None, metavar="NAME", help="only these patients (folder names)"
     )
-    studies.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        default=(1.0, 1.0, 1.0),
-        metavar=("ROW", "COL", "SLICE"),
-        help="voxel size in mm for raw folders (default 1 1 1; the TIFFs do not store it)",
-    )
+    add_spacing_option(studies, "voxel size in mm for raw folders")
     studies.add_argument(
         "--overwrite",
         action="store_true",
         help="write into a folder holding other files (e.g. a MONAI Label datastore), replacing only the "
         "studies lggseg wrote; files lggseg did not write are never replaced or removed",
     )
-    studies.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
-    )
-    studies.set_defaults(func=run_studies)
 
 
-@_guarded
+def _skipped_line(source: Path, name: str, problem: str) -> str:
+    return f"{source / name}: {problem}; skipped, the other patients were written"
+
+
 def run_studies(args: argparse.Namespace) -> int:
     """Run ``lggseg studies``; returns the exit code (0 all written, 1 some patients failed, 2 bad input)."""
     result = write_studies(
@@ -77,12 +75,11 @@ def run_studies(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         progress=lambda it, total: tqdm(it, total=total, desc="studies", unit="patient"),
     )
-    for name, problem in sorted(result.failures.items()):
-        _say(f"{args.input / name}: {problem}; skipped, the other patients were written")
+    code = report_failures(result.failures, functools.partial(_skipped_line, args.input))
     logger.info(
         "wrote %d studies%s to %s",
         len(result.written),
         " with labels" if args.with_labels else "",
         args.output,
     )
-    return 1 if result.failures else 0
+    return code

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.parsing import add_command
 from pipeline.config import OPTION_HELP, POSTPROCESSING_KEYS, RunConfig, option_choices, option_type
 from pipeline.model_files import SHIPPED_MODEL
 
@@ -79,118 +79,99 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in POSTPROCESSING_KEYS if getattr(args, k, None) is not None}
 
 
-def _guard(job: Any, debug: bool = False) -> int:
-    """Run ``job``: bad input becomes one line on stderr and exit code 2, failed cases exit code 1, any other
-    error one line and exit code 1; ``--debug`` shows the traceback instead."""
-    from pipeline.engines import CasesFailed
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``lggseg train``."""
+    from pipeline.workflows.training import train
 
-    try:
-        job()
-    except Exception as error:
-        if debug:
-            raise
-        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        if isinstance(error, CasesFailed):
-            code = 1
-        elif isinstance(error, (FileNotFoundError, ValueError)):
-            code = 2
-        else:
-            code, message = 1, f"{type(error).__name__}: {message}; run again with --debug for the traceback"
-        print(f"lggseg: error: {message}", file=sys.stderr)
-        return code
-    except KeyboardInterrupt:
-        print("lggseg: interrupted; a training run continues with --resume", file=sys.stderr)
-        return 130
+    train(config_from_args(args))
     return 0
 
 
-def _add_debug(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
-    )
-
-
-def _debug(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "debug", False))
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from pipeline.workflows.training import train
-
-    return _guard(lambda: train(config_from_args(args)), _debug(args))
-
-
 def run_cv(args: argparse.Namespace) -> int:
+    """Run ``lggseg cv``."""
     from pipeline.workflows.cross_validation import cross_validate
 
-    return _guard(lambda: cross_validate(config_from_args(args), folds=args.folds), _debug(args))
+    cross_validate(config_from_args(args), folds=args.folds)
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``lggseg evaluate``: print the pooled Dice and where the report is."""
     from pipeline.workflows.prediction import evaluate
 
-    def job() -> None:
-        result = evaluate(
-            args.checkpoint,
-            output=args.output,
-            data=args.data,
-            folds=args.folds,
-            overrides=_overrides(args),
-            save_predictions=args.save_predictions,
-            device=args.device,
-        )
-        dice = result["summary"]["overall"]["metrics"]["dice"]
-        print(
-            f"{len(result['records'])} patients: Dice mean {dice['mean']:.4f} median {dice['median']:.4f} "
-            f"std {dice['std']:.4f}; report in {result['paths'].get('json', '').__str__()}"
-        )
-
-    return _guard(job, _debug(args))
+    result = evaluate(
+        args.checkpoint,
+        output=args.output,
+        data=args.data,
+        folds=args.folds,
+        overrides=_overrides(args),
+        save_predictions=args.save_predictions,
+        device=args.device,
+    )
+    dice = result["summary"]["overall"]["metrics"]["dice"]
+    print(
+        f"{len(result['records'])} patients: Dice mean {dice['mean']:.4f} median {dice['median']:.4f} "
+        f"std {dice['std']:.4f}; report in {result['paths'].get('json', '').__str__()}"
+    )
+    return 0
 
 
 def run_infer(args: argparse.Namespace) -> int:
+    """Run ``lggseg infer``: print how many predictions were written."""
     from pipeline.workflows.prediction import infer
 
-    def job() -> None:
-        written = infer(
-            args.checkpoint,
-            args.input,
-            args.output,
-            overrides=_overrides(args),
-            kaggle_masks=args.kaggle_masks,
-            device=args.device,
-            overwrite=args.overwrite,
-        )
-        print(f"{len(written)} predictions written to {args.output}")
+    written = infer(
+        args.checkpoint,
+        args.input,
+        args.output,
+        overrides=_overrides(args),
+        kaggle_masks=args.kaggle_masks,
+        device=args.device,
+        overwrite=args.overwrite,
+    )
+    print(f"{len(written)} predictions written to {args.output}")
+    return 0
 
-    return _guard(job, _debug(args))
+
+PREDICTIONS_LEFT = (
+    "every <case>_seg.nii.gz already in {where} is complete (one being written is left as "
+    "<case>_seg.partial.nii.gz)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train``, ``evaluate``, ``infer`` and ``cv``."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "train",
+        run_train,
+        interrupted="the epoch checkpoints saved so far are kept; continue with --resume",
         help="train a network on one fold (Ignite SupervisedTrainer)",
         description="Train on every fold but --fold and --val-fold; validate per patient "
         "in 3D on --val-fold; checkpoints, TensorBoard and config in OUTPUT/NAME/fold<k>.",
     )
     add_config_options(p, skip=("members",))
-    _add_debug(p)
-    p.set_defaults(func=run_train)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "cv",
+        run_cv,
+        interrupted="the finished folds are kept; run the same command again: finished folds are skipped, "
+        "the interrupted one continues from its last checkpoint",
         help="train and evaluate every fold, then pool the per-patient report",
         description="Cross-validation: each fold in turn is the test fold; finished "
         "folds are skipped, interrupted ones resumed. Report in OUTPUT/NAME/cv.",
     )
     add_config_options(p, skip=("fold", "resume", "val_fold", "members"))
     p.add_argument("--folds", type=int, nargs="+", help="folds to run (default: all in the datalist)")
-    _add_debug(p)
-    p.set_defaults(func=run_cv)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "evaluate",
+        run_evaluate,
+        interrupted="no report was written (it is written at the end); with --save-predictions, "
+        + PREDICTIONS_LEFT.format(where="the predictions folder")
+        + "; run again",
         help="per-patient 3D evaluation of a checkpoint (CSV, JSON, plots)",
         description="Evaluate whole volumes per patient: Dice, IoU, HD95, ASSD, "
         "sensitivity, precision, volume differences, lesion counts, slice-level figures.",
@@ -200,11 +181,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, nargs="+", help="folds to evaluate (default: the run's test fold)")
     p.add_argument("--output", type=Path, help="report folder (default: <run>/evaluation)")
     p.add_argument("--save-predictions", action="store_true", help="also write predicted NIfTI volumes")
-    _add_debug(p)
-    p.set_defaults(func=run_evaluate)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "infer",
+        run_infer,
+        interrupted=PREDICTIONS_LEFT.format(where="{output}")
+        + "; run again with --overwrite, or on the cases still missing",
         help="predict tumour masks as NIfTI (and Kaggle-layout TIFF masks)",
         description="Inputs: prepared folders or datalists, NIfTI images, raw Kaggle "
         "patient folders or folders of them. Writes OUTPUT/<case>/<case>_seg.nii.gz.",
@@ -214,5 +197,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument("--kaggle-masks", action="store_true", help="also write <patient>_<k>_mask.tif per slice")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions of these cases")
-    _add_debug(p)
-    p.set_defaults(func=run_infer)
