@@ -24,17 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.nets.blocks import conv_bn
+
 __all__ = ["DeepLabV3Plus", "ResNetEncoder", "SeparableConv2d"]
 
 logger = logging.getLogger(__name__)
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class SeparableConv2d(nn.Sequential):
@@ -148,13 +142,13 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int = 256, rates: Sequence[int] = (6, 12, 18)) -> None:
         super().__init__()
-        self.branches = nn.ModuleList([_conv_bn_relu(in_channels, out_channels)])
+        self.branches = nn.ModuleList([conv_bn(in_channels, out_channels, 1)])
         self.branches.extend(SeparableConv2d(in_channels, out_channels, r) for r in rates)
         # image-level features: no BatchNorm on the 1x1 pooled map (it breaks with a batch of one)
         self.image_pool = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, out_channels, 1), nn.ReLU()
         )
-        self.project = _conv_bn_relu(out_channels * (len(rates) + 2), out_channels)
+        self.project = conv_bn(out_channels * (len(rates) + 2), out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = [branch(x) for branch in self.branches]
@@ -197,7 +191,7 @@ class DeepLabV3Plus(nn.Module):
         if encoder_weights is not None:
             self.load_encoder(encoder_weights)
         self.aspp = ASPP(self.encoder.out_channels, aspp_channels, rates)
-        self.reduce = _conv_bn_relu(self.encoder.low_level_channels, low_level_channels)
+        self.reduce = conv_bn(self.encoder.low_level_channels, low_level_channels, 1)
         self.decoder = nn.Sequential(
             SeparableConv2d(aspp_channels + low_level_channels, aspp_channels),
             SeparableConv2d(aspp_channels, aspp_channels),

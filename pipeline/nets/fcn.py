@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pipeline.nets.blocks import check_input_size, init_weights
+
 __all__ = ["FCN", "FCN_VARIANTS", "bilinear_kernel", "VGG16_BLOCKS"]
 
 #: convolutions per VGG-16 block
@@ -134,11 +136,7 @@ class FCN(nn.Module):
         self.upscore2 = _upsample(out_channels, 2) if self.skips >= 1 else nn.Identity()
         self.upscore_pool4 = _upsample(out_channels, 2) if self.skips >= 2 else nn.Identity()
         self.upscore_final = _upsample(out_channels, FCN_VARIANTS[variant])
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, conv="fan_out")
         for m in (self.score_pool4, self.score_pool3):  # the paper's zero initialisation of the skips
             if isinstance(m, nn.Conv2d):
                 nn.init.zeros_(m.weight)
@@ -150,12 +148,7 @@ class FCN(nn.Module):
         Raises:
             ValueError: H or W not a multiple of 32 (pad with ``pad_to_stride``).
         """
-        height, width = x.shape[-2], x.shape[-1]
-        if height % 32 != 0 or width % 32 != 0:
-            raise ValueError(
-                f"FCN needs H and W multiples of 32, got {height}x{width} "
-                "(pad with pipeline.networks.pad_to_stride)"
-            )
+        check_input_size(x, 32, "FCN")
         pool3 = self.block3(self.block2(self.block1(x)))
         pool4 = self.block4(pool3)
         score = self.score_fr(self.fc(self.block5(pool4)))

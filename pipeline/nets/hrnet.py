@@ -27,17 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.nets.blocks import check_input_size, conv_bn, init_weights
+
 __all__ = ["HRNet", "HRModule", "BasicBlock", "Bottleneck"]
-
-
-def _conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, relu: bool = True):
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
 
 
 class BasicBlock(nn.Module):
@@ -49,7 +41,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels, relu=False))
+        self.body = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels, relu=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same shape as ``x``."""
@@ -70,12 +62,12 @@ class Bottleneck(nn.Module):
         super().__init__()
         out_channels = channels * self.expansion
         self.body = nn.Sequential(
-            _conv_bn(in_channels, channels, 1),
-            _conv_bn(channels, channels, 3),
-            _conv_bn(channels, out_channels, 1, relu=False),
+            conv_bn(in_channels, channels, 1),
+            conv_bn(channels, channels, 3),
+            conv_bn(channels, out_channels, 1, relu=False),
         )
         self.shortcut = (
-            _conv_bn(in_channels, out_channels, 1, relu=False)
+            conv_bn(in_channels, out_channels, 1, relu=False)
             if in_channels != out_channels
             else nn.Identity()
         )
@@ -90,7 +82,7 @@ class _Upsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.proj = _conv_bn(in_channels, out_channels, 1, relu=False)
+        self.proj = conv_bn(in_channels, out_channels, 1, relu=False)
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return F.interpolate(self.proj(x), size=like.shape[-2:], mode="bilinear", align_corners=False)
@@ -101,8 +93,8 @@ class _Downsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, steps: int) -> None:
         super().__init__()
-        layers = [_conv_bn(in_channels, in_channels, 3, 2) for _ in range(steps - 1)]
-        layers.append(_conv_bn(in_channels, out_channels, 3, 2, relu=False))
+        layers = [conv_bn(in_channels, in_channels, 3, 2) for _ in range(steps - 1)]
+        layers.append(conv_bn(in_channels, out_channels, 3, 2, relu=False))
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -175,9 +167,9 @@ class _Transition(nn.Module):
         layers: list[nn.Module] = []
         for i, width in enumerate(widths):
             if i < len(previous):
-                layers.append(_conv_bn(previous[i], width) if previous[i] != width else nn.Identity())
+                layers.append(conv_bn(previous[i], width) if previous[i] != width else nn.Identity())
             else:
-                layers.append(_conv_bn(previous[-1], width, 3, 2))
+                layers.append(conv_bn(previous[-1], width, 3, 2))
         self.layers = nn.ModuleList(layers)
         self.previous = len(previous)
 
@@ -243,7 +235,7 @@ class HRNet(nn.Module):
             raise ValueError("width, num_blocks, stage1_blocks and the channel counts must be positive")
         self.width = width
         self.stem = nn.Sequential(
-            _conv_bn(in_channels, stem_channels, 3, 2), _conv_bn(stem_channels, stem_channels, 3, 2)
+            conv_bn(in_channels, stem_channels, 3, 2), conv_bn(stem_channels, stem_channels, 3, 2)
         )
         stage1: list[nn.Module] = []
         channels = stem_channels
@@ -261,13 +253,9 @@ class HRNet(nn.Module):
         concat = sum(previous)
         head_channels = concat if head_channels is None else int(head_channels)
         self.head = nn.Sequential(
-            _conv_bn(concat, head_channels, 1), nn.Conv2d(head_channels, out_channels, 1)
+            conv_bn(concat, head_channels, 1), nn.Conv2d(head_channels, out_channels, 1)
         )
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, conv="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, H, W)``, H and W multiples of 32 -> logits ``(B, out_channels, H, W)``.
@@ -275,12 +263,7 @@ class HRNet(nn.Module):
         Raises:
             ValueError: H or W not a multiple of 32 (pad with ``pad_to_stride``).
         """
-        height, width = x.shape[-2], x.shape[-1]
-        if height % 32 != 0 or width % 32 != 0:
-            raise ValueError(
-                f"HRNet needs H and W multiples of 32, got {height}x{width} "
-                "(pad with pipeline.networks.pad_to_stride)"
-            )
+        check_input_size(x, 32, "HRNet")
         branches = [self.stage1(self.stem(x))]
         for stage in self.stages:
             branches = stage(branches)
@@ -289,4 +272,4 @@ class HRNet(nn.Module):
             F.interpolate(b, size=size, mode="bilinear", align_corners=False) for b in branches[1:]
         ]
         logits = self.head(torch.cat(features, dim=1))
-        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

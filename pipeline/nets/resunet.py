@@ -17,47 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from monai.networks.layers.factories import Conv, Norm
+from monai.networks.layers.factories import Conv
 from torch import nn
 
-from pipeline.nets.unet import EncoderDecoderUNet
+from pipeline.nets.blocks import EncoderDecoderUNet, ResidualUnit
 
-__all__ = ["ResUNet", "ResidualUnit"]
-
-
-class ResidualUnit(nn.Module):
-    """Pre-activation residual unit with a projection shortcut.
-
-    Args:
-        spatial_dims: 2 or 3.
-        in_channels: input channels.
-        out_channels: output channels.
-        stride: stride of the first convolution and of the shortcut.
-        first: the network's first unit (``conv -> BN -> ReLU -> conv``, no pre-activation).
-    """
-
-    def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1, first: bool = False
-    ) -> None:
-        super().__init__()
-        conv, norm = Conv[Conv.CONV, spatial_dims], Norm[Norm.BATCH, spatial_dims]
-        layers: list[nn.Module] = []
-        if not first:
-            layers += [norm(in_channels), nn.ReLU(inplace=False)]
-        layers += [
-            conv(in_channels, out_channels, 3, stride=stride, padding=1),
-            norm(out_channels),
-            nn.ReLU(inplace=True),
-            conv(out_channels, out_channels, 3, padding=1),
-        ]
-        self.body = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(
-            conv(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
+__all__ = ["ResUNet", "ResidualUnit"]  # ResidualUnit lives in pipeline.nets.blocks; kept importable here
 
 
 class ResUNet(EncoderDecoderUNet):

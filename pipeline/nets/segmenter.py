@@ -25,12 +25,12 @@ epochs than the convolutional members. Total stride: ``patch_size``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
 from torch import nn
+
+from pipeline.nets.blocks import check_input_size, init_weights
 
 __all__ = ["Segmenter", "SEGMENTER_SIZES", "MaskTransformerDecoder", "LinearDecoder"]
 
@@ -215,7 +215,7 @@ class Segmenter(nn.Module):
             )
         else:
             self.decoder = LinearDecoder(hidden_size, out_channels)
-        self.apply(_init_weights)
+        init_weights(self, conv="fan_in")
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -240,12 +240,8 @@ class Segmenter(nn.Module):
         Raises:
             ValueError: H or W not a multiple of ``patch_size`` (pad with ``pad_to_stride``).
         """
+        check_input_size(x, self.patch_size, "Segmenter")
         height, width = x.shape[-2], x.shape[-1]
-        if height % self.patch_size != 0 or width % self.patch_size != 0:
-            raise ValueError(
-                f"Segmenter needs H and W multiples of {self.patch_size}, got {height}x{width} "
-                "(pad with pipeline.networks.pad_to_stride)"
-            )
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         tokens = tokens + self.position_embedding(grid_h, grid_w)
@@ -254,19 +250,3 @@ class Segmenter(nn.Module):
         tokens = self.norm(tokens)
         logits = self.decoder(tokens, grid_h, grid_w)
         return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-
-
-def _init_weights(m: nn.Module) -> None:
-    """ViT initialisation: truncated normal (std 0.02) linear weights, zero biases, unit LayerNorms."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-        nn.init.trunc_normal_(m.weight, std=math.sqrt(1.0 / fan_in))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)

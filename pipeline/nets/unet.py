@@ -9,9 +9,10 @@ the classic form (31.0 M parameters for 3 -> 1 channels), ``b = 32`` brain-segme
 
 from __future__ import annotations
 
-import torch
 from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
+
+from pipeline.nets.blocks import EncoderDecoderUNet
 
 __all__ = ["UNet", "DoubleConv"]
 
@@ -35,34 +36,6 @@ class DoubleConv(nn.Sequential):
             norm(out_channels),
             nn.ReLU(inplace=True),
         )
-
-
-class EncoderDecoderUNet(nn.Module):
-    """The forward pass shared by the U-shaped networks with concatenated skips (U-Net, ResU-Net).
-
-    Subclasses build ``encoders``, ``pool`` (applied after each encoder; ``nn.Identity`` when the encoder
-    blocks down-sample themselves), ``bridge``, ``upsamples``, ``decoders``, ``head``, ``aux_heads`` and set
-    ``deep_supervision``.
-    """
-
-    def forward(self, x: torch.Tensor):
-        """Logits of the spatial size of ``x`` (a multiple of the total stride); with deep supervision in
-        training mode a list ``[main, aux...]``, finest auxiliary first."""
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = self.pool(x)
-        x = self.bridge(x)
-        decoded = []
-        for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips), strict=False):
-            x = decoder(torch.cat([up(x), skip], dim=1))
-            decoded.append(x)
-        main = self.head(x)
-        if self.deep_supervision and self.training:
-            # decoded runs coarse to fine; the heads take every decoder output but the last, finest first
-            return [main] + [head(f) for head, f in zip(self.aux_heads, decoded[-2::-1], strict=False)]
-        return main
 
 
 class UNet(EncoderDecoderUNet):

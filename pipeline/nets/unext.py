@@ -33,13 +33,14 @@ Deep supervision (``deep_supervision=True``) adds one 1x1 head per decoder scale
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.nets.blocks import init_weights
 
 __all__ = [
     "UNeXt",
@@ -282,7 +283,9 @@ class UNeXt(nn.Module):
         self.final = nn.Conv2d(c1, out_channels, 1)
         heads = [nn.Conv2d(c, out_channels, 1) for c in (c1, c2, c3, m1)] if self.deep_supervision else []
         self.aux_heads = nn.ModuleList(heads)
-        self.apply(_init_weights)
+        init_weights(
+            self, conv="fan_out"
+        )  # the public code's: He (fan-out) convolutions, trunc-normal linears
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
         """``(B, in_channels, H, W)`` with H, W multiples of 32 -> logits ``(B, out_channels, H, W)``.
@@ -309,22 +312,6 @@ class UNeXt(nn.Module):
                 outputs.append(head(features[i]).contiguous())
             return outputs
         return main
-
-
-def _init_weights(m: nn.Module) -> None:
-    """The public code's initialisation: truncated-normal linears, He-style (fan-out) convolutions."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 # parameter-name map: reference (public layout) -> ours; token blocks expanded below
