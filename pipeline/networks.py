@@ -50,7 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from monai.transforms import DivisiblePad
+from monai.utils import convert_to_tensor
 from torch import nn
 
 __all__ = [
@@ -339,34 +340,36 @@ def network_stride(name: str, spatial_dims: int | None = None, **kwargs) -> tupl
 def pad_to_stride(
     x: torch.Tensor, stride: int | Sequence[int], mode: str = "constant", value: float = 0.0
 ) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Pad a batch ``(B, C, *spatial)`` symmetrically up to multiples of ``stride``.
+    """Pad a batch ``(B, C, *spatial)`` symmetrically up to multiples of ``stride`` with MONAI's
+    ``DivisiblePad``.
 
     Args:
         x: the batch.
         stride: one int for every spatial dimension, or one per dimension.
-        mode: ``F.pad`` mode (``"constant"``, ``"reflect"``, ``"replicate"``).
+        mode: padding mode (``"constant"``, ``"reflect"``, ``"replicate"``).
         value: fill value for ``"constant"``.
 
     Returns:
-        the padded batch and the index that crops a network output back: ``out[crop]``.
+        the padded batch (a plain tensor) and the index that crops a network output back: ``out[crop]``.
+
+    Raises:
+        ValueError: ``stride`` has another number of dimensions than ``x``'s spatial ones.
     """
-    spatial = x.shape[2:]
+    spatial = tuple(x.shape[2:])
     strides = (int(stride),) * len(spatial) if isinstance(stride, int) else tuple(int(s) for s in stride)
     if len(strides) != len(spatial):
         raise ValueError(
             f"stride {stride} does not match the {len(spatial)} spatial dimensions of {tuple(x.shape)}"
         )
-    pads: list[int] = []
-    crop: list[slice] = [slice(None), slice(None)]
-    for size, s in zip(spatial, strides, strict=False):
-        total = (-size) % s
-        before = total // 2
-        pads.append((before, total - before))
-        crop.append(slice(before, before + size))
-    flat = [p for pair in reversed(pads) for p in pair]
-    if any(flat):
-        x = F.pad(x, flat, mode=mode, value=value) if mode == "constant" else F.pad(x, flat, mode=mode)
-    return x, tuple(crop)
+    fill = {"value": value} if mode == "constant" else {}
+    padder = DivisiblePad(k=strides, mode=mode, method="symmetric", **fill)
+    widths = padder.compute_pad_width(spatial)[1:]  # (before, after) per spatial dimension
+    crop = (slice(None), slice(None), *(slice(b, b + n) for (b, _), n in zip(widths, spatial, strict=True)))
+    if not any(b or a for b, a in widths):
+        return x, crop
+    # B and C as MONAI's one channel dimension; back to (B, C, *padded) as a plain tensor
+    padded = convert_to_tensor(padder(x.reshape(-1, *spatial)), track_meta=False)
+    return padded.reshape(*x.shape[:2], *padded.shape[1:]), crop
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
