@@ -9,26 +9,26 @@ from a MONAI bundle config::
 
 Names (``list_networks()`` returns their :class:`NetworkInfo`):
 
-============== ====== ==== ====== ===================================================================
-name           dims   DS   stride implementation
-============== ====== ==== ====== ===================================================================
-unext          2      yes  32     :class:`pipeline.nets.unext.UNeXt` (custom, fast; the point-of-care model)
-unet           2, 3   yes  16     :class:`pipeline.nets.unet.UNet`, classic U-Net, ``base_width=64``
-resunet        2, 3   yes  8      :class:`pipeline.nets.resunet.ResUNet`, ``features=(64, 128, 256, 512)``
-unetplusplus   2, 3   yes  16     :class:`pipeline.nets.unetplusplus.UNetPlusPlus` (MONAI body), pruning
-deeplabv3plus  2      no   16     :class:`pipeline.nets.deeplab.DeepLabV3Plus` (dilated ResNet-18 encoder)
-swinunetr      2, 3   no   32     MONAI ``SwinUNETR`` (the transformer member), ``feature_size=24``
-segmenter      2      no   16     :class:`pipeline.nets.segmenter.Segmenter`, ViT-tiny, ``decoder="mask"``
-fcn8s          2      no   32     :class:`pipeline.nets.fcn.FCN`, VGG-16 layout, ``base_width=32``
-fcn16s         2      no   32     ``fcn8s`` with ``variant="16s"`` (pool4 skip only)
-fcn32s         2      no   32     ``fcn8s`` with ``variant="32s"`` (no skip)
-hrnet          2      no   32     :class:`pipeline.nets.hrnet.HRNet`, HRNetV2, ``width=18`` (W18-small)
-segresnet      2, 3   no   8      MONAI ``SegResNet``, ``init_filters=16``
-monaiunet      2, 3   no   16     MONAI ``UNet``, channels 16..256, two residual units per level
-unet3d         3      no   16     ``monaiunet`` in 3D (anisotropic ``strides`` welcome)
-segresnet3d    3      no   8      ``segresnet`` in 3D
-swinunetr3d    3      no   32     ``swinunetr`` in 3D
-============== ====== ==== ====== ===================================================================
+============== ====== ==== ===================================================================
+name           dims   DS   implementation
+============== ====== ==== ===================================================================
+unext          2      yes  :class:`pipeline.nets.unext.UNeXt` (custom, fast; the point-of-care model)
+unet           2, 3   yes  :class:`pipeline.nets.unet.UNet`, classic U-Net, ``base_width=64``
+resunet        2, 3   yes  :class:`pipeline.nets.resunet.ResUNet`, ``features=(64, 128, 256, 512)``
+unetplusplus   2, 3   yes  :class:`pipeline.nets.unetplusplus.UNetPlusPlus` (MONAI body), pruning
+deeplabv3plus  2      no   :class:`pipeline.nets.deeplab.DeepLabV3Plus` (dilated ResNet-18 encoder)
+swinunetr      2, 3   no   MONAI ``SwinUNETR`` (the transformer member), ``feature_size=24``
+segmenter      2      no   :class:`pipeline.nets.segmenter.Segmenter`, ViT-tiny, ``decoder="mask"``
+fcn8s          2      no   :class:`pipeline.nets.fcn.FCN`, VGG-16 layout, ``base_width=32``
+fcn16s         2      no   ``fcn8s`` with ``variant="16s"`` (pool4 skip only)
+fcn32s         2      no   ``fcn8s`` with ``variant="32s"`` (no skip)
+hrnet          2      no   :class:`pipeline.nets.hrnet.HRNet`, HRNetV2, ``width=18`` (W18-small)
+segresnet      2, 3   no   MONAI ``SegResNet``, ``init_filters=16``
+monaiunet      2, 3   no   MONAI ``UNet``, channels 16..256, two residual units per level
+unet3d         3      no   ``monaiunet`` in 3D (anisotropic ``strides`` welcome)
+segresnet3d    3      no   ``segresnet`` in 3D
+swinunetr3d    3      no   ``swinunetr`` in 3D
+============== ====== ==== ===================================================================
 
 ``**kwargs`` go to the implementation (e.g. ``widths`` for UNeXt, ``base_width`` for U-Net,
 ``pruning_level`` for U-Net++, ``encoder_weights`` for DeepLabV3+, ``strides`` for MONAI UNet,
@@ -40,8 +40,10 @@ otherwise): in training mode ``forward`` returns a list, the full-resolution mai
 auxiliary logits at coarser scales after them (for MONAI's ``DeepSupervisionLoss``, which resizes
 the target); in eval mode it returns the main logits tensor only.
 
-Inputs must be a multiple of the total stride in every spatial dimension (:func:`network_stride`);
-:func:`pad_to_stride` pads a batch and gives the crop back (e.g. 240x240 slices -> 256x256).
+Inputs must be a multiple of the total stride in every spatial dimension (:func:`network_stride`;
+``lggseg networks`` lists it); :func:`pad_to_stride` pads a batch and gives the crop back (e.g. 240x240
+slices -> 256x256). The registry below is the one home of each network's stride: the network classes
+do not repeat it.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class NetworkInfo:
         description: one line.
         spatial_dims: the spatial dimensionalities it supports.
         deep_supervision: whether ``deep_supervision=True`` is supported.
-        stride: default total stride (inputs must be multiples of it in every spatial dimension).
+        stride: default total stride (inputs must be multiples of it in every spatial dimension); the
+            one place it is stated (options that change it are handled by :func:`network_stride`).
         source: ``"custom"`` or the MONAI class it wraps.
         defaults: keyword defaults the registry applies (overridable through ``**kwargs``).
     """

@@ -173,8 +173,6 @@ class DeepLabV3Plus(nn.Module):
             stem for another input width) are skipped and logged.
     """
 
-    stride: int = 16
-
     def __init__(
         self,
         in_channels: int = 3,

@@ -52,7 +52,6 @@ class ResUNet(EncoderDecoderUNet):
         if len(features) < 2:
             raise ValueError(f"features needs at least two levels, got {features}")
         conv, up = Conv[Conv.CONV, spatial_dims], Conv[Conv.CONVTRANS, spatial_dims]
-        self.stride = 2 ** (len(features) - 1)
         self.encoders = nn.ModuleList([ResidualUnit(spatial_dims, in_channels, features[0], 1, first=True)])
         for previous, width in zip(features[:-2], features[1:-1], strict=False):
             self.encoders.append(ResidualUnit(spatial_dims, previous, width, stride=2))

@@ -50,8 +50,6 @@ class UNet(EncoderDecoderUNet):
             training-mode ``forward`` then returns ``[main, aux_1/2, aux_1/4, aux_1/8]``.
     """
 
-    stride: int = 16
-
     def __init__(
         self,
         spatial_dims: int = 2,

@@ -37,8 +37,6 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         **kwargs: ``act``, ``norm``, ``bias``, ``dropout``, ``upsample`` of ``BasicUNetPlusPlus``.
     """
 
-    stride: int = 16
-
     def __init__(
         self,
         spatial_dims: int = 2,

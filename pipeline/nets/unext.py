@@ -48,11 +48,9 @@ __all__ = [
     "chunk_offsets",
     "load_reference_state_dict",
     "DEFAULT_WIDTHS",
-    "UNEXT_STRIDE",
 ]
 
 DEFAULT_WIDTHS: tuple[int, int, int, int, int] = (16, 32, 128, 160, 256)
-UNEXT_STRIDE = 32
 
 
 def chunk_offsets(channels: int, shift_size: int = 5) -> list[int]:
@@ -250,8 +248,6 @@ class UNeXt(nn.Module):
             ``[main, aux_1/2, aux_1/4, aux_1/8, aux_1/16]``; eval mode returns ``main`` only.
         channels_last: run in channels-last layout (fastest on CPU with oneDNN, and on tensor cores).
     """
-
-    stride: int = UNEXT_STRIDE
 
     def __init__(
         self,
