@@ -44,3 +44,68 @@ def load_script() -> Callable[[str], ModuleType]:
         return module
 
     return load
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for the test (tiny networks gain nothing from more, and lose a lot on a shared,
+    busy machine); the former count afterwards. Use with ``pytest.mark.usefixtures("single_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _disks(n: int, size: int, generator):
+    """``n`` bright noisy disks of random centre and radius on a noisy background: images ``(n, 3, size,
+    size)`` and masks ``(n, 1, size, size)``."""
+    import torch
+
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images, masks = [], []
+    for _ in range(n):
+        cy, cx = (torch.rand(2, generator=generator) * (size - 24) + 12).tolist()
+        r = float(torch.rand(1, generator=generator) * 8 + 5)
+        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2).float()
+        images.append((mask + 0.3 * torch.randn(size, size, generator=generator)).expand(3, -1, -1))
+        masks.append(mask[None])
+    return torch.stack(images), torch.stack(masks)
+
+
+def _dice(logits, target) -> float:
+    pred = (logits > 0).float()
+    return float((2 * (pred * target).sum() + 1e-6) / (pred.sum() + target.sum() + 1e-6))
+
+
+@pytest.fixture(scope="session")
+def learn_disks() -> Callable[..., tuple[float, float]]:
+    """``learn(net, steps)``: train a one-channel network ``steps`` Adam steps (lr 1e-2, BCE + soft Dice)
+    on 16 synthetic 64x64 disk images; returns its Dice on 8 held-out images before and after."""
+    import torch
+    import torch.nn.functional as F
+
+    def learn(net: torch.nn.Module, steps: int) -> tuple[float, float]:
+        generator = torch.Generator().manual_seed(0)
+        images, masks = _disks(16, 64, generator)
+        test_images, test_masks = _disks(8, 64, generator)
+        net.eval()
+        with torch.no_grad():
+            before = _dice(net(test_images), test_masks)
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            logits = net(images)
+            prob = torch.sigmoid(logits)
+            loss = F.binary_cross_entropy_with_logits(logits, masks)
+            loss = loss + 1 - (2 * (prob * masks).sum() + 1) / (prob.sum() + masks.sum() + 1)
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            after = _dice(net(test_images), test_masks)
+        return before, after
+
+    return learn

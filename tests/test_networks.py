@@ -7,7 +7,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pipeline.networks import (
     build_network,
@@ -18,6 +17,8 @@ from pipeline.networks import (
     network_stride,
     pad_to_stride,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one thread (conftest)
 
 NAMES_2D = [info.name for info in list_networks() if 2 in info.spatial_dims]
 NAMES_3D = [info.name for info in list_networks() if 3 in info.spatial_dims]
@@ -66,15 +67,6 @@ def _small_input(name: str, spatial_dims: int, batch: int = 2, channels: int = 3
     else:
         shape = (1, channels, 2 * stride, stride, stride)
     return torch.randn(shape, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from two threads, and lose a lot on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trace(model, x):
@@ -343,48 +335,11 @@ def test_unext_scripts_with_deep_supervision():
 # ------------------------------------------------------------------------------------ learning
 
 
-def _disks(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bright noisy disks of random centre and radius on a noisy background."""
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    images, masks = [], []
-    for _ in range(n):
-        cy, cx = (torch.rand(2, generator=generator) * (size - 24) + 12).tolist()
-        r = float(torch.rand(1, generator=generator) * 8 + 5)
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2).float()
-        image = mask * 1.0 + 0.3 * torch.randn(size, size, generator=generator)
-        images.append(image.expand(3, -1, -1))
-        masks.append(mask[None])
-    return torch.stack(images), torch.stack(masks)
-
-
-def _dice(logits: torch.Tensor, target: torch.Tensor) -> float:
-    pred = (logits > 0).float()
-    return float((2 * (pred * target).sum() + 1e-6) / (pred.sum() + target.sum() + 1e-6))
-
-
 @pytest.mark.parametrize("name", ["unext", "monaiunet"])
-def test_a_few_steps_learn_a_synthetic_task(name):
-    generator = torch.Generator().manual_seed(0)
-    images, masks = _disks(16, 64, generator)
-    test_images, test_masks = _disks(8, 64, generator)
+def test_a_few_steps_learn_a_synthetic_task(name, learn_disks):
     torch.manual_seed(0)
     net = build_network(name, 2, 3, 1, **SMALL[name])
-    net.eval()
-    with torch.no_grad():
-        before = _dice(net(test_images), test_masks)
-    net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(40):
-        optimizer.zero_grad()
-        logits = net(images)
-        loss = F.binary_cross_entropy_with_logits(logits, masks)
-        prob = torch.sigmoid(logits)
-        loss = loss + 1 - (2 * (prob * masks).sum() + 1) / (prob.sum() + masks.sum() + 1)
-        loss.backward()
-        optimizer.step()
-    net.eval()
-    with torch.no_grad():
-        after = _dice(net(test_images), test_masks)
+    before, after = learn_disks(net, steps=40)
     assert after >= before + 0.3 and after > 0.6, (before, after)
 
 

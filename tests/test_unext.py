@@ -16,14 +16,7 @@ from pipeline.nets.unext import (
 )
 from pipeline.networks import build_network, count_gmacs, count_parameters
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Stable timing on a shared, busy machine (two threads stall when a core is taken)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # stable on a shared, busy machine (conftest)
 
 
 def test_parameter_count_and_cost_match_the_paper():

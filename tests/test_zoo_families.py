@@ -18,6 +18,8 @@ from pipeline.networks import (
     pad_to_stride,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one thread (conftest)
+
 ZOO = ["segmenter", "fcn8s", "fcn16s", "fcn32s", "hrnet"]
 
 # tiny configurations: the tests are about behaviour, not capacity (one table, in test_networks)
@@ -32,15 +34,6 @@ VARIANTS = [
     ("hrnet", {}),
 ]
 VARIANT_IDS = ["segmenter-mask", "segmenter-linear", "fcn8s", "fcn16s", "fcn32s", "hrnet"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks gain nothing from two threads, and lose a lot on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(name: str, in_channels: int = 3, out_channels: int = 2, **kwargs) -> torch.nn.Module:
@@ -254,24 +247,6 @@ def test_bundle_config_builds_each_family():
 # ------------------------------------------------------------------------------------ learning
 
 
-def _disks(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bright noisy disks of random centre and radius on a noisy background."""
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    images, masks = [], []
-    for _ in range(n):
-        cy, cx = (torch.rand(2, generator=generator) * (size - 24) + 12).tolist()
-        r = float(torch.rand(1, generator=generator) * 8 + 5)
-        mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2).float()
-        images.append((mask + 0.3 * torch.randn(size, size, generator=generator)).expand(3, -1, -1))
-        masks.append(mask[None])
-    return torch.stack(images), torch.stack(masks)
-
-
-def _dice(logits: torch.Tensor, target: torch.Tensor) -> float:
-    pred = (logits > 0).float()
-    return float((2 * (pred * target).sum() + 1e-6) / (pred.sum() + target.sum() + 1e-6))
-
-
 # Segmenter on 8x8 patches here: 64x64 images give a grid of 8x8 patches instead of 4x4
 @pytest.mark.parametrize(
     ("name", "options"),
@@ -283,25 +258,7 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> float:
     ],
     ids=["segmenter-mask", "segmenter-linear", "fcn8s", "hrnet"],
 )
-def test_a_few_steps_learn_a_synthetic_task(name, options):
-    generator = torch.Generator().manual_seed(0)
-    images, masks = _disks(16, 64, generator)
-    test_images, test_masks = _disks(8, 64, generator)
+def test_a_few_steps_learn_a_synthetic_task(name, options, learn_disks):
     net = _tiny(name, out_channels=1, **options)
-    net.eval()
-    with torch.no_grad():
-        before = _dice(net(test_images), test_masks)
-    net.train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        optimizer.zero_grad()
-        logits = net(images)
-        prob = torch.sigmoid(logits)
-        loss = F.binary_cross_entropy_with_logits(logits, masks)
-        loss = loss + 1 - (2 * (prob * masks).sum() + 1) / (prob.sum() + masks.sum() + 1)
-        loss.backward()
-        optimizer.step()
-    net.eval()
-    with torch.no_grad():
-        after = _dice(net(test_images), test_masks)
+    before, after = learn_disks(net, steps=60)
     assert after >= before + 0.3 and after > 0.6, (before, after)
