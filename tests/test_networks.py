@@ -183,6 +183,104 @@ def test_deeplab_encoder_from_a_local_checkpoint(tmp_path):
         _small("deeplabv3plus", encoder_weights=str(path))
 
 
+# parameter names are part of the model-file format: sorted state_dict keys of the default builds,
+# (count, first 16 hex digits of their SHA-256), recorded before the architectures moved onto shared blocks
+STATE_DICT_KEYS = {
+    "unext": (101, "11cb8fd2cad12e9d"),
+    "unext+ds": (109, "ff5328f683b9338a"),
+    "unet": (118, "f8103e33f7c9f926"),
+    "unet+ds": (124, "9f10134459cc65fe"),
+    "resunet": (143, "7c53f19f9f6060f6"),
+    "resunet+ds": (147, "175ad2f47f71d8bf"),
+    "unetplusplus": (142, "f160cc451b42d6f8"),
+    "unetplusplus+ds": (148, "f1dec288c76058cd"),
+    "deeplabv3plus": (202, "b4ccaa6fd5acbc79"),
+    "segmenter": (182, "a2b0987a3bd2548a"),
+    "fcn8s": (104, "47e7ec6d9c61cc49"),
+    "fcn16s": (101, "d3f93ec967b68477"),
+    "fcn32s": (98, "c15d7655dacc6f2e"),
+    "hrnet": (872, "8e42661a8b25b9cb"),
+}
+
+
+@pytest.mark.parametrize("variant", list(STATE_DICT_KEYS))
+def test_parameter_names_do_not_change(variant):
+    """Saved weights must keep loading: the project's networks keep their state_dict keys."""
+    import hashlib
+
+    name, _, ds = variant.partition("+")
+    torch.manual_seed(0)
+    keys = sorted(build_network(name, None, 3, 1, **({"deep_supervision": True} if ds else {})).state_dict())
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    assert (len(keys), digest) == STATE_DICT_KEYS[variant]
+
+
+# ----------------------------------------------------------------------------------- shared blocks
+
+
+def test_init_weights_he_fan_out_per_group_and_vit():
+    from pipeline.nets.blocks import init_weights
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 16, 3),
+        torch.nn.Conv2d(16, 16, 3, groups=16),
+        torch.nn.Linear(16, 4),
+        torch.nn.LayerNorm(4),
+    )
+    torch.manual_seed(0)
+    init_weights(model, conv="fan_out")
+    torch.manual_seed(0)
+    expected = [torch.empty(16, 8, 3, 3), torch.empty(16, 1, 3, 3), torch.empty(4, 16)]
+    torch.nn.init.kaiming_normal_(expected[0], mode="fan_out", nonlinearity="relu")  # ungrouped: torch's
+    torch.nn.init.normal_(expected[1], 0.0, (2.0 / 9) ** 0.5)  # grouped: the fan-out of one group (3x3x1)
+    torch.nn.init.trunc_normal_(expected[2], std=0.02)
+    for layer, weight in zip(model[:3], expected, strict=True):
+        assert torch.equal(layer.weight, weight)
+        assert not layer.bias.any()
+    assert torch.equal(model[3].weight, torch.ones(4)) and not model[3].bias.any()
+
+    patch_embed = torch.nn.Conv2d(3, 8, 4, stride=4)
+    torch.manual_seed(0)
+    init_weights(patch_embed, conv="fan_in")
+    torch.manual_seed(0)
+    assert torch.equal(patch_embed.weight, torch.nn.init.trunc_normal_(torch.empty(8, 3, 4, 4), std=48**-0.5))
+    with pytest.raises(ValueError, match="fan_out"):
+        init_weights(patch_embed, conv="xavier")
+
+
+def test_check_input_size_names_network_size_and_stride():
+    from pipeline.nets.blocks import check_input_size
+
+    check_input_size(torch.zeros(1, 3, 64, 96), 32, "FCN")  # multiples: nothing happens
+    with pytest.raises(ValueError, match=r"HRNet needs H and W multiples of 32, got 72x64 \(pad with"):
+        check_input_size(torch.zeros(1, 3, 72, 64), 32, "HRNet")
+    scripted = torch.jit.script(check_input_size)  # networks call it in a scripted forward
+    with pytest.raises(torch.jit.Error, match="Segmenter needs H and W multiples of 16, got 16x20"):
+        scripted(torch.zeros(1, 1, 16, 20), 16, "Segmenter")
+
+
+def test_conv_bn_and_residual_unit():
+    from pipeline.nets.blocks import ResidualUnit, conv_bn
+    from pipeline.nets.resunet import ResidualUnit as ResUNetUnit
+
+    block = conv_bn(3, 8, kernel_size=3, stride=2)
+    assert block(torch.zeros(2, 3, 16, 12)).shape == (2, 8, 8, 6)
+    assert isinstance(block[-1], torch.nn.ReLU) and block[0].bias is None
+    assert list(conv_bn(3, 8, 1, relu=False).state_dict()) == [
+        "0.weight",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
+    assert ResUNetUnit is ResidualUnit  # the old import path still works
+    unit = ResidualUnit(3, 2, 4, stride=2)
+    assert unit(torch.randn(1, 2, 8, 8, 4)).shape == (1, 4, 4, 4, 2)
+    assert isinstance(unit.body[0], torch.nn.BatchNorm3d)  # pre-activation
+    assert isinstance(ResidualUnit(2, 3, 4, first=True).body[0], torch.nn.Conv2d)  # not on the raw input
+
+
 # ------------------------------------------------------------------------------------------ shapes
 
 
