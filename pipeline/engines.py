@@ -317,29 +317,39 @@ def run_per_case(
     entries = getattr(dataset, "data", [None] * len(dataset))
     rank, world = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
     indices = range(rank, len(dataset), world)
-    for count, index in enumerate(indices, 1):
-        entry = entries[index]
-        name = case_names[index] if case_names is not None else _case_name(entry, index)
-        if on_case is not None:
-            on_case(index, entry)
-        else:
-            log.info("case %d/%d: %s", count, len(indices), name)
-        evaluator.data_loader = build_val_loader(Subset(dataset, [index]), num_workers, distributed=False)
-        evaluator.state.epoch_length = 1
-        try:
-            evaluator.run()
-            if evaluator.state.iteration < 1:
-                raise RuntimeError("the evaluator processed nothing")
-        except Exception as err:  # noqa: BLE001 - any failure of one case is reported, the others go on
-            # Ignite keeps the broken run's generator and data iterator: drop them so the next case
-            # starts a fresh run instead of "resuming" (and silently skipping) the failed one
-            evaluator._internal_run_generator = None
-            evaluator._dataloader_iter = None
-            message = " ".join(str(err).split()) or type(err).__name__
-            image = str(entry.get("image")) if isinstance(entry, Mapping) else ""
-            failures.append({"case": name, "image": image, "error": message})
-            log.error("%s: failed: %s (%s)", name, message, image)
+    # Ignite's interrupt/resume run keeps a run that raised open, and the next run() would "resume" it and
+    # process nothing; with Ignite's documented switch back to the former engine, every run starts afresh
+    resumable = evaluator.interrupt_resume_enabled
+    evaluator.interrupt_resume_enabled = False
+    try:
+        for count, index in enumerate(indices, 1):
+            entry = entries[index]
+            name = case_names[index] if case_names is not None else _case_name(entry, index)
+            if on_case is not None:
+                on_case(index, entry)
+            else:
+                log.info("case %d/%d: %s", count, len(indices), name)
+            error = _run_one_case(evaluator, Subset(dataset, [index]), num_workers)
+            if error is not None:
+                image = str(entry.get("image")) if isinstance(entry, Mapping) else ""
+                failures.append({"case": name, "image": image, "error": error})
+                log.error("%s: failed: %s (%s)", name, error, image)
+    finally:
+        evaluator.interrupt_resume_enabled = resumable
     return failures
+
+
+def _run_one_case(evaluator: SupervisedEvaluator, case: Dataset, num_workers: int) -> str | None:
+    """Run ``evaluator`` on one case; returns the reason it failed in one line (``None``: it ran)."""
+    evaluator.data_loader = build_val_loader(case, num_workers, distributed=False)
+    evaluator.state.epoch_length = 1  # one batch: the case (not the length of an earlier loader)
+    try:
+        evaluator.run()
+        if evaluator.state.iteration < 1:
+            raise RuntimeError("the evaluator processed nothing")
+    except Exception as err:  # noqa: BLE001 - any failure of one case is reported, the others go on
+        return " ".join(str(err).split()) or type(err).__name__
+    return None
 
 
 def run_cases(
