@@ -67,6 +67,7 @@ MODEL_KEYS = (
 # the trained model shipped with the bundle (the default model of `lggseg infer` and `evaluate`)
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
 _MAX_DETAIL = 300  # characters of a PyTorch message kept in a one-line error (key lists run to thousands)
+_UNPICKLER_REASON = "WeightsUnpickler error:"  # where torch.load(weights_only=True) says what it refused
 
 
 class ConfigState:
@@ -86,12 +87,14 @@ class ConfigState:
         self.config = dict(state)
 
 
-def _one_line(error: BaseException | str, skip_header: bool = False) -> str:
-    """The first informative line of an error message, shortened."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    line = (lines[1:2] if skip_header else []) or lines[:1] or [type(error).__name__]
-    text = line[0]
-    return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + " ..."
+def _one_line(error: BaseException, skip_header: bool = False) -> str:
+    """The first informative line of an error message, shortened (PyTorch's ``weights_only`` failures: the
+    unpickler's reason, not the advice to load untrusted code)."""
+    reason = str(error).partition(_UNPICKLER_REASON)[2].strip()
+    text = reason.split(". ")[0] if reason else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = ((lines[1:2] if skip_header else []) or lines[:1] or [type(error).__name__])[0]
+    return line if len(line) <= _MAX_DETAIL else line[:_MAX_DETAIL] + " ..."
 
 
 def load_checkpoint(path: str | os.PathLike | BinaryIO, require_config: bool = True) -> dict[str, Any]:
@@ -111,17 +114,17 @@ def load_checkpoint(path: str | os.PathLike | BinaryIO, require_config: bool = T
         FileNotFoundError: when the file does not exist.
         ValueError: one line naming the file and the problem, when it is not a model file of this project.
     """
-    name = getattr(path, "name", path)
     if isinstance(path, (str, os.PathLike)):
-        path = Path(path)
+        path = name = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
+    else:
+        name = getattr(path, "name", "model file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our model file"
-        raise ValueError(
-            f"{name}: cannot read the model file ({type(error).__name__}: {_one_line(error)})"
-        ) from None
+        problem = f"{type(error).__name__}: {_one_line(error)}" if str(error) else type(error).__name__
+        raise ValueError(f"{name}: cannot read the model file ({problem})") from None
     if isinstance(ckpt, dict) and LEGACY_MODEL_KEY in ckpt and MODEL_KEY not in ckpt:
         ckpt[MODEL_KEY] = ckpt.pop(LEGACY_MODEL_KEY)
         if isinstance(ckpt.get("best_checkpointer"), dict) and "saved" in ckpt["best_checkpointer"]:

@@ -1,4 +1,5 @@
-"""Where the app's bundle and weights are, and how weights are read (strictly) and published (atomically).
+"""Where the app's bundle and weights are, and how weights are read (strictly) and published (atomically),
+through the project's model-file module :mod:`pipeline.model_files`.
 
 Two weight files, both ``{"model": state_dict, "config": {...}}`` (what MONAI's ``CheckpointLoader`` and
 ``lggseg`` write):
@@ -21,9 +22,9 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from pipeline.safety import atomic_path
+from pipeline.model_files import load_checkpoint, save_model_file
+from pipeline.model_files import load_weights as pipeline_load_weights
 
-MODEL_KEY = "model"
 MODEL_NAME = "model.pt"
 
 
@@ -103,51 +104,66 @@ def read_bundle_config(paths: AppPaths, name: str, device: str) -> ConfigParser:
     return parser
 
 
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, Any], os.stat_result]:
+    """Read a weight file with the project's one reader (:func:`pipeline.model_files.load_checkpoint`;
+    weights alone, without a ``"config"``, are accepted).
+
+    The file is opened once, so the returned ``stat`` describes exactly the bytes read even when the file
+    is being replaced at that moment.
+
+    Args:
+        path: a weight file.
+
+    Returns:
+        the checkpoint mapping (``config``: ``{}`` when the file has none) and the file's ``os.stat_result``.
+
+    Raises:
+        ModelFileError: missing or unreadable file, or no weights under ``"model"``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            checkpoint = load_checkpoint(handle, require_config=False)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: weight file not found") from None
+    except (OSError, ValueError) as error:
+        raise ModelFileError(str(error)) from None
+    return checkpoint, stat
+
+
 def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> tuple[dict[str, Any], os.stat_result]:
     """Load the weights under ``"model"`` of ``path`` into ``network`` strictly (every key, every shape).
-
-    The file is opened once, so the returned ``stat`` describes exactly the bytes loaded even when the file
-    is being replaced at that moment.
 
     Args:
         network: the bundle's network (its device is kept).
         path: a weight file.
 
     Returns:
-        the checkpoint mapping and the file's ``os.stat_result``.
+        the checkpoint mapping and the file's ``os.stat_result`` (see :func:`read_weights`).
 
     Raises:
         ModelFileError: missing or unreadable file, no ``"model"`` key, or weights that do not fit.
     """
-    try:
-        with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: weight file not found") from None
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a weight file"
-        raise ModelFileError(
-            f"{path}: not a readable weight file ({type(error).__name__}: {error})"
-        ) from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get(MODEL_KEY), Mapping):
-        keys = sorted(checkpoint)[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ModelFileError(f"{path}: no weights under the key {MODEL_KEY!r} (found {keys})")
-    try:
-        network.load_state_dict(checkpoint[MODEL_KEY], strict=True)
-    except RuntimeError as error:
-        first = (str(error).splitlines()[1:2] or [str(error)])[0].strip()
-        detail = first if len(first) <= 300 else first[:300] + " ..."  # key lists run to thousands of names
-        raise ModelFileError(
-            f"{path}: the weights do not fit the bundle's network ({detail}); "
-            "use weights trained with the bundle's network options"
-        ) from None
+    checkpoint, stat = read_weights(path)
+    load_into(network, checkpoint, path)
     return checkpoint, stat
 
 
-def publish_weights(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
-    """Write a weight file atomically: a temporary file in the same folder, then ``os.replace``.
+def load_into(network: torch.nn.Module, checkpoint: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Load the weights of a checkpoint read by :func:`read_weights` into ``network`` strictly.
 
-    Readers see either the old complete file or the new complete file, never a partial one.
+    Raises:
+        ModelFileError: weights that do not fit the network.
+    """
+    try:
+        pipeline_load_weights(network, checkpoint, path)
+    except ValueError as error:
+        raise ModelFileError(f"{error}; use weights trained with the bundle's network options") from None
+
+
+def publish_weights(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
+    """Write a weight file atomically (:func:`pipeline.model_files.save_model_file`: a temporary file in
+    the same folder, then ``os.replace``); readers see the old or the new complete file, never a partial one.
 
     Args:
         path: the final file (its folder is created).
@@ -156,11 +172,7 @@ def publish_weights(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> P
     Returns:
         the published path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(dict(checkpoint), tmp)
-    return path
+    return save_model_file(path, checkpoint)
 
 
 class CachedNetwork:

@@ -21,13 +21,13 @@ import tempfile
 import time
 from typing import Any
 
-import torch
 from monai.bundle import ConfigWorkflow
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
-from lib.model_files import AppPaths, ModelFileError, load_weights, publish_weights
+from lib.model_files import AppPaths, ModelFileError, load_into, publish_weights, read_weights
+from pipeline.model_files import CONFIG_KEY, MODEL_KEY, network_options
 from pipeline.safety import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -36,20 +36,6 @@ STATS_NAME = "train_stats.json"
 # request parameters a client may set (Slicer shows config() as the trainer's options)
 INT_OPTIONS = ("max_epochs", "volume_repeats", "batch_size", "num_samples", "seed")
 FLOAT_OPTIONS = ("learning_rate",)
-
-
-NETWORK_OPTIONS = ("arch", "spatial_dims", "context", "num_classes", "deep_supervision", "members")
-
-
-def network_options_of(path: Any) -> dict[str, Any]:
-    """The network options stored with a weight file (``config``), so that fine-tuning builds the network
-    the weights belong to (an ensemble is fine-tuned as one network: its averaged output); empty when the
-    file cannot be read (loading it reports why)."""
-    try:
-        config = torch.load(path, map_location="cpu", weights_only=True).get("config", {})
-    except Exception:  # noqa: BLE001 - load_weights gives the precise error
-        return {}
-    return {k: config[k] for k in NETWORK_OPTIONS if k in config}
 
 
 def _number(value: Any) -> float | None:
@@ -126,7 +112,12 @@ class LGGSegTrain(TrainTask):
                 MONAILabelError.APP_TRAIN_FAILED,
                 f"no weights to start from: neither {self.paths.finetuned_model} nor {self.paths.base_model}",
             )
-        network_options = network_options_of(start_from)
+        try:
+            checkpoint, _ = read_weights(start_from)  # read once: the options and the weights of one file
+        except ModelFileError as error:
+            raise MONAILabelException(MONAILabelError.APP_TRAIN_FAILED, str(error)) from error
+        # the network the weights belong to (an ensemble is fine-tuned as one network: its averaged output)
+        options_of_model = network_options(checkpoint[CONFIG_KEY])
         begin = time.time()
         self.paths.model_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".finetune-", dir=self.paths.model_dir) as scratch:
@@ -142,7 +133,7 @@ class LGGSegTrain(TrainTask):
                 "ckpt_dir": f"{scratch}/checkpoints",
                 "output_dir": f"{scratch}/logs",
                 "num_workers": 0,
-                **network_options,
+                **options_of_model,
                 **{
                     k: options[k]
                     for k in ("volume_repeats", "batch_size", "num_samples", "seed")
@@ -159,7 +150,7 @@ class LGGSegTrain(TrainTask):
             workflow.initialize()
             network = workflow.parser.get_parsed_content("network")
             try:
-                checkpoint, _ = load_weights(network, start_from)
+                load_into(network, checkpoint, start_from)
             except ModelFileError as error:
                 raise MONAILabelException(MONAILabelError.APP_TRAIN_FAILED, str(error)) from error
             logger.info("fine-tuning %s on %d studies for %d epochs", start_from, len(datalist), epochs)
@@ -177,7 +168,7 @@ class LGGSegTrain(TrainTask):
             "seconds": round(time.time() - begin, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        published = {"model": weights, "config": checkpoint.get("config", {}), "finetune": stats}
+        published = {MODEL_KEY: weights, CONFIG_KEY: checkpoint[CONFIG_KEY], "finetune": stats}
         publish_weights(self.paths.finetuned_model, published)
         atomic_write_text(self.paths.model_dir / STATS_NAME, json.dumps(stats, indent=1) + "\n")
         logger.info("published %s (%s)", self.paths.finetuned_model, stats)
