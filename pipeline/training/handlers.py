@@ -1,24 +1,27 @@
 """Ignite handlers of a training run: progress bar, epoch line, TensorBoard scalars and overlays.
 
 Every handler here is an ``attach(engine)`` object that goes into an engine's handler list (the CLI's
-workflows and the bundle's ``train.json`` alike). Validation, schedules, statistics and early stopping
-use MONAI's handlers directly; :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` writing each
-file under a temporary name first.
+workflows and the bundle's ``train.json`` alike). Validation, schedules and statistics use MONAI's handlers
+directly, early stopping Ignite's ``EarlyStopping``; :class:`AtomicCheckpointSaver` saves as MONAI's
+``CheckpointSaver`` does, on Ignite's ``Checkpoint`` writing each file under a temporary name first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar
+from ignite.handlers import Checkpoint, DiskSaver, ProgressBar
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointSaver, TensorBoardStatsHandler, ValidationHandler
+from monai.handlers import TensorBoardStatsHandler, ValidationHandler
+from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.evaluation.overlays import FLAIR_CHANNEL, overlay_rgb
@@ -167,32 +170,137 @@ class GradientClipHandler:
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
 
 
-class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's ``CheckpointSaver`` whose files are written to a temporary name and renamed into place, so
-    an interrupted run never leaves a half-written model file. ``state_dict`` / ``load_state_dict`` carry
-    the best score seen, so a resumed run does not replace the best model with a worse one.
+class _FixedNameDiskSaver(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` for the one file of a fixed name. ``Checkpoint`` removes the file it is
+    about to write again (or, resuming a run saved before, the same file under Ignite's own name), which would
+    leave no best model until the new one is written: the atomic write replaces it in one step instead, so
+    nothing is removed."""
+
+    def __init__(self, dirname: str | Path) -> None:
+        super().__init__(dirname, atomic=True, require_empty=False)
+
+    def remove(self, filename: str) -> None:
+        pass
+
+
+class AtomicCheckpointSaver:
+    """Save checkpoints as MONAI's ``CheckpointSaver`` does (the best model by the key metric, and/or every N
+    epochs keeping the last ``n_saved``), on Ignite's public ``Checkpoint`` with an atomic ``DiskSaver``: each
+    file is written under a temporary name and renamed into place, so an interrupted run never leaves a
+    half-written model file. ``state_dict`` / ``load_state_dict`` carry what was saved (Ignite's
+    ``Checkpoint.state_dict`` format, ``{"key_metric": {"_saved": [...]}, "interval": {"_saved": [...]}}``),
+    so a resumed run keeps the best score and removes the old epoch files in turn.
 
     Args:
-        same as ``monai.handlers.CheckpointSaver``.
+        save_dir: folder of the files (created when missing).
+        save_dict: the objects saved, ``{"name": object with state_dict()}``.
+        name: name of the logger (default: the engine's logger).
+        file_prefix: prefix of the file names.
+        save_key_metric: save when the key metric is the best so far.
+        key_metric_name: the metric in ``engine.state.metrics`` (default: ``engine.state.key_metric_name``,
+            which MONAI's workflows set).
+        key_metric_n_saved: best files kept.
+        key_metric_filename: fixed name of the best file (then ``key_metric_n_saved`` must be 1).
+        key_metric_greater_or_equal: an equal score replaces the saved best.
+        key_metric_negative_sign: smaller is better (the score is negated).
+        epoch_level: ``save_interval`` counts epochs (``True``) or iterations.
+        save_interval: save every N epochs (or iterations); 0: no interval checkpoints.
+        n_saved: interval files kept (``None``: all).
+
+    Raises:
+        ValueError: ``key_metric_filename`` with ``key_metric_n_saved`` > 1, or nothing to save.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True  # ignite's DiskSaver: temporary file, then rename
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: dict[str, Any],
+        name: str | None = None,
+        file_prefix: str = "",
+        save_key_metric: bool = False,
+        key_metric_name: str | None = None,
+        key_metric_n_saved: int = 1,
+        key_metric_filename: str | None = None,
+        key_metric_greater_or_equal: bool = False,
+        key_metric_negative_sign: bool = False,
+        epoch_level: bool = True,
+        save_interval: int = 0,
+        n_saved: int | None = None,
+    ) -> None:
+        if not save_dict:
+            raise ValueError("AtomicCheckpointSaver needs objects to save (save_dict)")
+        if key_metric_filename is not None and key_metric_n_saved > 1:
+            raise ValueError("a fixed key_metric_filename holds one model: key_metric_n_saved must be 1")
+        self.save_dir, self.save_dict, self.name = Path(save_dir), save_dict, name
+        self.key_metric_name, self.sign = key_metric_name, -1.0 if key_metric_negative_sign else 1.0
+        self.epoch_level, self.save_interval = epoch_level, save_interval
+        self.logger = logging.getLogger(name)
+        self.checkpoints: dict[str, Checkpoint] = {}
+        if save_key_metric:
+            fixed = key_metric_filename is not None
+            self.checkpoints["key_metric"] = Checkpoint(
+                to_save=save_dict,
+                save_handler=(
+                    _FixedNameDiskSaver(self.save_dir)
+                    if fixed
+                    else DiskSaver(self.save_dir, atomic=True, require_empty=False)
+                ),
+                filename_prefix=file_prefix,
+                score_function=self._key_metric_score,
+                score_name="key_metric",
+                n_saved=key_metric_n_saved,
+                # a fixed name is a pattern without fields (braces in it escaped)
+                filename_pattern=key_metric_filename.replace("{", "{{").replace("}", "}}") if fixed else None,
+                greater_or_equal=key_metric_greater_or_equal,
+            )
+        if save_interval > 0:
+            self.checkpoints["interval"] = Checkpoint(
+                to_save=save_dict,
+                save_handler=DiskSaver(self.save_dir, atomic=True, require_empty=False),
+                filename_prefix=file_prefix,
+                score_function=self._step,
+                score_name="epoch" if epoch_level else "iteration",
+                n_saved=n_saved,
+            )
 
-    def _checkpoints(self) -> dict[str, Any]:
-        found = {"key_metric": self._key_metric_checkpoint, "interval": self._interval_checkpoint}
-        return {name: c for name, c in found.items() if c is not None}
+    def _key_metric_score(self, engine: Engine) -> float:
+        name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
+        if name is None:
+            raise ValueError("save_key_metric=True needs key_metric_name or an engine with a key metric")
+        metric = engine.state.metrics[name]
+        if not is_scalar(metric):
+            warnings.warn(f"key metric {name}={metric} is not a scalar: no model saved", stacklevel=2)
+            return -1.0
+        return self.sign * float(metric)
+
+    def _step(self, engine: Engine) -> int:
+        return engine.state.epoch if self.epoch_level else engine.state.iteration
+
+    def attach(self, engine: Engine) -> None:
+        """Save the best model after every epoch of ``engine`` and the interval checkpoints every N epochs."""
+        if self.name is None:
+            self.logger = engine.logger
+        if "key_metric" in self.checkpoints:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.checkpoints["key_metric"])
+        if "interval" in self.checkpoints:
+            event = Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED
+            engine.add_event_handler(event(every=self.save_interval), self._save_interval)
+
+    def _save_interval(self, engine: Engine) -> None:
+        self.checkpoints["interval"](engine)
+        self.logger.info(
+            "saved checkpoint at %s %d", "epoch" if self.epoch_level else "iteration", self._step(engine)
+        )
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: c.state_dict() for name, c in self._checkpoints().items()}
+        """What was saved, per checkpoint kind: ``{"key_metric": {"_saved": [(score, file), ...]}, ...}``."""
+        return {kind: checkpoint.state_dict() for kind, checkpoint in self.checkpoints.items()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for name, checkpoint in self._checkpoints().items():
-            if name in state_dict:
-                checkpoint.load_state_dict(state_dict[name])
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what was saved (the kinds this saver has; others are ignored)."""
+        for kind, checkpoint in self.checkpoints.items():
+            if kind in state_dict:
+                checkpoint.load_state_dict(state_dict[kind])
 
 
 class IntervalValidationHandler(ValidationHandler):

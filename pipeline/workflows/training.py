@@ -13,9 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ignite.handlers import Checkpoint
+from ignite.engine import Events
+from ignite.handlers import Checkpoint, EarlyStopping
 from monai.engines import SupervisedTrainer
-from monai.handlers import EarlyStopHandler, LrScheduleHandler
+from monai.handlers import LrScheduleHandler
 from monai.utils import set_determinism
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -143,12 +144,6 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         key_metric_filename=BEST_NAME,
     )
     val_handlers: list[Any] = [best_saver]
-    stopper = None
-    if cfg.early_stopping > 0:
-        stopper = EarlyStopHandler(
-            cfg.early_stopping, lambda e: e.state.metrics[KEY_METRIC], epoch_level=True
-        )
-        val_handlers.append(stopper)
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     if plateau:
         val_handlers.append(
@@ -202,9 +197,11 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
     to_save["trainer"] = trainer  # the epoch checkpoint reads its objects when it saves
     if trainer.scaler is not None:
         to_save["scaler"] = trainer.scaler
-    if stopper is not None:
-        stopper.set_trainer(trainer)
-        to_save["early_stopping"] = stopper._handler
+    if cfg.early_stopping > 0:
+        # Ignite's EarlyStopping on the validation metric (its counter and best score are in the checkpoint)
+        stopper = EarlyStopping(cfg.early_stopping, lambda e: e.state.metrics[KEY_METRIC], trainer)
+        evaluator.add_event_handler(Events.EPOCH_COMPLETED, stopper)
+        to_save["early_stopping"] = stopper
     return {
         "cfg": cfg,
         "run_dir": run_dir,
