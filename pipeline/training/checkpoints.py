@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from monai.transforms import Randomizable
 
-EPOCH_CHECKPOINT_PREFIX = (
-    "checkpoint_epoch="  # what CheckpointSaver names the epoch checkpoints: checkpoint_epoch=N.pt
-)
+# what AtomicCheckpointSaver (Ignite's Checkpoint, several objects, score "epoch") names the epoch files
+EPOCH_CHECKPOINT_PREFIX = "checkpoint_epoch="
 LAST_PATTERN = re.compile(rf"^{EPOCH_CHECKPOINT_PREFIX}(\d+)\.pt$")
 BEST_NAME = "best_model.pt"
 
