@@ -348,9 +348,8 @@ class LoadLGGPatient(Transform):
     """Load a raw Kaggle patient folder as channel-first 3D ``MetaTensor`` image and label.
 
     It reads through :func:`pipeline.ingestion.kaggle.read_patient_folder`, the same validated reader as
-    ``lggseg
-    prepare``, so the result equals ``LoadImage(ensure_channel_first=True)`` of the prepared NIfTI files:
-    image ``(3, H, W, D)``, label ``(1, H, W, D)`` (values 0/1), the same affine and dtype.
+    ``lggseg prepare``, so the result equals ``LoadImage(ensure_channel_first=True)`` of the prepared NIfTI
+    files: image ``(3, H, W, D)``, label ``(1, H, W, D)`` (values 0/1), the same affine and dtype.
 
     Args:
         spacing: voxel size in mm (row, column, slice) for the affine.
@@ -460,32 +459,14 @@ def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]
     xf: list[Transform] = [RandFlipd(keys, prob=s.prob_flip, spatial_axis=1)]  # left-right
     if s.prob_rotate90:
         xf.append(RandRotate90d(keys, prob=s.prob_rotate90, spatial_axes=(0, 1)))
-    if s.spatial_dims == 2:
-        xf.append(RandRotated(keys, range_x=rad, prob=s.prob_rotate, mode=modes, padding_mode="zeros"))
-        if s.prob_elastic:
-            xf.append(
-                Rand2DElasticd(
-                    keys,
-                    spacing=(32, 32),
-                    magnitude_range=(1, 2),
-                    prob=s.prob_elastic,
-                    mode=modes,
-                    padding_mode="zeros",
-                )
-            )
-    else:
-        xf.append(RandRotated(keys, range_z=rad, prob=s.prob_rotate, mode=modes, padding_mode="zeros"))
-        if s.prob_elastic:
-            xf.append(
-                Rand3DElasticd(
-                    keys,
-                    sigma_range=(5, 7),
-                    magnitude_range=(50, 100),
-                    prob=s.prob_elastic,
-                    mode=modes,
-                    padding_mode="zeros",
-                )
-            )
+    axis = {"range_x": rad} if s.spatial_dims == 2 else {"range_z": rad}  # in-plane either way
+    xf.append(RandRotated(keys, **axis, prob=s.prob_rotate, mode=modes, padding_mode="zeros"))
+    if s.prob_elastic:
+        warp = {"prob": s.prob_elastic, "mode": modes, "padding_mode": "zeros"}
+        if s.spatial_dims == 2:
+            xf.append(Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 2), **warp))
+        else:
+            xf.append(Rand3DElasticd(keys, sigma_range=(5, 7), magnitude_range=(50, 100), **warp))
     xf += [
         RandScaleIntensityd(img, factors=0.1, prob=s.prob_scale_intensity),
         RandShiftIntensityd(img, offsets=0.1, prob=s.prob_shift_intensity),

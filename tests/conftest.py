@@ -109,3 +109,28 @@ def learn_disks() -> Callable[..., tuple[float, float]]:
         return before, after
 
     return learn
+
+
+def prepare_synthetic(root: Path, seed: int = 0) -> Path:
+    """Six synthetic patients (64x64, 10-12 slices) written under ``root`` and prepared into NIfTI volumes and
+    3 folds; returns the prepared folder."""
+    from pipeline.ingestion.prepare import prepare_dataset
+    from pipeline.ingestion.synthetic import write_synthetic_kaggle
+
+    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=seed, size=64, slices=(10, 12))
+    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
+    return root / "prepared"
+
+
+EXTERNAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "external"
+
+
+@pytest.fixture(scope="session")
+def external_root() -> Path:
+    """Path to ``../shared/data/external`` (the external scans; skips when absent, fails under CI)."""
+    if EXTERNAL_ROOT.is_dir() and any(EXTERNAL_ROOT.iterdir()):
+        return EXTERNAL_ROOT
+    message = f"external scans not found at {EXTERNAL_ROOT}"
+    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        pytest.fail(message + " (CI=true: the shared data is required)")
+    pytest.skip(message)

@@ -14,11 +14,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import prepare_synthetic
 from monai.bundle import ConfigWorkflow, verify_metadata
 
 from pipeline.config import BUNDLE_NAMES, RunConfig
 from pipeline.ingestion.prepare import prepare_dataset
-from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.model_files import MODEL_KEYS, create_network, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +57,7 @@ def _run(configs: str, **overrides) -> subprocess.CompletedProcess:
 def synthetic(tmp_path_factory) -> Path:
     """Six synthetic patients (64x64) prepared into NIfTI volumes and 3 folds."""
     root = tmp_path_factory.mktemp("bundle-synthetic")
-    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=0, size=64, slices=(10, 12))
-    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
+    prepare_synthetic(root, seed=0)
     return root
 
 
@@ -123,6 +122,7 @@ def test_bundle_scalars_match_the_shipped_model():
             assert value == expected, f"{name}: {key}={value!r}, expected {expected!r}"
 
 
+@pytest.mark.slow
 def test_configs_have_every_required_property(synthetic, tmp_path):
     for configs, kind in ((["train.json"], "train"), (["inference.json"], "infer")):
         workflow = ConfigWorkflow(
@@ -139,6 +139,7 @@ def test_configs_have_every_required_property(synthetic, tmp_path):
     assert not (REPO / "eval").exists()
 
 
+@pytest.mark.slow
 def test_bundle_training_equals_cli_training(synthetic, tmp_path):
     """One short epoch through `monai.bundle run` and through `lggseg train`: identical weights."""
     result = _run(
@@ -201,6 +202,7 @@ def _affine_and_shape(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
     return image.affine, image.shape[:3]
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_bundle_inference_on_real_patients(kaggle_root, tmp_path):
     """NIfTI volumes, single files and raw Kaggle folders: one output per case with the input's geometry."""
@@ -239,6 +241,7 @@ def test_bundle_inference_on_real_patients(kaggle_root, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_bundle_inference_reports_a_bad_case_and_writes_the_others(synthetic, tmp_path):
     cases = tmp_path / "studies"
     cases.mkdir()
@@ -278,6 +281,7 @@ def test_bundle_inference_reports_a_bad_case_and_writes_the_others(synthetic, tm
     assert again.returncode != 0 and "exists" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
 def test_verify_net_in_out_and_torchscript_export(tmp_path):
     meta, infer = str(CONFIGS / "metadata.json"), str(CONFIGS / "inference.json")
     checked = subprocess.run(
@@ -309,6 +313,7 @@ def test_verify_net_in_out_and_torchscript_export(tmp_path):
         assert torch.allclose(scripted(x), eager(x), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(synthetic, tmp_path):
     """DDP on two CPU processes: different samples per rank, identical weights, one checkpoint."""
     probe = tmp_path / "probe.json"

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from monai.data import load_decathlon_datalist
 
 
+@pytest.mark.slow
 def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "lggseg demo" in readme.split("```")[1], "the README must open with the demo command"

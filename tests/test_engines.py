@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import prepare_synthetic
 from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,7 +20,6 @@ from pipeline.inference.inferers import VolumeInferer
 from pipeline.inference.postprocessing import build_postprocessing
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.prepare import prepare_dataset
-from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.model_files import load_checkpoint
 from pipeline.training.losses import LOSSES, build_loss
 from pipeline.training.optim import build_optimizer, build_scheduler
@@ -32,13 +32,17 @@ ARCH = "unext"  # the project's default network: small, fast, and it learns with
 TINY = {"epochs": 2, "batch_size": 8, "num_samples": 8, "progress": False, "overlay_images": 2, "lr": 3e-3}
 
 
+def _tiny(data: Path, output: Path | None = None, **options) -> dict:
+    """A tiny run's configuration on ``data`` (UNeXt at 32x32), with ``options`` on top."""
+    where = {"output": str(output)} if output is not None else {}
+    return {**TINY, "data": str(data), **where, "arch": ARCH, "input_size": (32, 32), **options}
+
+
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> Path:
     """Six synthetic patients (64x64, 10-12 slices) prepared into NIfTI volumes and 3 folds."""
     root = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=0, size=64, slices=(10, 12))
-    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
-    return root / "prepared"
+    return prepare_synthetic(root, seed=0)
 
 
 def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
@@ -144,14 +148,9 @@ def test_volume_inferer_3d_and_bad_options():
 # ----------------------------------------------------------------------------- training runs
 
 
+@pytest.mark.slow
 def test_two_epoch_run_writes_checkpoints_tensorboard_and_a_report(synthetic_data, tmp_path):
-    cfg = {
-        **TINY,
-        "data": str(synthetic_data),
-        "output": str(tmp_path),
-        "arch": ARCH,
-        "input_size": (32, 32),
-    }
+    cfg = _tiny(synthetic_data, tmp_path)
     result = train(cfg)
     run_dir = Path(result["run_dir"])
     assert result["epochs"] == 2 and 0.0 <= result["best_metric"] <= 1.0
@@ -214,17 +213,10 @@ def _interrupt_in_epoch(epoch: int):
     return hook, Interrupted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_resume_after_interruption_gives_the_same_weights(synthetic_data, tmp_path, num_workers):
-    base = {
-        **TINY,
-        "epochs": 3,
-        "data": str(synthetic_data),
-        "arch": ARCH,
-        "input_size": (32, 32),
-        "num_workers": num_workers,
-        "scheduler": "cosine",
-    }
+    base = _tiny(synthetic_data, epochs=3, num_workers=num_workers, scheduler="cosine")
     straight = Path(train({**base, "output": str(tmp_path / "a")})["run_dir"])
     hook, interrupted = _interrupt_in_epoch(2)
     with pytest.raises(interrupted):
@@ -247,15 +239,9 @@ def test_resume_after_interruption_gives_the_same_weights(synthetic_data, tmp_pa
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(synthetic_data, tmp_path):
-    cfg = {
-        **TINY,
-        "epochs": 1,
-        "data": str(synthetic_data),
-        "arch": ARCH,
-        "input_size": (32, 32),
-        "context": 1,
-    }
+    cfg = _tiny(synthetic_data, epochs=1, context=1)
     first = train({**cfg, "output": str(tmp_path / "1")})
     second = train({**cfg, "output": str(tmp_path / "2")})
     assert first["best_metric"] == second["best_metric"]
@@ -267,16 +253,9 @@ def test_same_seed_same_metrics(synthetic_data, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_cross_validation_pools_every_patient(synthetic_data, tmp_path):
-    cfg = {
-        **TINY,
-        "epochs": 1,
-        "data": str(synthetic_data),
-        "output": str(tmp_path),
-        "arch": ARCH,
-        "input_size": (32, 32),
-        "overlay_images": 0,
-    }
+    cfg = _tiny(synthetic_data, tmp_path, epochs=1, overlay_images=0)
     result = cross_validate(cfg)
     assert sorted(r["patient_id"] for r in result["records"]) == sorted(
         e["patient"] for e in json.loads((synthetic_data / "datalist.json").read_text())["training"]
@@ -290,6 +269,7 @@ def test_cross_validation_pools_every_patient(synthetic_data, tmp_path):
     ).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "options",
     [
@@ -328,14 +308,7 @@ def test_cross_validation_pools_every_patient(synthetic_data, tmp_path):
     ids=["deep-supervision-2.5d", "softmax-disk-cache", "3d-patches"],
 )
 def test_training_options(synthetic_data, tmp_path, options):
-    cfg = {
-        **TINY,
-        "data": str(synthetic_data),
-        "output": str(tmp_path),
-        "arch": ARCH,
-        "input_size": (32, 32),
-        **options,
-    }
+    cfg = _tiny(synthetic_data, tmp_path, **options)
     result = train(cfg)
     assert result["epochs"] >= 1 and 0.0 <= result["best_metric"] <= 1.0
     assert (Path(result["run_dir"]) / "checkpoints" / "best_model.pt").is_file()
@@ -343,13 +316,10 @@ def test_training_options(synthetic_data, tmp_path, options):
         assert list((tmp_path / "lggseg" / "cache").glob("train-*/*.pt"))
 
 
+@pytest.mark.slow
 def test_early_stopping_and_validation_interval(synthetic_data, tmp_path):
     cfg = {
-        **TINY,
-        "data": str(synthetic_data),
-        "output": str(tmp_path),
-        "arch": ARCH,
-        "input_size": (32, 32),
+        **_tiny(synthetic_data, tmp_path),
         "epochs": 6,
         "lr": 0.0,
         "scheduler": "constant",
@@ -398,6 +368,7 @@ def test_bad_inputs_give_clear_errors(synthetic_data, tmp_path):
         evaluate(not_a_checkpoint)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_two_epochs_on_real_patients_raise_validation_dice(kaggle_root, tmp_path):
     """Four real patients at 64x64 (two train, one validates): two epochs beat the untrained network."""

@@ -99,6 +99,7 @@ def cv_run(tmp_path_factory) -> Path:
     return root / "runs" / "r"
 
 
+@pytest.mark.slow
 def test_choose_postprocessing_uses_validation_folds_only(cv_run, capsys):
     assert main(["choose-postprocessing", "--run", str(cv_run)]) == 0
     out = capsys.readouterr().out
@@ -127,6 +128,7 @@ def test_choose_postprocessing_uses_validation_folds_only(cv_run, capsys):
     assert json.loads((cv_run / "postprocessing.json").read_text()) == choice
 
 
+@pytest.mark.slow
 def test_ensemble_command_makes_one_model_of_the_folds(cv_run, tmp_path, capsys):
     if not (cv_run / "postprocessing.json").is_file():
         assert main(["choose-postprocessing", "--run", str(cv_run)]) == 0
@@ -168,6 +170,7 @@ def test_training_refuses_members(tmp_path):
         main(["train", "--data", str(tmp_path), "--members", "2"])
 
 
+@pytest.mark.slow
 def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_path, load_script):
     import shutil
     import statistics
@@ -208,6 +211,7 @@ def test_model_card_takes_every_figure_from_the_cross_validation(cv_run, tmp_pat
         assert f"](images/{name})" in text or "volume" in name
 
 
+@pytest.mark.slow
 def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys, load_script):
     module = load_script("compare_runs")
     log = tmp_path / f"{cv_run.name}.log"

@@ -157,6 +157,7 @@ def test_studies_one_bad_patient_never_stops_the_others(tmp_path: Path, capsys) 
 
 
 # ----------------------------------------------------------------------------------------- app, in-process
+@pytest.mark.slow
 def test_app_imports_without_torchvision(tmp_path: Path) -> None:
     _require_monailabel()
     studies, conf = str(tmp_path / "studies"), {"model_dir": str(tmp_path / "m")}
@@ -208,6 +209,7 @@ def app_lib(tmp_path_factory: pytest.TempPathFactory):
         sys.path.remove(str(APP_DIR))
 
 
+@pytest.mark.slow
 def test_missing_or_mismatched_weights_are_errors(app_lib, tmp_path: Path, kaggle_root: Path, capsys) -> None:
     from fastapi import HTTPException
 
@@ -248,6 +250,7 @@ def test_fine_tuning_never_targets_the_shipped_or_base_weights(app_lib, tmp_path
             from_conf(APP_DIR, conf)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="bundle/models/model.pt is not there yet")
 def test_shipped_model_loads_strictly_and_segments(
     app_lib, tmp_path: Path, kaggle_root: Path, capsys
@@ -394,6 +397,7 @@ def _infer(client, image_id: str, params: dict | None = None) -> tuple[np.ndarra
         os.unlink(result)
 
 
+@pytest.mark.slow
 def test_info_lists_model_trainer_and_strategies(served, client) -> None:
     info = client.info()
     assert info["labels"] == {"flair_abnormality": 1}
@@ -402,6 +406,7 @@ def test_info_lists_model_trainer_and_strategies(served, client) -> None:
     assert info["datastore"]["total"] == 2 and info["datastore"]["completed"] == 1
 
 
+@pytest.mark.slow
 def test_upload_then_infer_keeps_geometry(served, client, uploaded) -> None:
     image = nib.load(served["studies"] / f"{C}.nii.gz")
     label, affine, params = _infer(client, C)
@@ -423,6 +428,7 @@ def test_upload_then_infer_keeps_geometry(served, client, uploaded) -> None:
     assert np.array_equal(sitk.GetArrayFromImage(nrrd).transpose(2, 1, 0), label)
 
 
+@pytest.mark.slow
 def test_submitted_label_reads_back(served, client, submitted) -> None:
     stored = served["studies"] / "labels" / "final" / f"{C}.nii.gz"
     assert _digest(stored) == _digest(submitted)
@@ -435,6 +441,7 @@ def test_submitted_label_reads_back(served, client, submitted) -> None:
     assert not [p for p in served["studies"].rglob("*") if ".partial" in p.name or ".tmp-" in p.name]
 
 
+@pytest.mark.slow
 def test_two_inferences_at_once(served, client, uploaded) -> None:
     from monailabel.client import MONAILabelClient
 
@@ -461,6 +468,7 @@ def test_two_inferences_at_once(served, client, uploaded) -> None:
         assert np.array_equal(results[image_id], label)
 
 
+@pytest.mark.slow
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, uploaded, tmp_path: Path) -> None:
     import requests
 
@@ -519,11 +527,13 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, uploaded, tmp
     assert sorted(p.name for p in studies.glob("*.nii.gz")) == sorted(f"{i}.nii.gz" for i in (A, B, C))
 
 
+@pytest.mark.slow
 def test_next_sample_is_the_unlabelled_study(served, client, submitted) -> None:
     assert client.next_sample("first", {})["id"] == B
     assert client.next_sample("random", {})["id"] == B
 
 
+@pytest.mark.slow
 def test_training_publishes_weights_the_next_inference_uses(served, client, submitted) -> None:
     import requests
 
@@ -552,6 +562,7 @@ def test_training_publishes_weights_the_next_inference_uses(served, client, subm
     assert params["model_mtime"] == pytest.approx(published.stat().st_mtime)
 
 
+@pytest.mark.slow
 def test_server_stops_cleanly(served) -> None:
     server = served["server"]
     code, orphans = server.stop(signal.SIGINT)

@@ -148,6 +148,7 @@ def test_bundle_config_builds_network():
     assert type(net).__name__ == "UNeXt" and net.widths == (8, 16, 24, 32, 48)
 
 
+@pytest.mark.slow
 def test_cli_lists_every_network(capsys):
     from pipeline.cli import main
 

@@ -424,6 +424,7 @@ def _processes_of(marker: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
 def test_kill_9_of_prepare_with_workers(kaggle: Path, tmp_path: Path, capsys) -> None:
     # A patient whose first slice is a FIFO: its worker blocks reading it, so the run is surely still

@@ -52,6 +52,7 @@ def test_train_refuses_a_folder_that_holds_a_run(world, capsys):
     assert "exclude each other" in capsys.readouterr().err and _tree(runs) == before
 
 
+@pytest.mark.slow
 def test_train_overwrite_removes_only_that_runs_files(world, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(world["root"] / "runs", runs)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import prepare_synthetic
 
 from pipeline.cli import main
-from pipeline.ingestion.prepare import prepare_dataset
-from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.model_files import load_checkpoint
 
 TINY = [
@@ -39,11 +38,10 @@ TINY = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
-    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=1, size=64, slices=(10, 12))
-    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
-    return root / "prepared"
+    return prepare_synthetic(root, seed=1)
 
 
+@pytest.mark.slow
 def test_train_evaluate_infer_commands(prepared, tmp_path, capsys):
     config = tmp_path / "options.json"
     config.write_text(json.dumps({"lr": 0.002, "loss": "bce_dice", "optimizer": "sgd", "nesterov": True}))
@@ -147,22 +145,11 @@ def _train_cmd(prepared: Path, output: Path, *extra: str) -> list[str]:
         str(prepared),
         "--output",
         str(output),
-        "--epochs",
+        *TINY,
+        "--epochs",  # the later value wins
         "3",
-        "--batch-size",
-        "8",
-        "--num-samples",
-        "8",
         "--volume-repeats",
         "6",
-        "--input-size",
-        "32",
-        "32",
-        "--arch",
-        "unext",
-        "--no-progress",
-        "--overlay-images",
-        "0",
         *extra,
     ]
 

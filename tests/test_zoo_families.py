@@ -248,6 +248,7 @@ def test_bundle_config_builds_each_family():
 
 
 # Segmenter on 8x8 patches here: 64x64 images give a grid of 8x8 patches instead of 4x4
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "options"),
     [

@@ -1,11 +1,11 @@
 """Per-patient volumetric evaluation as an evaluator handler (floor 2).
 
-:class:`PatientReportHandler` is attached to a ``SupervisedEvaluator`` whose output holds the
-post-processed ``pred`` and the ``label`` of whole volumes. It computes every 3D metric of
+:class:`PatientReportHandler` is attached to a ``SupervisedEvaluator`` whose output holds the post-processed
+``pred`` and the ``label`` of whole volumes. It computes every 3D metric of
 :func:`pipeline.evaluation.metrics.patient_metrics` per patient as the evaluator goes and writes the report of
 :func:`pipeline.evaluation.report.write_report` when asked. ``lggseg evaluate`` and the bundle's
-``evaluate.json``
-both use it; under ``torchrun`` every rank evaluates its share and rank 0 writes one merged report.
+``evaluate.json`` both use it; under ``torchrun`` every rank evaluates its share and rank 0 writes one merged
+report.
 """
 
 from __future__ import annotations

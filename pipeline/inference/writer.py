@@ -1,6 +1,6 @@
 """Writing predictions: each case with MONAI's ``SaveImaged`` as ``<output>/<case>/<case>_seg.nii.gz``
-(uint8, the
-input's shape and affine), under a temporary name first, and the check of the targets before any work.
+(uint8, the input's shape and affine), under a temporary name first, and the check of the targets before
+any work.
 """
 
 from __future__ import annotations

@@ -8,12 +8,11 @@ a raw Kaggle folder (``kaggle_3m``, or one patient folder) or from a prepared fo
     STUDIES/labels/final/<patient>.nii.gz    uint8, array (H, W, D): 0 background, 1 FLAIR abnormality
     STUDIES/.lggseg-manifest.json            the files lggseg wrote (only those are ever replaced)
 
-The image is the same file ``lggseg prepare`` writes (:func:`pipeline.ingestion.nifti.save_nifti`; copied
-byte for byte
-from a prepared folder): the form the bundle's chain reads (``LoadImaged`` gives ``(3, H, W, D)``). 3D Slicer
-reads it as a 4D volume, i.e. a sequence of 3 frames (0 pre-contrast, 1 FLAIR, 2 post-contrast) on one 3D
-grid, so labels drawn on any frame have the study's (H, W, D) geometry. A 3D vector image (a 5D NIfTI with
-the vector intent, or a vector NRRD) would show as one colour volume in Slicer, but MONAI 1.6 reads the
+The image is the same file ``lggseg prepare`` writes (:func:`pipeline.ingestion.nifti.save_nifti`; copied byte
+for byte from a prepared folder): the form the bundle's chain reads (``LoadImaged`` gives ``(3, H, W, D)``).
+3D Slicer reads it as a 4D volume, i.e. a sequence of 3 frames (0 pre-contrast, 1 FLAIR, 2 post-contrast) on
+one 3D grid, so labels drawn on any frame have the study's (H, W, D) geometry. A 3D vector image (a 5D NIfTI
+with the vector intent, or a vector NRRD) would show as one colour volume in Slicer, but MONAI 1.6 reads the
 first as ``(3, H, W, D, 1)`` and fails on the second, so the bundle's chain could not use it.
 
 Safety follows :mod:`pipeline.safety`: the output must not be, contain or lie inside the input; a folder

@@ -1,9 +1,8 @@
 """Model ensembles: several networks of one architecture behind one ``nn.Module`` (floor 1).
 
-A cross-validation trains one network per fold; :func:`pipeline.workflows.model_selection.combine_models`
-puts them
-into one model file whose configuration says ``members: N``, so the CLI, the bundle and the MONAI Label app
-load it like any other model (``pipeline.networks.build_network(..., members=N)`` builds the matching
+A cross-validation trains one network per fold; :func:`pipeline.workflows.model_selection.combine_models` puts
+them into one model file whose configuration says ``members: N``, so the CLI, the bundle and the MONAI Label
+app load it like any other model (``pipeline.networks.build_network(..., members=N)`` builds the matching
 :class:`ModelEnsemble`). The members' probabilities are averaged, as nnU-Net averages its fold models.
 """
 

@@ -125,9 +125,8 @@ def infer(
     (uint8 0/1, the input's shape and affine) and, with ``kaggle_masks``, per-slice
     ``<case>_<k>_mask.tif`` in ``output/<case>/kaggle_masks``.
 
-    Cases are named after their input (:func:`pipeline.ingestion.cases.find_cases`); two inputs with one
-    name are
-    refused before anything runs, and so are existing predictions unless ``overwrite``. A case that cannot
+    Cases are named after their input (:func:`pipeline.ingestion.cases.find_cases`); two inputs with one name
+    are refused before anything runs, and so are existing predictions unless ``overwrite``. A case that cannot
     be read is reported and the others are still written (:class:`CasesFailed` at the end).
 
     Returns:
