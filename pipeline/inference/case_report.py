@@ -1,0 +1,237 @@
+"""What a user gets per case beside the mask: the tumour volume, a QC picture and the summary table.
+
+- :func:`tumour_volume_ml`: the mask's volume in mL from its affine (or spacing);
+- :func:`write_qc_png`: the FLAIR with the mask's outline on the axial slices with the most tumour, shown as
+  the project shows every slice (radiological convention: anterior up, the patient's right on the left of
+  the picture; see :mod:`pipeline.ingestion.kaggle`), outline colour from :mod:`pipeline.evaluation.overlays`;
+- :func:`write_summary_csv`: one row per case, columns :data:`SUMMARY_COLUMNS` in that order.
+
+Every file is written atomically (:func:`pipeline.safety.atomic_path`); figures use matplotlib's object API
+with the Agg canvas (no ``pyplot``), as :mod:`pipeline.evaluation.plots` does.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from pipeline.evaluation.overlays import OVERLAY_COLOURS
+from pipeline.ingestion.kaggle import ORIENTATION
+from pipeline.safety import atomic_path, atomic_write_text
+
+__all__ = ["SUMMARY_COLUMNS", "tumour_volume_ml", "voxel_volume_mm3", "write_qc_png", "write_summary_csv"]
+
+#: the summary table's columns, in order (``sequences``: the sequences read, e.g. ``flair+t1``; ``t1`` /
+#: ``t1c``: the file used or the stand-in taken in its place)
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "case",
+    "flair",
+    "sequences",
+    "t1",
+    "t1c",
+    "tumour_voxels",
+    "tumour_volume_ml",
+    "seg_nifti",
+    "seg_dicom",
+    "qc_png",
+)
+_QC_SLICES = 3
+_WINDOW_PERCENTILES = (1.0, 99.0)
+
+
+def _array(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensors and MONAI MetaTensors
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _volume3d(x: Any, name: str) -> np.ndarray:
+    """A 3D array; a leading channel of size 1 (MONAI's channel-first) is dropped."""
+    array = _array(x)
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be 3D (H, W, D) or (1, H, W, D), got shape {tuple(array.shape)}")
+    return array
+
+
+def voxel_volume_mm3(affine_or_spacing: Any) -> float:
+    """The volume of one voxel in mm^3.
+
+    Args:
+        affine_or_spacing: a 4x4 (or 3x3) voxel-to-world matrix in mm, or three voxel sizes in mm.
+
+    Returns:
+        the voxel volume: the absolute determinant of the matrix's 3x3 part (the product of its column norms
+        when the axes are orthogonal, as in every scanner grid), or the product of the sizes.
+
+    Raises:
+        ValueError: anything else, or a zero / non-finite volume.
+    """
+    a = np.asarray(_array(affine_or_spacing), dtype=float)
+    if a.shape in {(4, 4), (3, 3)}:
+        volume = abs(float(np.linalg.det(a[:3, :3])))
+    elif a.shape == (3,):
+        volume = abs(float(np.prod(a)))
+    else:
+        raise ValueError(f"expected a 4x4 affine or three voxel sizes, got an array of shape {a.shape}")
+    if not math.isfinite(volume) or volume <= 0:
+        raise ValueError(f"the voxel volume is {volume} mm^3; the affine or spacing is degenerate")
+    return volume
+
+
+def tumour_volume_ml(mask: Any, affine_or_spacing: Any) -> float:
+    """The volume of the mask's foreground (voxels > 0) in mL (1 mL = 1000 mm^3).
+
+    Args:
+        mask: binary mask, any shape (numpy, torch or MONAI MetaTensor).
+        affine_or_spacing: the mask's 4x4 voxel-to-world affine in mm, or its three voxel sizes in mm.
+
+    Returns:
+        the volume in mL.
+    """
+    return int(np.count_nonzero(_array(mask) > 0)) * voxel_volume_mm3(affine_or_spacing) / 1000.0
+
+
+def _to_project_orientation(
+    flair: np.ndarray, mask: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Both volumes turned to the project's axes (P, L, S: axial slices on the last axis, shown as the Kaggle
+    slices are) and the in-plane voxel sizes (rows, columns) in mm."""
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(ORIENTATION))
+    sizes = np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+    sizes = sizes[np.argsort(transform[:, 0])]  # voxel sizes along the new axes
+    return (
+        nib.orientations.apply_orientation(flair, transform),
+        nib.orientations.apply_orientation(mask, transform),
+        (float(sizes[0]), float(sizes[1])),
+    )
+
+
+def write_qc_png(
+    flair: Any,
+    mask: Any,
+    path: str | os.PathLike,
+    spacing: Sequence[float] | None = None,
+    *,
+    affine: Any = None,
+    title: str | None = None,
+    n_slices: int = _QC_SLICES,
+) -> Path:
+    """Write a PNG of the FLAIR with the mask's outline on the axial slices with the most tumour.
+
+    The intensities are windowed on the 1st-99th percentile of the whole FLAIR, the same window on every
+    panel. Slices are shown in radiological convention (anterior up, the patient's right on the left).
+
+    Args:
+        flair: the FLAIR volume ``(H, W, D)`` or ``(1, H, W, D)`` (numpy, torch or MONAI MetaTensor).
+        mask: the binary mask on the FLAIR's grid (same shape).
+        path: the PNG to write (atomically); its folder is created when missing.
+        spacing: the voxel sizes (mm) along the array's axes, used when ``affine`` is not given; the arrays
+            are then taken as already in the project's orientation (P, L, S, as the prepared Kaggle volumes).
+        affine: the voxel-to-world (RAS, mm) affine of the arrays (nibabel's, or a MetaTensor's ``affine``):
+            the volumes are turned to the project's orientation first, so any scan shows axial slices.
+        title: the case name, put at the head of the figure.
+        n_slices: how many slices to show (fewer when fewer slices hold tumour); the middle slice when the
+            mask is empty, said in the title.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ValueError: the FLAIR and the mask differ in shape or are not 3D.
+    """
+    image = _volume3d(flair, "flair").astype(np.float32)
+    seg = _volume3d(mask, "mask") > 0
+    if image.shape != seg.shape:
+        raise ValueError(f"flair {image.shape} and mask {seg.shape} must have the same shape")
+    if affine is not None:
+        affine = np.asarray(_array(affine), dtype=float)
+        volume_mm3 = voxel_volume_mm3(affine)
+        image, seg, (row_mm, col_mm) = _to_project_orientation(image, seg, affine)
+    else:
+        sizes = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+        volume_mm3 = voxel_volume_mm3(sizes)
+        row_mm, col_mm = sizes[0], sizes[1]
+    areas = seg.sum(axis=(0, 1))
+    if areas.any():
+        chosen = np.argsort(-areas, kind="stable")[: max(1, min(n_slices, int(np.count_nonzero(areas))))]
+        shown = sorted(int(k) for k in chosen)
+        what = f"tumour {int(seg.sum())} voxels, {seg.sum() * volume_mm3 / 1000.0:.2f} mL"
+    else:
+        shown = [image.shape[2] // 2]
+        what = "no tumour found: middle slice shown"
+    finite = image[np.isfinite(image)]
+    low, high = np.percentile(finite, _WINDOW_PERCENTILES) if finite.size else (0.0, 1.0)
+    high = float(high) if high > low else float(low) + 1.0
+    colour = OVERLAY_COLOURS["prediction"]
+    fig = Figure(figsize=(3.4 * len(shown), 3.9))
+    for i, k in enumerate(shown):
+        ax = fig.add_subplot(1, len(shown), i + 1)
+        ax.imshow(image[..., k], cmap="gray", vmin=float(low), vmax=high, aspect=row_mm / col_mm)
+        plane = seg[..., k]
+        if plane.any() and not plane.all():
+            ax.contour(plane.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
+        ax.set_title(f"slice {k + 1}/{image.shape[2]}: {int(plane.sum())} px", fontsize=9)
+        ax.text(0.02, 0.5, "R", color="yellow", fontsize=9, transform=ax.transAxes, va="center")
+        ax.text(0.98, 0.5, "L", color="yellow", fontsize=9, transform=ax.transAxes, va="center", ha="right")
+        ax.set_axis_off()
+    handle = Line2D([0], [0], color=colour, lw=2, label="predicted FLAIR abnormality")
+    fig.legend(handles=[handle], loc="lower center", fontsize=8, frameon=False)
+    fig.suptitle(f"{title + ': ' if title else ''}{what}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+def write_summary_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write the per-case summary table (atomically): columns :data:`SUMMARY_COLUMNS` in that order.
+
+    Args:
+        rows: one mapping per case with keys among :data:`SUMMARY_COLUMNS` (a missing key or ``None`` is an
+            empty cell; floats are written with 4 decimals, lists and tuples joined with ``+``, paths as
+            given).
+        path: the CSV to write; its folder is created when missing.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ValueError: a row with a key that is not a summary column.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for row in rows:
+        unknown = sorted(set(row) - set(SUMMARY_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"summary row has unknown columns {unknown}; known: {', '.join(SUMMARY_COLUMNS)}"
+            )
+        writer.writerow([_cell(row.get(column)) for column in SUMMARY_COLUMNS])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, buffer.getvalue())
