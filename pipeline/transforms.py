@@ -52,6 +52,9 @@ from monai.transforms.traits import MultiSampleTrait
 from scipy import ndimage
 
 from pipeline.ingestion.kaggle import read_patient_folder
+from pipeline.ingestion.model_grid import ToModelGridd
+from pipeline.ingestion.scan_loader import LoadScansd
+from pipeline.ingestion.scans import SCAN_KIND
 
 IMAGE_KEY = "image"
 DEFAULT_PATCH_SIZE = (128, 128, 16)  # 3D training patch and sliding window (H, W, D): thick slices
@@ -438,9 +441,12 @@ class LoadVolumed(MapTransform):
             keys, reader="NibabelReader", ensure_channel_first=True, image_only=True, allow_missing_keys=True
         )
         self.folder = LoadLGGPatientd(self.keys)
+        self.scans = LoadScansd(IMAGE_KEY)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if d.get("kind") == SCAN_KIND:  # a user's scans: FLAIR [+ T1, T1c], registered onto the FLAIR
+            return self.scans(d)
         image = d.get(IMAGE_KEY)
         if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
             return self.folder(d)
@@ -499,7 +505,11 @@ def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] 
         EnsureTyped(IMAGE_KEY, dtype=torch.float32),
     ]
     if mode != "train":
-        xf += [BrainNormalized(IMAGE_KEY, s.clip_lower, s.clip_upper, s.brain_threshold)]
+        modes = ["trilinear" if k == IMAGE_KEY else "nearest" for k in keys]
+        xf += [
+            ToModelGridd(keys, mode=modes),  # the model's grid; Invertd maps predictions back
+            BrainNormalized(IMAGE_KEY, s.clip_lower, s.clip_upper, s.brain_threshold),
+        ]
         if mode == "val":
             xf.append(EnsureTyped(LABEL_KEY, dtype=torch.uint8))
         return Compose(xf)

@@ -118,11 +118,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_infer(args: argparse.Namespace) -> int:
     """Run ``lggseg infer``: print how many predictions were written."""
+    from pipeline.ingestion.cases import case_name
+    from pipeline.ingestion.scans import make_scan_case
     from pipeline.workflows.prediction import infer
 
+    inputs: list = list(args.input)
+    if args.flair is not None:
+        name = args.case or case_name(args.flair)
+        inputs.append(make_scan_case(name, args.flair, args.t1, args.t1c))
+    elif args.t1 or args.t1c or args.case:
+        raise ValueError("--t1, --t1c and --case go with --flair FILE (one case named explicitly)")
+    if not inputs:
+        raise ValueError("nothing to segment: pass --input PATH ... or --flair FILE")
     written = infer(
         args.checkpoint,
-        args.input,
+        inputs,
         args.output,
         overrides=_overrides(args),
         kaggle_masks=args.kaggle_masks,
@@ -193,7 +203,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "patient folders or folders of them. Writes OUTPUT/<case>/<case>_seg.nii.gz.",
     )
     _postprocessing_options(p)
-    p.add_argument("--input", nargs="+", required=True, help="what to segment")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        default=[],
+        help="what to segment: scan case folders (FLAIR [+ T1, T1c] as NIfTI files or DICOM series) or "
+        "folders of them, FLAIR NIfTI files, prepared folders, datalists, Kaggle patient folders",
+    )
+    p.add_argument(
+        "--flair", type=Path, help="one case named explicitly: its FLAIR (NIfTI file or DICOM folder)"
+    )
+    p.add_argument("--t1", type=Path, help="with --flair: its pre-contrast T1 (default: the FLAIR stands in)")
+    p.add_argument(
+        "--t1c", type=Path, help="with --flair: its post-contrast T1 (default: the FLAIR stands in)"
+    )
+    p.add_argument("--case", help="with --flair: the case name (default: the FLAIR's name)")
     p.add_argument("--output", type=Path, required=True, help="output folder")
     p.add_argument("--kaggle-masks", action="store_true", help="also write <patient>_<k>_mask.tif per slice")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions of these cases")

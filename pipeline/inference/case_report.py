@@ -26,10 +26,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline.evaluation.overlays import OVERLAY_COLOURS
+from pipeline.inference.dicom_seg import write_dicom_seg
+from pipeline.inference.writer import case_output_paths
 from pipeline.ingestion.kaggle import ORIENTATION
+from pipeline.ingestion.scan_loader import ras_affine, voxels_xyz
+from pipeline.ingestion.scans import SCAN_KIND, SOURCE_FILES_KEY, read_scan
 from pipeline.safety import atomic_path, atomic_write_text
 
-__all__ = ["SUMMARY_COLUMNS", "tumour_volume_ml", "voxel_volume_mm3", "write_qc_png", "write_summary_csv"]
+__all__ = [
+    "SUMMARY_COLUMNS",
+    "tumour_volume_ml",
+    "voxel_volume_mm3",
+    "write_case_outputs",
+    "write_qc_png",
+    "write_summary_csv",
+]
 
 #: the summary table's columns, in order (``sequences``: the sequences read, e.g. ``flair+t1``; ``t1`` /
 #: ``t1c``: the file used or the stand-in taken in its place)
@@ -235,3 +246,46 @@ def write_summary_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, buffer.getvalue())
+
+
+def write_case_outputs(
+    case: Mapping[str, Any], pred: Any, output_dir: str | os.PathLike, image: Any = None
+) -> dict:
+    """The files of one segmented case beside its NIfTI mask, and its row of the summary table.
+
+    Args:
+        case: the case dict (:func:`pipeline.ingestion.cases.find_cases`; a scan case names its sequences).
+        pred: the binary prediction on the case's own grid (``MetaTensor`` ``(1, H, W, D)`` with its affine).
+        output_dir: the output folder (``<case>/`` holds the files).
+        image: the model's input (channel 1 the FLAIR) on that grid, used for the QC picture of cases that
+            are not scans (prepared volumes).
+
+    Returns:
+        the summary row (:data:`SUMMARY_COLUMNS`).
+    """
+    name = str(case["case"])
+    paths = case_output_paths(output_dir, name)
+    mask = (_array(pred)[0] > 0).astype(np.uint8)
+    affine = _array(pred.affine) if hasattr(pred, "affine") else np.eye(4)
+    row: dict[str, Any] = {"case": name, "seg_nifti": paths["seg_nifti"]}
+    if case.get("kind") == SCAN_KIND:
+        flair = read_scan(case["flair"])
+        write_qc_png(voxels_xyz(flair), mask, paths["qc_png"], affine=ras_affine(flair), title=name)
+        if flair.HasMetaDataKey(SOURCE_FILES_KEY):
+            files = flair.GetMetaData(SOURCE_FILES_KEY).split("\n")
+            row["seg_dicom"] = str(write_dicom_seg(mask.transpose(2, 1, 0), files, paths["seg_dicom"]))
+        used = [s for s in ("flair", "t1", "t1c") if case.get(s)]
+        row.update(
+            flair=str(case["flair"]),
+            sequences=used,
+            t1=str(case["t1"]) if case.get("t1") else "FLAIR (stand-in)",
+            t1c=str(case["t1c"]) if case.get("t1c") else "FLAIR (stand-in)",
+        )
+    else:
+        row.update(flair=str(case.get("image", "")), sequences=["t1", "flair", "t1c"])
+        if image is not None:
+            write_qc_png(_array(image)[1], mask, paths["qc_png"], affine=affine, title=name)
+    row["qc_png"] = paths["qc_png"] if os.path.exists(paths["qc_png"]) else ""
+    row["tumour_voxels"] = int(mask.sum())
+    row["tumour_volume_ml"] = tumour_volume_ml(mask, affine)
+    return row

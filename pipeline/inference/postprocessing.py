@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from monai.transforms import AsDiscreted, Compose, KeepLargestConnectedComponentd
+from typing import Any
+
+from monai.transforms import AsDiscreted, Compose, Invertd, KeepLargestConnectedComponentd
 
 from pipeline.transforms import RemoveSmallComponentsd
 
 
-def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size: int = 0) -> Compose:
+def build_postprocessing(
+    threshold: float = 0.5, keep_largest: int = 0, min_size: int = 0, preprocessing: Any = None
+) -> Compose:
     """Post-processing of the decollated evaluator output: probability -> binary mask.
 
     Args:
@@ -16,6 +20,9 @@ def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size
             ``KeepLargestConnectedComponentd`` (full connectivity: 26 neighbours).
         min_size: drop 3D connected components smaller than this many voxels (0: off), with
             :class:`pipeline.transforms.RemoveSmallComponentsd` (full connectivity).
+        preprocessing: the cases' transform chain; when given, the probability is first mapped back onto
+            each case's own grid by MONAI ``Invertd`` (the inverse of its invertible steps: the model grid of
+            :class:`pipeline.ingestion.model_grid.ToModelGridd`), then thresholded there.
 
     Returns:
         a ``Compose`` acting on the ``"pred"`` key.
@@ -25,7 +32,14 @@ def build_postprocessing(threshold: float = 0.5, keep_largest: int = 0, min_size
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
-    xforms: list = [AsDiscreted(keys="pred", threshold=threshold)]
+    xforms: list = []
+    if preprocessing is not None:
+        xforms.append(
+            Invertd(
+                keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True
+            )
+        )
+    xforms.append(AsDiscreted(keys="pred", threshold=threshold))
     if keep_largest:
         xforms.append(KeepLargestConnectedComponentd(keys="pred", num_components=keep_largest))
     if min_size:

@@ -48,9 +48,23 @@ class PublishSavedd(MapTransform):
         return d
 
 
+SUMMARY_NAME = "summary.csv"  # one row per case: sequences used, tumour volume, the files written
+
+
 def prediction_path(output_dir: str | os.PathLike, case: str) -> str:
     """Where :func:`prediction_writer` puts the prediction of ``case``."""
     return os.path.join(str(output_dir), case, f"{case}_{PREDICTION_POSTFIX}.nii.gz")
+
+
+def case_output_paths(output_dir: str | os.PathLike, case: str) -> dict[str, str]:
+    """Every file ``infer`` may write for ``case``: the NIfTI mask, the QC picture, the DICOM SEG (of a DICOM
+    input)."""
+    folder = os.path.join(str(output_dir), case)
+    return {
+        "seg_nifti": prediction_path(output_dir, case),
+        "qc_png": os.path.join(folder, f"{case}_qc.png"),
+        "seg_dicom": os.path.join(folder, f"{case}_{PREDICTION_POSTFIX}.dcm"),
+    }
 
 
 def prediction_writer(output_dir: str | os.PathLike, key: str = "pred") -> Compose:
@@ -100,9 +114,10 @@ def check_prediction_targets(
     check_output_location(output_dir, [*inputs, *(c["image"] for c in cases)])
     if isinstance(overwrite, str):  # a bundle override given as text
         overwrite = overwrite.strip().lower() in ("1", "true", "yes")
-    existing = [p for c in cases if os.path.exists(p := prediction_path(output_dir, c["case"]))]
+    targets = [p for c in cases for p in case_output_paths(output_dir, c["case"]).values()]
+    existing = [p for p in [*targets, os.path.join(str(output_dir), SUMMARY_NAME)] if os.path.exists(p)]
     if existing and not overwrite:
         raise ValueError(
-            f"{existing[0]}: exists ({len(existing)} of the {len(cases)} predictions would be replaced); "
+            f"{existing[0]}: exists ({len(existing)} of the files of {len(cases)} cases would be replaced); "
             "pass overwrite (--overwrite) to replace them, or choose another output folder"
         )

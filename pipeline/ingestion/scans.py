@@ -50,6 +50,8 @@ from pipeline.ingestion.sequences import NIFTI_SUFFIXES, sequence_of_description
 logger = logging.getLogger(__name__)
 
 DICOM_PREFIX = "dicom:"
+SCAN_KIND = "scans"  # the "kind" of a scan case
+SOURCE_FILES_KEY = "lggseg:source_files"  # metadata of a series read by read_scan: its files, in slice order
 DICOM_SUFFIXES = (".dcm", ".ima")
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "dicomdir", "__macosx"})
 NOT_DICOM_SUFFIXES = (
@@ -265,7 +267,7 @@ def make_scan_case(
     """
     refs = {"flair": os.fspath(flair), "t1": t1 and os.fspath(t1), "t1c": t1c and os.fspath(t1c)}
     taken = {k: (sequences or {}).get(k) or parse_reference(v)[0].name for k, v in refs.items() if v}
-    return {"case": case, "image": refs["flair"], **refs, "kind": "scans", "sequences": taken}
+    return {"case": case, "image": refs["flair"], **refs, "kind": SCAN_KIND, "sequences": taken}
 
 
 def find_scan_case(
@@ -506,7 +508,9 @@ def _read_series(series: DicomSeries, unreadable: list[tuple[Path, str]]) -> sit
             image = reader.Execute()
         except RuntimeError as err:
             raise LGGDataError(f"{where}: not a readable DICOM series ({_reason(err)})") from None
-    return _as_volume(image, where)
+    volume = _as_volume(image, where)
+    volume.SetMetaData(SOURCE_FILES_KEY, "\n".join(str(p) for p, _ in files))
+    return volume
 
 
 def _read_dicom(folder: Path, uid: str | None) -> sitk.Image:

@@ -47,9 +47,15 @@ def make_inferer(cfg: RunConfig) -> VolumeInferer:
     )
 
 
-def make_postprocessing(cfg: RunConfig) -> Any:
-    """Threshold and connected-component filters of a configuration."""
-    return build_postprocessing(cfg.threshold, cfg.keep_largest, cfg.min_size)
+def make_postprocessing(cfg: RunConfig, preprocessing: Any = None) -> Any:
+    """Threshold and connected-component filters of a configuration.
+
+    Args:
+        cfg: the configuration.
+        preprocessing: the cases' transform chain: the probability is first mapped back onto each case's own
+            grid through it (MONAI ``Invertd``), then thresholded there.
+    """
+    return build_postprocessing(cfg.threshold, cfg.keep_largest, cfg.min_size, preprocessing=preprocessing)
 
 
 def datalist_path(data: str | Path) -> Path:

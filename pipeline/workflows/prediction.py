@@ -19,8 +19,10 @@ from pipeline.engines import (
     write_failures,
 )
 from pipeline.evaluation.handler import PatientReportHandler
-from pipeline.inference.writer import check_prediction_targets, prediction_writer
-from pipeline.ingestion.cases import find_cases
+from pipeline.inference.case_report import write_case_outputs, write_summary_csv
+from pipeline.inference.writer import SUMMARY_NAME, check_prediction_targets, prediction_writer
+from pipeline.ingestion.cases import check_unique, find_cases
+from pipeline.ingestion.scans import SCAN_KIND
 from pipeline.model_files import load_model
 from pipeline.transforms import build_transforms
 from pipeline.workflows.builders import datalist_entries, make_inferer, make_postprocessing
@@ -114,7 +116,7 @@ def evaluate(
 
 def infer(
     checkpoint: str | Path,
-    inputs: Sequence[str | Path],
+    inputs: Sequence[str | Path | Mapping[str, Any]],
     output: str | Path,
     overrides: Mapping[str, Any] | None = None,
     kaggle_masks: bool = False,
@@ -135,11 +137,20 @@ def infer(
     from pipeline.ingestion.export import export_kaggle
 
     network, cfg, dev = load_model(checkpoint, overrides, device)
-    cases = find_cases(inputs)
+    given = [dict(i) for i in inputs if isinstance(i, Mapping)]  # cases made by the caller (--flair ...)
+    paths = [i for i in inputs if not isinstance(i, Mapping)]
+    cases = [*given, *(find_cases(paths) if paths else [])]
+    check_unique(cases)
     out = Path(output)
-    check_prediction_targets(cases, out, inputs, overwrite)
-    dataset = Dataset(cases, build_transforms("infer", cfg))
-    post = make_postprocessing(cfg)
+    sources = [*paths, *(c[s] for c in given for s in ("flair", "t1", "t1c") if c.get(s))]
+    check_prediction_targets(cases, out, sources, overwrite)
+    for case in cases:
+        if case.get("kind") == SCAN_KIND:
+            taken = ", ".join(f"{k.upper()} = {v}" for k, v in case["sequences"].items())
+            logger.info("%s: %s%s", case["case"], taken, _stand_ins(case))
+    preprocessing = build_transforms("infer", cfg)
+    dataset = Dataset(cases, preprocessing)
+    post = make_postprocessing(cfg, preprocessing=preprocessing)  # back onto each case's own grid
     evaluator = build_evaluator(
         device=dev,
         val_data_loader=build_val_loader(dataset, cfg.num_workers, distributed=False),
@@ -149,6 +160,7 @@ def infer(
         amp=cfg.amp,
     )
     written: list[Path] = []
+    rows: list[dict[str, Any]] = []
     current: dict[str, Any] = {}
 
     def publish(engine: Engine) -> None:
@@ -158,8 +170,14 @@ def infer(
         if kaggle_masks:
             export_kaggle(path, out / case["case"] / "kaggle_masks", patient_id=case["case"], overwrite=True)
         written.append(path)
+        row = write_case_outputs(case, item["pred"], out, image=item.get("image"))
+        rows.append({**row, "seg_nifti": str(path)})
         logger.info(
-            "%s: %d tumour voxels -> %s", case["case"], int(torch.as_tensor(item["pred"]).sum()), path
+            "%s: %d tumour voxels, %.2f mL -> %s",
+            case["case"],
+            row["tumour_voxels"],
+            row["tumour_volume_ml"],
+            path,
         )
 
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, publish)
@@ -171,6 +189,13 @@ def infer(
             cfg.num_workers,
             on_case=lambda i, c: current.update(case=c),
         )
+    if rows:
+        write_summary_csv(rows, out / SUMMARY_NAME)
     if failures:
         raise CasesFailed(failures, len(cases), write_failures(failures, out))
     return written
+
+
+def _stand_ins(case: Mapping[str, Any]) -> str:
+    missing = [s.upper() for s in ("t1", "t1c") if not case.get(s)]
+    return f"; no {' or '.join(missing)}: the FLAIR stands in (as in the data set)" if missing else ""

@@ -1,0 +1,173 @@
+"""Other sequences onto the FLAIR's grid: physical overlap check, rigid registration, resampling (floor 1).
+
+Every sequence of a case is resampled onto the FLAIR's voxel grid in physical (scanner) space. By default a
+rigid registration (SimpleITK, Mattes mutual information, three resolutions, started from the scanner
+geometry) corrects any motion between the series; it is kept only when it improves the mutual information
+(otherwise the scanner geometry is used as it is), and what was done is reported per sequence: the
+rotation in degrees, the translation in mm and the metric before and after. Sequences whose volumes do not
+overlap in space (say, of two patients, or of another frame of reference) are refused in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from pipeline.ingestion.errors import LGGDataError
+
+logger = logging.getLogger(__name__)
+
+MIN_OVERLAP = 0.5  # of the smaller volume's bounding box, in physical space
+SEED = 0  # the metric's random sampling: the same inputs give the same registration
+
+
+@dataclass
+class Alignment:
+    """How one sequence was put onto the FLAIR's grid.
+
+    Args:
+        sequence: the sequence name (``"t1"``, ``"t1c"``).
+        registered: a rigid registration was applied (else the scanner geometry as it is).
+        rotation_deg: rotation of the applied transform, degrees.
+        translation_mm: length of its translation, mm.
+        metric_before, metric_after: Mattes mutual information (negative: lower is better), before and
+            after the registration.
+        overlap: the physical overlap of the two volumes (fraction of the smaller one).
+    """
+
+    sequence: str
+    registered: bool
+    rotation_deg: float = 0.0
+    translation_mm: float = 0.0
+    metric_before: float = math.nan
+    metric_after: float = math.nan
+    overlap: float = math.nan
+
+    def describe(self) -> str:
+        """One line for the log."""
+        if not self.registered:
+            return f"{self.sequence}: scanner geometry (registration did not improve the match)"
+        return (
+            f"{self.sequence}: rigid registration, {self.rotation_deg:.1f} deg, {self.translation_mm:.1f} mm "
+            f"(mutual information {self.metric_before:.3f} -> {self.metric_after:.3f})"
+        )
+
+
+def _corners(image: sitk.Image) -> np.ndarray:
+    size = np.asarray(image.GetSize()) - 1
+    index = np.array(np.meshgrid(*[[0, s] for s in size], indexing="ij")).reshape(3, -1).T
+    return np.array([image.TransformContinuousIndexToPhysicalPoint(i.tolist()) for i in index.astype(float)])
+
+
+def physical_overlap(a: sitk.Image, b: sitk.Image) -> float:
+    """Overlap of two volumes' axis-aligned physical bounding boxes, as a fraction of the smaller box.
+
+    Returns:
+        0 (disjoint) to 1 (one inside the other).
+    """
+    boxes = [(c.min(axis=0), c.max(axis=0)) for c in (_corners(a), _corners(b))]
+    low = np.maximum(boxes[0][0], boxes[1][0])
+    high = np.minimum(boxes[0][1], boxes[1][1])
+    inter = float(np.prod(np.clip(high - low, 0, None)))
+    volumes = [float(np.prod(np.maximum(hi - lo, 1e-6))) for lo, hi in boxes]
+    return inter / min(volumes)
+
+
+def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(0.1, SEED)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetInitialTransform(transform, inPlace=False)
+    return float(method.MetricEvaluate(fixed, moving))
+
+
+def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
+    """Rigid (6 degrees of freedom) registration of ``moving`` onto ``fixed`` by Mattes mutual information,
+    started from the scanner geometry (identity in physical space), three resolutions.
+
+    Returns:
+        the transform that maps points of ``fixed`` to ``moving`` (what ``sitk.Resample`` takes).
+    """
+    fixed32, moving32 = (sitk.Cast(i, sitk.sitkFloat32) for i in (fixed, moving))
+    initial = sitk.Euler3DTransform()
+    centre = fixed32.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed32.GetSize()])
+    initial.SetCenter(centre)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(0.1, SEED)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6
+    )
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(initial, inPlace=False)
+    return method.Execute(fixed32, moving32)
+
+
+def _euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
+    """The rigid transform inside what the registration returned (possibly wrapped in a composite)."""
+    if transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        transform = composite.GetNthTransform(composite.GetNumberOfTransforms() - 1)
+    return sitk.Euler3DTransform(transform)
+
+
+def align_to_flair(
+    flair: sitk.Image, moving: sitk.Image, sequence: str, register: bool = True, where: str = ""
+) -> tuple[sitk.Image, Alignment]:
+    """Resample ``moving`` onto ``flair``'s grid (linear), registered rigidly when that helps.
+
+    Args:
+        flair: the reference (its grid is the case's grid).
+        moving: another sequence of the same patient.
+        sequence: its name, for the report.
+        register: try a rigid registration (``False``: the scanner geometry as it is).
+        where: the file or folder named in errors.
+
+    Returns:
+        the resampled image (float32, on ``flair``'s grid) and the :class:`Alignment` report.
+
+    Raises:
+        LGGDataError: the two volumes do not overlap in space (another patient, another frame of reference).
+    """
+    overlap = physical_overlap(flair, moving)
+    if overlap < MIN_OVERLAP:
+        raise LGGDataError(
+            f"{where or sequence}: the {sequence} volume overlaps the FLAIR by {overlap:.0%} in space "
+            f"(at least {MIN_OVERLAP:.0%} needed); are they scans of one patient in one session?"
+        )
+    fixed32, moving32 = (sitk.Cast(i, sitk.sitkFloat32) for i in (flair, moving))
+    identity = sitk.Euler3DTransform()
+    alignment = Alignment(sequence, registered=False, overlap=overlap)
+    transform: sitk.Transform = identity
+    if register:
+        before = _metric(fixed32, moving32, identity)
+        try:
+            candidate = register_rigid(fixed32, moving32)
+            after = _metric(fixed32, moving32, candidate)
+        except RuntimeError as error:  # ITK's optimiser failing is not the user's problem: keep the geometry
+            logger.warning(
+                "%s: rigid registration failed (%s); the scanner geometry is used", sequence, error
+            )
+            candidate, after = identity, before
+        alignment.metric_before, alignment.metric_after = before, after
+        if after < before:
+            transform = candidate
+            euler = _euler(candidate)
+            alignment.registered = True
+            alignment.rotation_deg = math.degrees(
+                math.acos(np.clip((np.trace(np.reshape(euler.GetMatrix(), (3, 3))) - 1) / 2, -1.0, 1.0))
+            )
+            alignment.translation_mm = float(np.linalg.norm(euler.GetTranslation()))
+    resampled = sitk.Resample(moving32, fixed32, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return resampled, alignment
