@@ -348,8 +348,22 @@ def _run_one_case(evaluator: SupervisedEvaluator, case: Dataset, num_workers: in
         if evaluator.state.iteration < 1:
             raise RuntimeError("the evaluator processed nothing")
     except Exception as err:  # noqa: BLE001 - any failure of one case is reported, the others go on
-        return " ".join(str(err).split()) or type(err).__name__
+        return error_line(err)
     return None
+
+
+def innermost_error(error: BaseException) -> BaseException:
+    """The exception at the bottom of a chain (MONAI wraps a transform's error in "applying transform
+    ...")."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def error_line(error: BaseException) -> str:
+    """The cause of a failure on one line: the innermost error's message (its type when it has none)."""
+    cause = innermost_error(error)
+    return " ".join(str(cause).split()) or type(cause).__name__
 
 
 def run_cases(

@@ -18,13 +18,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KAGGLE_ROOT = REPO_ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
 
 
-def _require_real_data() -> Path:
-    if KAGGLE_ROOT.is_dir() and any(KAGGLE_ROOT.iterdir()):
-        return KAGGLE_ROOT
-    message = f"real LGG data not found at {KAGGLE_ROOT}"
+def _require_shared(folder: Path, what: str) -> Path:
+    """``folder`` when it holds data; otherwise skip the test, or fail it when ``CI=true``."""
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    message = f"{what} not found at {folder}"
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail(message + " (CI=true: the shared data is required)")
     pytest.skip(message)
+
+
+def _require_real_data() -> Path:
+    return _require_shared(KAGGLE_ROOT, "real LGG data")
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +133,4 @@ EXTERNAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "external"
 @pytest.fixture(scope="session")
 def external_root() -> Path:
     """Path to ``../shared/data/external`` (the external scans; skips when absent, fails under CI)."""
-    if EXTERNAL_ROOT.is_dir() and any(EXTERNAL_ROOT.iterdir()):
-        return EXTERNAL_ROOT
-    message = f"external scans not found at {EXTERNAL_ROOT}"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message + " (CI=true: the shared data is required)")
-    pytest.skip(message)
+    return _require_shared(EXTERNAL_ROOT, "external scans")

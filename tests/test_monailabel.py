@@ -201,6 +201,7 @@ def app_lib(tmp_path_factory: pytest.TempPathFactory):
     _require_monailabel()
     sys.path.insert(0, str(APP_DIR))
     try:
+        import lib.datastore
         import lib.infers
         import lib.model_files
 
@@ -271,6 +272,24 @@ def test_shipped_model_loads_strictly_and_segments(
     predicted = np.asanyarray(nib.load(result).dataobj)
     os.unlink(result)
     assert _dice(predicted, truth) > 0.5
+
+
+@pytest.mark.slow
+def test_a_flair_alone_is_segmented_on_its_own_grid(app_lib, tmp_path: Path, external_root: Path) -> None:
+    """What 3D Slicer uploads when a user loads their own scan: one FLAIR volume, any geometry."""
+    flair = next((external_root / "tcia_raw" / "TCGA_FG_6692_20020606").glob("*_fla.nii.gz"))
+    study = tmp_path / "TCGA_FG_6692.nii.gz"
+    study.write_bytes(flair.read_bytes())
+    assert app_lib.datastore.check_image_file(study)[0] == nib.load(flair).shape
+    paths = app_lib.model_files.AppPaths(REPO_ROOT / "bundle", SHIPPED_MODEL, tmp_path / "finetuned")
+    task = app_lib.infers.LGGSegInfer(paths, "cpu")
+    result, _ = task({"image": str(study)})
+    label = nib.load(result)
+    voxels = int(np.asanyarray(label.dataobj).sum())
+    os.unlink(result)
+    assert label.shape == nib.load(flair).shape
+    assert np.allclose(label.affine, nib.load(flair).affine, atol=1e-4)
+    assert 500 < voxels < 20000  # the tumour (about 4,400 voxels)
 
 
 # ------------------------------------------------------------------------------------------- real server

@@ -5,6 +5,8 @@
 - :mod:`~pipeline.inference.postprocessing`: threshold and connected-component filters.
 - :mod:`~pipeline.inference.writer`: predictions written with MONAI's ``SaveImaged`` (temporary name, then
   rename) and the check of their targets before any work.
+- :mod:`~pipeline.inference.case_report` and :mod:`~pipeline.inference.dicom_seg`: per case the QC picture,
+  the tumour volume, the summary table and, for a DICOM FLAIR, a DICOM SEG that references it.
 """
 
 from pipeline.inference.inferers import TTA_MODES, VolumeInferer, VolumePrepareBatch

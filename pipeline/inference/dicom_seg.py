@@ -131,8 +131,8 @@ def _slice_spacing(datasets: Sequence[pydicom.Dataset]) -> float | None:
 
 
 def _with_true_slice_spacing(datasets: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """The headers with Spacing Between Slices set from the positions (removed when undefined) and an
-    empty Slice Thickness where there was none (highdicom reads both to build the Pixel Measures)."""
+    """The headers with Spacing Between Slices set from the positions (removed when undefined) and the slice
+    spacing as Slice Thickness where there was none (highdicom reads both to build the Pixel Measures)."""
     spacing = _slice_spacing(datasets)
     fixed = []
     for ds in datasets:
@@ -142,8 +142,9 @@ def _with_true_slice_spacing(datasets: Sequence[pydicom.Dataset]) -> list[pydico
                 del ds.SpacingBetweenSlices
         else:
             ds.SpacingBetweenSlices = f"{spacing:.6g}"
-        if "SliceThickness" not in ds:
-            ds.SliceThickness = None
+        if "SliceThickness" not in ds or ds.SliceThickness in (None, ""):
+            # highdicom 0.22 needs one to compare the pixel measures: the slice spacing is the best guess
+            ds.SliceThickness = f"{spacing:.6g}" if spacing else "1"
         fixed.append(ds)
     return fixed
 

@@ -9,6 +9,11 @@
 - :mod:`~pipeline.ingestion.studies`: MONAI Label studies folders.
 - :mod:`~pipeline.ingestion.synthetic`: the built-in synthetic data set.
 - :mod:`~pipeline.ingestion.errors`: :class:`LGGDataError`, the one-line data error.
+- A user's own scans: :mod:`~pipeline.ingestion.sequences` (which file or series is which sequence),
+  :mod:`~pipeline.ingestion.scans` (scan cases, reading NIfTI files and DICOM series),
+  :mod:`~pipeline.ingestion.registration` (other sequences onto the FLAIR),
+  :mod:`~pipeline.ingestion.scan_loader` (:class:`LoadScansd`) and :mod:`~pipeline.ingestion.model_grid`
+  (:class:`ToModelGridd`: the model's grid, and the way back).
 """
 
 from pipeline.ingestion.cases import CaseError, case_name, find_cases

@@ -27,6 +27,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, Orientation, Resize, SpatialPad
+from monai.utils import TraceKeys
 
 MODEL_AXCODES = "PLS"
 MODEL_SIZE = 256
@@ -54,6 +55,14 @@ def model_grid_shape(
     if slice_mm is not None and slice_mm < thin_below:
         depth = max(2, int(round(depth * slice_mm / target_slice)))
     return size, size, depth
+
+
+def _any_instance_inverts(image: MetaTensor, count: int) -> MetaTensor:
+    """Let any instance invert the last ``count`` recorded steps (MONAI's ``TraceKeys.NONE`` id): the records
+    carry all the inverse needs, and a bundle's parser may build the inverting chain anew."""
+    for record in image.applied_operations[-count:]:
+        record[TraceKeys.ID] = TraceKeys.NONE
+    return image
 
 
 class ToModelGridd(MapTransform, InvertibleTransform):
@@ -95,7 +104,7 @@ class ToModelGridd(MapTransform, InvertibleTransform):
         known = bool(getattr(out, "meta", {}).get("spacing_known", False))
         if not known:  # a prepared Kaggle-like volume: already the model's geometry once reoriented
             self.push_transform(out, extra_info={"steps": steps})
-            return out
+            return _any_instance_inverts(out, len(steps) + 1)
         height, width, depth = out.shape[1:]
         side = max(height, width)
         if (height, width) != (side, side):
@@ -114,7 +123,7 @@ class ToModelGridd(MapTransform, InvertibleTransform):
             out = resize(out)
             steps.append("resize")
         self.push_transform(out, extra_info={"steps": steps})
-        return out
+        return _any_instance_inverts(out, len(steps) + 1)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -9,7 +9,9 @@ voxel grid, in the data set's channel order (pre-contrast T1, FLAIR, post-contra
 - each other sequence is resampled onto the FLAIR's grid in physical space, rigidly registered when that
   improves the match (:func:`pipeline.ingestion.registration.align_to_flair`), and the result is logged;
 - a missing T1 or T1 post-contrast takes the data set's own stand-in, the FLAIR in its place (the Kaggle
-  data set does the same for patients without that sequence), said in the log.
+  data set does the same for patients without that sequence), said in the log;
+- intensities of any range and type are shifted so that each channel's minimum is 0 (the background of the
+  data set's slices); the chain's normalisation (percentile clip and z-score on the brain) ignores scale.
 
 The affine is the FLAIR's (RAS, as MONAI's readers give it), so
 :class:`pipeline.ingestion.model_grid.ToModelGridd` and MONAI's ``Invertd`` map a prediction back onto exactly
@@ -96,6 +98,9 @@ class LoadScansd(MapTransform):
             report[sequence] = str(reference)
             logger.info("%s: %s", case, alignment.describe())
         array = np.stack([channels[s] for s in CHANNEL_SEQUENCES])
+        # any range and type (int16, negative values, scanner units): each channel's minimum becomes 0, the
+        # background of the data set's slices; the normalisation that follows ignores scale and offset
+        array -= array.reshape(len(array), -1).min(axis=1)[:, None, None, None]
         affine = torch.as_tensor(ras_affine(flair), dtype=torch.float64)
         meta = {
             "affine": affine,
@@ -109,4 +114,4 @@ class LoadScansd(MapTransform):
         }
         for key in self.key_iterator(d):
             d[key] = MetaTensor(torch.from_numpy(array), affine=affine, meta=meta)
-        return d
+        return {k: v for k, v in d.items() if v is not None}  # a missing sequence: nothing to collate

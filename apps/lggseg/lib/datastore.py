@@ -92,7 +92,8 @@ def _read_nifti(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndar
 
 
 def check_image_file(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
-    """Read a study image completely; it must be ``(H, W, D, 3)``.
+    """Read a study image completely; it must be ``(H, W, D, 3)`` (a prepared study) or ``(H, W, D)`` (a FLAIR
+    alone, as 3D Slicer uploads a user's own scan; the other sequences then take the FLAIR's place).
 
     Args:
         path: the image file.
@@ -104,11 +105,14 @@ def check_image_file(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarr
         HTTPException: 415 not NIfTI, 422 unreadable or another shape.
     """
     data, affine = _read_nifti(path, "image")
-    if data.ndim != 4 or data.shape[-1] != 3 or min(data.shape) < 1:
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    prepared = data.ndim == 4 and data.shape[-1] == 3
+    if not (prepared or data.ndim == 3) or min(data.shape) < 2:
         raise HTTPException(
             status_code=422,
-            detail=f"the image has shape {data.shape}; expected (H, W, D, 3) with the channels pre-contrast, "
-            "FLAIR, post-contrast (write it with `lggseg studies`)",
+            detail=f"the image has shape {data.shape}; expected a FLAIR volume (H, W, D) or a prepared study "
+            "(H, W, D, 3) with the channels pre-contrast, FLAIR, post-contrast (see `lggseg studies`)",
         )
     return data.shape[:3], affine
 

@@ -24,17 +24,13 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.model_files import AppPaths, CachedNetwork, ModelFileError, read_bundle_config
 from pipeline.config import resolve_device
+from pipeline.engines import innermost_error
+from pipeline.ingestion.cases import find_cases
 
 logger = logging.getLogger(__name__)
 
 LABELS = {"flair_abnormality": 1}
 NUM_CHANNELS = 3
-
-
-def _innermost(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
 
 
 class LGGSegInfer(BasicInferTask):
@@ -91,9 +87,11 @@ class LGGSegInfer(BasicInferTask):
         """Run the bundle's preprocessing; an unreadable or wrong image is the client's error (422)."""
         name = data.get("image_path") or data.get("image")
         try:
+            if isinstance(data.get("image"), str):  # a study: a prepared volume, or a FLAIR alone (3D)
+                data = {**data, **find_cases(data["image"])[0]}
             data = super().run_pre_transforms(data, transforms)
         except Exception as error:  # noqa: BLE001 - whatever the reader raises, the image is unusable
-            cause = _innermost(error)
+            cause = innermost_error(error)
             raise HTTPException(
                 status_code=422, detail=f"cannot read the image {name}: {type(cause).__name__}: {cause}"
             ) from error
