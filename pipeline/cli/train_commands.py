@@ -199,8 +199,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         interrupted=PREDICTIONS_LEFT.format(where="{output}")
         + "; run again with --overwrite, or on the cases still missing",
         help="predict tumour masks as NIfTI (and Kaggle-layout TIFF masks)",
-        description="Inputs: prepared folders or datalists, NIfTI images, raw Kaggle "
-        "patient folders or folders of them. Writes OUTPUT/<case>/<case>_seg.nii.gz.",
+        description="Inputs: a user's scans (case folders of FLAIR [+ T1, T1c] NIfTI files or DICOM "
+        "series, or --flair FILE), prepared folders or datalists, NIfTI images, raw Kaggle patient folders "
+        "or folders of them. Writes OUTPUT/<case>/<case>_seg.nii.gz on the input's own grid, <case>_qc.png, "
+        "<case>_seg.dcm (DICOM input) and OUTPUT/summary.csv.",
     )
     _postprocessing_options(p)
     p.add_argument(
