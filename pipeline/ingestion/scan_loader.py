@@ -32,12 +32,11 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from pipeline.ingestion.registration import align_to_flair
-from pipeline.ingestion.scans import SOURCE_FILES_KEY, read_scan
+from pipeline.ingestion.scans import read_scan
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_SEQUENCES = ("t1", "flair", "t1c")  # the data set's channels: pre-contrast, FLAIR, post-contrast
-SCAN_META = "scan"  # meta key: the sequences, stand-ins and alignments of a scan case
 
 
 def ras_affine(image: sitk.Image) -> np.ndarray:
@@ -79,14 +78,10 @@ class LoadScansd(MapTransform):
         case = str(d.get("case") or d["flair"])
         flair = read_scan(d["flair"])
         channels: dict[str, np.ndarray] = {"flair": voxels_xyz(flair)}
-        report: dict[str, Any] = {"case": case, "flair": str(d["flair"]), "stand_ins": [], "alignment": {}}
-        if flair.HasMetaDataKey(SOURCE_FILES_KEY):  # a DICOM series: its files, for the DICOM SEG
-            report["flair_files"] = flair.GetMetaData(SOURCE_FILES_KEY).split("\n")
         for sequence in ("t1", "t1c"):
             reference = d.get(sequence)
             if not reference:
                 channels[sequence] = channels["flair"]
-                report["stand_ins"].append(sequence)
                 logger.info(
                     "%s: no %s; the FLAIR stands in for it (as in the data set)", case, sequence.upper()
                 )
@@ -94,8 +89,6 @@ class LoadScansd(MapTransform):
             moving = read_scan(reference)
             aligned, alignment = align_to_flair(flair, moving, sequence, self.register, where=str(reference))
             channels[sequence] = voxels_xyz(aligned)
-            report["alignment"][sequence] = alignment.describe()
-            report[sequence] = str(reference)
             logger.info("%s: %s", case, alignment.describe())
         array = np.stack([channels[s] for s in CHANNEL_SEQUENCES])
         # any range and type (int16, negative values, scanner units): each channel's minimum becomes 0, the
@@ -110,7 +103,6 @@ class LoadScansd(MapTransform):
             "space": "RAS",
             "filename_or_obj": case,  # outputs are named after the case
             "spacing_known": True,  # a scanner's voxel size (the Kaggle volumes' is a placeholder)
-            SCAN_META: report,
         }
         for key in self.key_iterator(d):
             d[key] = MetaTensor(torch.from_numpy(array), affine=affine, meta=meta)
