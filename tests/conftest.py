@@ -7,6 +7,7 @@ on a developer's machine, and fails when ``CI=true`` (CI must always have it).
 from __future__ import annotations
 
 import importlib.util
+import locale
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -134,3 +135,12 @@ EXTERNAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "external"
 def external_root() -> Path:
     """Path to ``../shared/data/external`` (the external scans; skips when absent, fails under CI)."""
     return _require_shared(EXTERNAL_ROOT, "external scans")
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_locale():
+    """Restore the process locale after each test: SimpleITK's GDCM DICOM writer (the tests' synthetic
+    series) switches it to "C", after which Python reads and writes text as ASCII by default."""
+    saved = locale.setlocale(locale.LC_ALL, None)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)

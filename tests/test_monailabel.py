@@ -499,6 +499,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, uploaded, tmp
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(image.read_bytes()[:4000])
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), reference.affine), tmp_path / "shape.nii.gz")
+    pair = np.zeros((8, 8, 8, 2), np.uint8)  # neither a FLAIR alone (3D) nor a prepared study (3 channels)
+    nib.save(nib.Nifti1Image(pair, reference.affine), tmp_path / "pair.nii.gz")
     nib.save(
         nib.Nifti1Image(np.full(reference.shape[:3], 2, np.uint8), reference.affine), tmp_path / "two.nii.gz"
     )
@@ -521,7 +523,10 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, uploaded, tmp
         "a server path as image": (send("POST", "/infer/lggseg?image=/etc/hostname"), 404),
         "corrupt uploaded image": (send("PUT", "/datastore/?image=corrupt", "file", corrupt), 422),
         "corrupt image sent to infer": (send("POST", "/infer/lggseg", "file", corrupt), 422),
-        "3D image upload": (send("PUT", "/datastore/?image=flat", "file", tmp_path / "shape.nii.gz"), 422),
+        "two-channel image upload": (
+            send("PUT", "/datastore/?image=pair", "file", tmp_path / "pair.nii.gz"),
+            422,
+        ),
         "not NIfTI": (send("PUT", "/datastore/?image=notnifti", "file", image, "x.png"), 415),
         "unsafe name": (send("PUT", "/datastore/?image=../escaped", "file", image), 400),
         "unsafe name, encoded": (send("PUT", "/datastore/?image=..%2Fescaped2", "file", image), 400),
