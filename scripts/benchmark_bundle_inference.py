@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from bench_data import add_data_arguments, prepared_entries
+from figures import write_figures
 from monai.bundle import ConfigWorkflow
 
 from pipeline.config import RunConfig
@@ -114,8 +115,7 @@ def main() -> None:
                 f"bundle {f['bundle_s_per_volume']:.3f} s/volume (ratio {f['ratio_bundle_to_cli']:.2f}; "
                 f"medians of {args.rounds}, {n} patients)"
             )
-    if args.output:
-        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(figures, args.output)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_data import add_data_arguments, prepared_entries
+from figures import write_figures
 
 from pipeline.config import RunConfig
 from pipeline.model_files import create_network
@@ -81,9 +82,7 @@ def main() -> None:
         "mean_dice": float(np.mean([r["dice"] for r in records])),
     }
     print(json.dumps(figures, indent=2))
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(figures, args.output)
 
 
 if __name__ == "__main__":

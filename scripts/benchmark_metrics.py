@@ -12,7 +12,6 @@ Loading is timed separately and excluded from the metric figures.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -25,6 +24,8 @@ from scipy import ndimage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from figures import write_figures  # noqa: E402
 
 from pipeline.evaluation.metrics import SliceMetricsAccumulator, patient_metrics  # noqa: E402
 
@@ -111,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         f"max {result['with_slice_update_max_s']:.3f} s; "
         f"loading (excluded) mean {result['load_mean_s']:.3f} s"
     )
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(result, args.output)
     return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -37,6 +36,7 @@ import nibabel as nib
 import requests
 import torch
 from bench_data import DEFAULT_KAGGLE, REPO
+from figures import write_figures
 from monai.bundle import ConfigParser
 
 from pipeline.ingestion.studies import write_studies
@@ -166,9 +166,7 @@ def main() -> None:
         f"{figures['app_server_total_s']:.3f} s), bundle evaluator {figures['bundle_evaluator_s']:.3f} s, "
         f"ratio {figures['ratio_app_over_bundle']:.2f} (goal <= 1.5)"
     )
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(figures, args.output)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ loaded by each call as a user's command does. Prints the medians and their ratio
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from figures import write_figures
 
 from pipeline.model_files import SHIPPED_MODEL
 from pipeline.workflows.prediction import infer
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         f"raw series {figures['raw_series_s']:.2f} s, Kaggle folder {figures['kaggle_folder_s']:.2f} s, "
         f"ratio {figures['ratio_raw_over_kaggle']:.2f} (goal <= 1.5)"
     )
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(figures, args.output)
     return 0
 
 

@@ -17,13 +17,13 @@ robustness to other pipelines' preprocessing, not generalisation to new patients
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from figures import write_figures
 
 from pipeline.model_files import SHIPPED_MODEL
 from pipeline.workflows.prediction import infer
@@ -103,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             truth_text = f"truth {row['truth_ml']:.1f} mL" if "truth_ml" in row else "(no truth)"
             dice_text = f"Dice {row['dice']:.3f}" if "dice" in row else "Dice   -  "
             print(f"{row['case']:45s} {dice_text}  predicted {row['pred_ml']:.1f} mL  {truth_text}")
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            json.dumps({"checkpoint": str(args.checkpoint), "cases": rows}, indent=2) + "\n"
-        )
+    write_figures({"checkpoint": str(args.checkpoint), "cases": rows}, args.output)
     return 0
 
 
