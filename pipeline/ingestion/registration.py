@@ -1,11 +1,13 @@
 """Other sequences onto the FLAIR's grid: physical overlap check, rigid registration, resampling (floor 1).
 
 Every sequence of a case is resampled onto the FLAIR's voxel grid in physical (scanner) space. By default a
-rigid registration (SimpleITK, Mattes mutual information, two resolutions, started from the scanner
-geometry) corrects any motion between the series; it is kept only when it improves the mutual information
-(otherwise the scanner geometry is used as it is), and what was done is reported per sequence: the
-rotation in degrees, the translation in mm and the metric before and after. Sequences whose volumes do not
-overlap in space (say, of two patients, or of another frame of reference) are refused in one line.
+rigid registration (SimpleITK, Mattes mutual information, two resolutions, started from the scanner geometry)
+corrects any motion between the series; it is kept only when it improves the mutual information by more than
+2% (otherwise the scanner geometry is used as it is: sequences that are already aligned, such as
+BraTS-preprocessed ones, are not resampled through a near-identity transform), and what was done is reported
+per sequence: the rotation in degrees, the translation in mm and the metric before and after. Sequences whose
+volumes do not overlap in space (say, of two patients, or of another frame of reference) are refused in one
+line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 MIN_OVERLAP = 0.5  # of the smaller volume's bounding box, in physical space
 SEED = 0  # the metric's random sampling: the same inputs give the same registration
+MIN_GAIN = 0.02  # a registration is kept when it improves the mutual information by more than 2%
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Alignment:
     def describe(self) -> str:
         """One line for the log."""
         if not self.registered:
-            return f"{self.sequence}: scanner geometry (registration did not improve the match)"
+            return f"{self.sequence}: scanner geometry (a registration did not improve the match by 2%)"
         return (
             f"{self.sequence}: rigid registration, {self.rotation_deg:.1f} deg, {self.translation_mm:.1f} mm "
             f"(mutual information {self.metric_before:.3f} -> {self.metric_after:.3f})"
@@ -163,7 +166,7 @@ def align_to_flair(
             )
             candidate, after = identity, before
         alignment.metric_before, alignment.metric_after = before, after
-        if after < before:
+        if after < before * (1 + MIN_GAIN):  # Mattes MI is negative: lower is better
             transform = candidate
             euler = _euler(candidate)
             alignment.registered = True
