@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,6 +40,7 @@ __all__ = [
     "MODEL_KEYS",
     "SHIPPED_MODEL",
     "ConfigState",
+    "check_ensemble_members",
     "check_model_config",
     "create_network",
     "file_sha256",
@@ -302,3 +303,31 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# what shapes a member's input and output besides its network: the inferer's in-plane size and 3D window,
+# and the intensity normalisation (an ensemble runs every member with the first one's settings)
+ENSEMBLE_KEYS = (*(k for k in MODEL_KEYS if k != "members"), "input_size", "patch_size")
+ENSEMBLE_KEYS += ("input_channels", "clip_lower", "clip_upper", "brain_threshold")
+
+
+def check_ensemble_members(members: Sequence[tuple[Any, Mapping[str, Any]]]) -> None:
+    """Check that the models of an ensemble agree on everything that shapes their input and output
+    (:data:`ENSEMBLE_KEYS`; a key a file lacks counts as its default).
+
+    Args:
+        members: ``(model file, its configuration)`` pairs.
+
+    Raises:
+        ValueError: one line naming the first member, the one that differs and the setting.
+    """
+    defaults = asdict(RunConfig())
+    (first, base), *others = members
+    for path, config in others:
+        for key in ENSEMBLE_KEYS:
+            a, b = (_plain(c.get(key, defaults.get(key))) for c in (base, config))
+            if a != b:
+                raise ValueError(
+                    f"{path}: {key} is {b!r} but {a!r} in {first}; the members of an ensemble must agree "
+                    "on everything that shapes their input and output"
+                )
