@@ -14,6 +14,12 @@ every difference is the shipped model's recipe.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
+import math
+import numbers
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -59,6 +65,7 @@ class RunConfig(TransformSettings):
     data: str = ""
     fold: int = 0
     val_fold: int | None = None
+    train_on_all: bool = False
     seed: int = 0
     epochs: int = 100
     batch_size: int = 16
@@ -102,17 +109,18 @@ class RunConfig(TransformSettings):
     progress: bool = True
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> RunConfig:
-        """Build from a mapping; unknown keys are an error (a typo must not pass silently)."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(config) - names)
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
-        values = dict(config)
-        for key in ("input_size", "patch_size", "milestones"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
+    def from_dict(cls, config: Mapping[str, Any], source: str | os.PathLike | None = None) -> RunConfig:
+        """Build from a mapping; unknown keys and values of another type than the option's are an error (a
+        typo must not pass silently, ``"false"`` is not false).
+
+        Args:
+            config: ``{option: value}``; lists are taken for tuples and integers for numbers.
+            source: where the values come from (a file), named first in the error.
+
+        Raises:
+            ValueError: one line, ``[source: ]option: expected ..., got ...``.
+        """
+        return cls(**checked_options(config, source))
 
     @property
     def in_channels(self) -> int:
@@ -133,6 +141,8 @@ OPTION_HELP: dict[str, str] = {
     "output": "root folder of the runs",
     "data": "prepared data folder (with datalist.json, from `lggseg prepare`) or a datalist file",
     "fold": "test fold, held out from training and validation",
+    "train_on_all": "nnU-Net style: train on every fold but the test fold and keep the last epoch's model; "
+    "the test fold is validated only to draw the curves, it never chooses a checkpoint",
     "val_fold": "validation fold (default: the fold after --fold); must differ from --fold",
     "seed": "seed of everything random",
     "epochs": "training epochs",
@@ -188,6 +198,14 @@ OPTION_HELP: dict[str, str] = {
     "prob_scale_intensity": "probability of an intensity scaling",
     "prob_shift_intensity": "probability of an intensity shift",
     "prob_gamma": "probability of a gamma (contrast) change",
+    "prob_skull_strip": "probability of training on the skull-stripped view (derived brain mask)",
+    "prob_sequence_dropout": "probability of FLAIR in place of pre- and/or post-contrast T1",
+    "prob_zoom": "probability of an in-plane scaling by a factor in --zoom-range",
+    "zoom_range": "smallest and largest in-plane scale factor MIN MAX",
+    "prob_bias_field": "probability of a smooth multiplicative bias field",
+    "prob_histogram_shift": "probability of a random non-linear intensity (histogram) shift",
+    "prob_smooth": "probability of a Gaussian blur (lower resolution)",
+    "prob_noise": "probability of Gaussian noise",
     "momentum": "SGD momentum (sgd only)",
     "weight_decay": "weight decay of the optimiser",
     "nesterov": "Nesterov momentum (sgd only)",
@@ -213,10 +231,15 @@ def option_choices(name: str) -> tuple[Any, ...] | None:
     }.get(name)
 
 
+@functools.cache
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
 def option_type(name: str) -> Any:
     """The base type of a :class:`RunConfig` field (element type for tuples, without ``| None``) and, for
     tuples, their length (``"+"`` when free): ``(type, nargs)``."""
-    hint = typing.get_type_hints(RunConfig)[name]
+    hint = _type_hints()[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
         hint = args[0]
@@ -226,14 +249,171 @@ def option_type(name: str) -> Any:
     return hint, None
 
 
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+_EXPECTED_PLURAL = {bool: "true or false values", int: "integers", float: "numbers", str: "texts"}
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON writes it (``"1"``, ``null``, ``[1, 2]``), shortened."""
+    try:
+        text = json.dumps(value, default=str)
+    except ValueError:  # a circular structure
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_type(value: Any, base: Any) -> bool:
+    if base is bool:
+        return isinstance(value, bool)
+    if base is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if base is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if base is str:
+        return isinstance(value, (str, os.PathLike))
+    if typing.get_origin(base) is dict:
+        return isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+    return True
+
+
+def _as_type(value: Any, base: Any) -> Any:
+    if base is float:
+        return float(value)
+    if base is int:
+        return int(value)
+    if base is str:
+        return os.fspath(value)
+    if typing.get_origin(base) is dict:
+        return dict(value)
+    return value
+
+
+def check_option(name: str, value: Any) -> Any:
+    """Check one value against the declared type of the :class:`RunConfig` option ``name``.
+
+    Integers are taken for numbers, lists for tuples, paths for text; ``null`` only where the option may
+    be unset. Nothing else is converted: ``"1"`` is no integer, ``"false"`` no boolean, 1.7 no integer.
+
+    Args:
+        name: the option.
+        value: its value (from JSON, the command line or a saved configuration).
+
+    Returns:
+        the value in the option's type (float for numbers, tuple for lists).
+
+    Raises:
+        ValueError: one line, ``option: expected <type>, got <value as JSON>``.
+    """
+    hint = _type_hints()[name]
+    base, nargs = option_type(name)
+    nullable = type(None) in typing.get_args(hint)
+    if nargs is None:
+        expected = _EXPECTED.get(base, "a JSON object" if typing.get_origin(base) is dict else "a value")
+    else:
+        count = "one or more" if nargs == "+" else str(nargs)
+        expected = f"a list of {count} {_EXPECTED_PLURAL.get(base, 'values')}"
+    expected += " or null" if nullable else ""
+    got = _shown(value) + (" (text)" if isinstance(value, str) else "")
+    problem = f"{name}: expected {expected}, got {got}"
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(problem)
+    if nargs is None:
+        if not _is_type(value, base):
+            raise ValueError(problem)
+        return _as_type(value, base)
+    if not isinstance(value, (list, tuple)) or not all(_is_type(v, base) for v in value):
+        raise ValueError(problem)
+    if (nargs == "+" and not value) or (isinstance(nargs, int) and len(value) != nargs):
+        raise ValueError(problem)
+    return tuple(_as_type(v, base) for v in value)
+
+
+def checked_options(config: Mapping[str, Any], source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The options of ``config``, each checked by :func:`check_option`.
+
+    Args:
+        config: ``{option: value}``.
+        source: where the values come from (a file), named first in the error.
+
+    Returns:
+        ``{option: value}`` in the options' types.
+
+    Raises:
+        ValueError: one line naming the source, the option and the problem: an unknown option (with the
+            nearest known name) or a value of another type.
+    """
+    prefix = f"{source}: " if source is not None else ""
+    names = [f.name for f in fields(RunConfig)]
+    unknown = sorted(str(k) for k in set(config) - set(names))
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ValueError(f"{prefix}unknown configuration keys: {', '.join(unknown)}{hint}")
+    try:
+        return {name: check_option(name, value) for name, value in config.items()}
+    except ValueError as error:
+        raise ValueError(f"{prefix}{error}") from None
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``--config`` JSON file of options, every value checked (:func:`checked_options`).
+
+    Args:
+        path: a JSON object ``{option: value}`` (the names of :class:`RunConfig`).
+
+    Returns:
+        ``{option: value}`` in the options' types.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: one line naming the file and the problem (not readable, not JSON, not an object, an
+            unknown option, a value of another type).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: configuration file not found")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: not valid JSON (line {error.lineno} column {error.colno}: {error.msg})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ValueError(f"{path}: cannot read the configuration file ({reason})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of options, got a {type(values).__name__}")
+    return checked_options(values, path)
+
+
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; any other name (``"cpu"``, ``"cuda:1"``) or a
-    ``torch.device`` as it is."""
-    if isinstance(name, torch.device):
-        return name
+    """The device of a name, checked here: ``"auto"`` is CUDA when available, else the CPU; any other name
+    (``"cpu"``, ``"cuda:1"``) or a ``torch.device`` as it is, if this machine has it.
+
+    Raises:
+        ValueError: one line, for a name that is no device or a GPU this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = name if isinstance(name, torch.device) else torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name}: not a device name; use auto, cpu or cuda[:i]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: CUDA is not available on this machine (no GPU, no driver, or a CPU "
+                "build of PyTorch); use --device cpu or auto"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"--device {name}: this machine has {count} GPUs (cuda:0 to cuda:{count - 1}); "
+                "choose one of them"
+            )
+    return device
 
 
 def validate_config(cfg: RunConfig) -> None:
@@ -242,6 +422,8 @@ def validate_config(cfg: RunConfig) -> None:
     Raises:
         ValueError: naming the offending option and what is allowed.
     """
+    for f in fields(cfg):
+        check_option(f.name, getattr(cfg, f.name))
     for f in fields(cfg):
         choices = option_choices(f.name)
         value = getattr(cfg, f.name)
@@ -280,6 +462,17 @@ def validate_config(cfg: RunConfig) -> None:
             f"val_fold={cfg.val_fold} equals fold={cfg.fold}: the checkpoint would be chosen on the test "
             "patients; pick another validation fold"
         )
+    if cfg.train_on_all and (cfg.early_stopping > 0 or cfg.scheduler == "plateau"):
+        raise ValueError(
+            "train_on_all watches the test fold: early_stopping and the plateau schedule would decide on "
+            "the test patients; turn them off or train with a validation fold"
+        )
+    low, high = cfg.zoom_range
+    if not 0 < low <= high:
+        raise ValueError(f"zoom_range needs 0 < MIN <= MAX, got {tuple(cfg.zoom_range)}")
+    for f in fields(cfg):
+        if f.name.startswith("prob_") and not 0.0 <= getattr(cfg, f.name) <= 1.0:
+            raise ValueError(f"{f.name} must be in [0, 1], got {getattr(cfg, f.name)}")
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run or start it again")
     if cfg.spatial_dims == 3:

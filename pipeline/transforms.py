@@ -37,13 +37,18 @@ from monai.transforms import (
     Rand2DElasticd,
     Rand3DElasticd,
     RandAdjustContrastd,
+    RandBiasFieldd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandHistogramShiftd,
     Randomizable,
     RandRotate90d,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandZoomd,
     Resized,
     SpatialPadd,
     Transform,
@@ -51,6 +56,7 @@ from monai.transforms import (
 from monai.transforms.traits import MultiSampleTrait
 from scipy import ndimage
 
+from pipeline.augmentations import STRIPPED_SUFFIX, RandSequenceDropoutd, RandSkullStripd, SkullStrippedViewd
 from pipeline.ingestion.kaggle import read_patient_folder
 from pipeline.ingestion.model_grid import ToModelGridd
 from pipeline.ingestion.scan_loader import LoadScansd
@@ -316,6 +322,12 @@ class TransformSettings:
         augment: apply training augmentation.
         prob_flip, prob_rotate90, prob_rotate, rotate_degrees, prob_elastic, prob_scale_intensity,
             prob_shift_intensity, prob_gamma: probabilities and range of the augmentations.
+        prob_skull_strip: probability of training on the skull-stripped view of the volume
+            (:mod:`pipeline.augmentations`; BraTS-style input).
+        prob_sequence_dropout: probability of FLAIR in place of pre- and/or post-contrast T1.
+        prob_zoom, zoom_range: probability and in-plane scale range (the pixel size differs per patient).
+        prob_bias_field, prob_histogram_shift, prob_smooth, prob_noise: probabilities of MONAI's bias
+            field, histogram shift (contrast), Gaussian smoothing (resolution) and Gaussian noise.
     """
 
     spatial_dims: int = 2
@@ -339,6 +351,14 @@ class TransformSettings:
     prob_scale_intensity: float = 0.3
     prob_shift_intensity: float = 0.3
     prob_gamma: float = 0.2
+    prob_skull_strip: float = 0.0
+    prob_sequence_dropout: float = 0.0
+    prob_zoom: float = 0.0
+    zoom_range: tuple[float, float] = (0.75, 1.3)
+    prob_bias_field: float = 0.0
+    prob_histogram_shift: float = 0.0
+    prob_smooth: float = 0.0
+    prob_noise: float = 0.0
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TransformSettings:
@@ -473,11 +493,33 @@ def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]
             xf.append(Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 2), **warp))
         else:
             xf.append(Rand3DElasticd(keys, sigma_range=(5, 7), magnitude_range=(50, 100), **warp))
+    if s.prob_zoom:
+        low, high = (float(z) for z in s.zoom_range)
+        in_plane = (
+            {"min_zoom": low, "max_zoom": high}
+            if s.spatial_dims == 2
+            else {"min_zoom": (low, low, 1.0), "max_zoom": (high, high, 1.0)}
+        )
+        xf.append(
+            RandZoomd(keys, prob=s.prob_zoom, **in_plane, mode=modes, padding_mode="constant", keep_size=True)
+        )
     xf += [
         RandScaleIntensityd(img, factors=0.1, prob=s.prob_scale_intensity),
         RandShiftIntensityd(img, offsets=0.1, prob=s.prob_shift_intensity),
         RandAdjustContrastd(img, gamma=(0.7, 1.5), prob=s.prob_gamma, retain_stats=True),
     ]
+    optional = [
+        (s.prob_bias_field, lambda p: RandBiasFieldd(img, degree=3, coeff_range=(0.0, 0.3), prob=p)),
+        (s.prob_histogram_shift, lambda p: RandHistogramShiftd(img, num_control_points=(5, 10), prob=p)),
+        (
+            s.prob_smooth,
+            lambda p: RandGaussianSmoothd(
+                img, sigma_x=(0.5, 1.5), sigma_y=(0.5, 1.5), sigma_z=(0.0, 0.0), prob=p
+            ),
+        ),
+        (s.prob_noise, lambda p: RandGaussianNoised(img, std=0.1, prob=p)),
+    ]
+    xf += [make(prob) for prob, make in optional if prob]
     return xf
 
 
@@ -517,10 +559,18 @@ def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] 
         size = (*tuple(s.input_size), -1)
         xf.append(Resized(keys, spatial_size=size, mode=("area", "nearest")))
     cache_dtype = torch.float16 if s.cache_float16 else torch.float32
+    strip = s.augment and s.prob_skull_strip > 0
+    if strip:  # both views cached, each normalised on its own brain voxels as inference does
+        xf.append(SkullStrippedViewd(IMAGE_KEY, LABEL_KEY))
+    images = [IMAGE_KEY, IMAGE_KEY + STRIPPED_SUFFIX] if strip else [IMAGE_KEY]
     xf += [
-        BrainNormalized(IMAGE_KEY, s.clip_lower, s.clip_upper, s.brain_threshold, dtype=cache_dtype),
+        BrainNormalized(images, s.clip_lower, s.clip_upper, s.brain_threshold, dtype=cache_dtype),
         EnsureTyped(LABEL_KEY, dtype=torch.uint8),
     ]
+    if strip:  # the first random transform: the cache boundary
+        xf.append(RandSkullStripd(IMAGE_KEY, prob=s.prob_skull_strip))
+    if s.augment and s.prob_sequence_dropout > 0:
+        xf.append(RandSequenceDropoutd(IMAGE_KEY, prob=s.prob_sequence_dropout))
     if s.spatial_dims == 2:
         xf.append(RandSliceByPosNegd(IMAGE_KEY, LABEL_KEY, s.num_samples, s.pos, s.neg, s.context))
         if s.divisible > 1:

@@ -66,6 +66,9 @@ def datalist_path(data: str | Path) -> Path:
 def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """Train, validation and test entries of the configured fold (patient-level, from the datalist).
 
+    With ``train_on_all`` every fold but the test fold trains, and the test fold is also the "validation"
+    set: validated only to draw the learning curves, never to choose a checkpoint (the last one is kept).
+
     Raises:
         LGGDataError: missing datalist or an entry naming a missing file.
         ValueError: a fold with no patients, or validation fold = test fold.
@@ -77,6 +80,8 @@ def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     except ValueError as err:
         raise ValueError(f"{datalist}: {err}") from err
     train, val, test = parts["train"], parts["val"], parts["test"]
+    if cfg.train_on_all:  # nnU-Net style: the validation fold trains too; the test fold is only watched
+        return train + val, test, test
     return train, val, test
 
 

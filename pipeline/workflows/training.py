@@ -53,6 +53,7 @@ from pipeline.workflows.builders import (
 logger = logging.getLogger(__name__)
 
 DONE_NAME = "training_done.json"
+FINAL_MARK = "final_epoch"  # the "score" of the model train_on_all keeps: its epoch
 CONFIG_NAME = "config.json"
 
 
@@ -143,7 +144,8 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         save_key_metric=True,
         key_metric_filename=BEST_NAME,
     )
-    val_handlers: list[Any] = [best_saver]
+    # train_on_all: the watched fold is the test fold, so nothing may be chosen on it (the last model is kept)
+    val_handlers: list[Any] = [] if cfg.train_on_all else [best_saver]
     plateau = isinstance(scheduler, ReduceLROnPlateau)
     if plateau:
         val_handlers.append(
@@ -244,6 +246,28 @@ def resume_run(run: Mapping[str, Any]) -> int:
     return int(trainer.state.epoch)
 
 
+def save_final_model(run: Mapping[str, Any]) -> Path:
+    """Write the network as it is now as the run's model file (``checkpoints/best_model.pt``, atomically):
+    what ``train_on_all`` keeps, as nnU-Net keeps its final checkpoint.
+
+    Returns:
+        the path written.
+    """
+    saver = AtomicCheckpointSaver(
+        save_dir=str(run["ckpt_dir"]),
+        save_dict={MODEL_KEY: run["network"], "config": run["to_save"]["config"]},
+        save_key_metric=True,
+        key_metric_name=FINAL_MARK,
+        key_metric_filename=BEST_NAME,
+    )
+    trainer = run["trainer"]
+    trainer.state.metrics[FINAL_MARK] = float(trainer.state.epoch)
+    saver.checkpoints["key_metric"](trainer)
+    path = Path(run["ckpt_dir"]) / BEST_NAME
+    logger.info("train_on_all: kept the model of epoch %d as %s", trainer.state.epoch, path)
+    return path
+
+
 def train(
     cfg: RunConfig | Mapping[str, Any], on_built: Callable[[dict[str, Any]], None] | None = None
 ) -> dict:
@@ -278,6 +302,8 @@ def train(
             on_built(run)
         trainer.run()
     evaluator = run["evaluator"]
+    if cfg.train_on_all:
+        save_final_model(run)
     result = {
         "best_metric": float(evaluator.state.best_metric),
         "best_metric_epoch": int(evaluator.state.best_metric_epoch),
