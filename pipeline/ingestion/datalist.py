@@ -153,6 +153,69 @@ def write_patients_table(path: Path, rows: list[dict[str, object]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+ENTRY_KEYS: dict[str, tuple[type, ...]] = {
+    "image": (str,),
+    "label": (str,),
+    "fold": (int,),
+    "patient": (str,),
+    "institution": (str, type(None)),
+    "num_slices": (int,),
+}
+"""The keys of a datalist entry (as :func:`write_datalist` writes them) and their JSON types."""
+REQUIRED_ENTRY_KEYS = ("image", "label", "fold")
+_TYPE_WORDS = {str: "text", int: "an integer", type(None): "null"}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return (text if len(text) <= 60 else text[:57] + "...") + (" (text)" if isinstance(value, str) else "")
+
+
+def check_datalist_entries(datalist_path: str | os.PathLike, datalist: Any) -> None:
+    """Check the ``training`` entries of a decathlon datalist read from JSON: every entry an object with
+    the :data:`REQUIRED_ENTRY_KEYS`, every key of :data:`ENTRY_KEYS` of its type (``fold``: an integer,
+    not ``"0"``, ``true`` or 1.5).
+
+    Args:
+        datalist_path: the file, named in the error.
+        datalist: its parsed JSON.
+
+    Raises:
+        LGGDataError: one line naming the file, the entry, the key and the problem.
+    """
+    if not isinstance(datalist, dict) or "training" not in datalist:
+        found = f"keys {', '.join(map(repr, list(datalist)[:6]))}" if isinstance(datalist, dict) else None
+        raise LGGDataError(
+            f"{datalist_path}: not a decathlon datalist with a 'training' list "
+            f"(found {found or 'a JSON ' + type(datalist).__name__})"
+        )
+    entries = datalist["training"]
+    if not isinstance(entries, list):
+        raise LGGDataError(
+            f"{datalist_path}: 'training' must be a list of entries, got {_shown(entries)}; "
+            "fix the datalist or run `lggseg prepare` again"
+        )
+    needs = ", ".join(f"'{k}'" for k in REQUIRED_ENTRY_KEYS)
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise LGGDataError(
+                f"{datalist_path}: entry {number} must be an object with {needs}, got {_shown(entry)}"
+            )
+        name = f"entry {number}" + (f" ({entry['patient']})" if isinstance(entry.get("patient"), str) else "")
+        missing = [k for k in REQUIRED_ENTRY_KEYS if k not in entry]
+        if missing:
+            raise LGGDataError(
+                f"{datalist_path}: {name}: '{missing[0]}' is missing; every entry needs {needs}"
+            )
+        for key, types in ENTRY_KEYS.items():
+            value = entry.get(key)
+            if key in entry and (not isinstance(value, types) or isinstance(value, bool)):
+                expected = " or ".join(_TYPE_WORDS[t] for t in types)
+                raise LGGDataError(
+                    f"{datalist_path}: {name}: '{key}' must be {expected}, got {_shown(value)}"
+                )
+
+
 def load_datalist(
     datalist_path: str | os.PathLike,
     folds: Iterable[int] | None = None,
@@ -174,7 +237,9 @@ def load_datalist(
         ``institution``, ``fold``, ``num_slices``.
 
     Raises:
-        LGGDataError: missing or unreadable datalist, or an entry naming a file that does not exist.
+        LGGDataError: missing or unreadable datalist, an entry without ``image``, ``label`` or ``fold`` or
+            with a value of another type (:func:`check_datalist_entries`), or an entry naming a file that
+            does not exist.
     """
     from monai.data import load_decathlon_datalist
 
@@ -182,8 +247,11 @@ def load_datalist(
     if not datalist_path.is_file():
         raise LGGDataError(f"datalist {datalist_path} does not exist")
     try:
+        check_datalist_entries(datalist_path, json.loads(datalist_path.read_text(encoding="utf-8")))
         entries = load_decathlon_datalist(str(datalist_path), True, "training")
-    except (ValueError, KeyError, json.JSONDecodeError) as error:
+    except LGGDataError:
+        raise
+    except (ValueError, KeyError, OSError) as error:  # JSONDecodeError is a ValueError
         raise LGGDataError(
             f"{datalist_path}: not a decathlon datalist with a 'training' list ({error})"
         ) from None
