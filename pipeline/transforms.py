@@ -19,6 +19,7 @@ slice ``k`` along the last axis), labels ``(1, H, W, D)`` with values 0/1.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from monai.transforms import (
     Compose,
     DivisiblePadd,
     EnsureTyped,
-    LoadImaged,
+    LoadImage,
     MapTransform,
     Rand2DElasticd,
     Rand3DElasticd,
@@ -57,10 +58,16 @@ from monai.transforms.traits import MultiSampleTrait
 from scipy import ndimage
 
 from pipeline.augmentations import STRIPPED_SUFFIX, RandSequenceDropoutd, RandSkullStripd, SkullStrippedViewd
-from pipeline.ingestion.kaggle import read_patient_folder
+from pipeline.ingestion.kaggle import CHANNEL_NAMES, read_patient_folder
 from pipeline.ingestion.model_grid import ToModelGridd
 from pipeline.ingestion.scan_loader import LoadScansd
 from pipeline.ingestion.scans import SCAN_KIND
+from pipeline.ingestion.volume_checks import (
+    check_image_volume,
+    check_nifti_header,
+    check_regular_file,
+    unreadable_data,
+)
 
 IMAGE_KEY = "image"
 DEFAULT_PATCH_SIZE = (128, 128, 16)  # 3D training patch and sliding window (H, W, D): thick slices
@@ -445,8 +452,12 @@ class LoadLGGPatientd(MapTransform):
 class LoadVolumed(MapTransform):
     """Load an LGG case: a NIfTI image/label pair, or a raw Kaggle patient folder given as ``image``.
 
-    A NIfTI pair goes through ``LoadImaged(ensure_channel_first=True)``; a folder goes through
+    A NIfTI file goes through ``LoadImage(ensure_channel_first=True)``; a folder goes through
     ``LoadLGGPatientd`` (the raw-folder loader). Both give ``image (3, H, W, D)``, ``label (1, H, W, D)``.
+    Each input is checked here, a problem failing the case in one line that names the file
+    (:mod:`pipeline.ingestion.volume_checks`): not a regular file, an unreadable or truncated NIfTI file, an
+    image whose channels are not the model's three (:data:`pipeline.ingestion.kaggle.CHANNEL_NAMES`), fewer
+    than 2 slices, NaN or Inf voxels; a missing file is a ``FileNotFoundError``.
 
     Args:
         keys: image and (optional) label keys.
@@ -457,11 +468,19 @@ class LoadVolumed(MapTransform):
         self, keys: KeysCollection = (IMAGE_KEY, LABEL_KEY), allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.nifti = LoadImaged(
-            keys, reader="NibabelReader", ensure_channel_first=True, image_only=True, allow_missing_keys=True
-        )
+        self.nifti = LoadImage(reader="NibabelReader", ensure_channel_first=True, image_only=True)
         self.folder = LoadLGGPatientd(self.keys)
         self.scans = LoadScansd(IMAGE_KEY)
+
+    def _load_nifti(self, key: Hashable, path: str | os.PathLike) -> Any:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{key} file not found: {path}")
+        check_regular_file(path, f"{key} file")  # a named pipe would block the reader forever
+        check_nifti_header(path)
+        try:
+            return self.nifti(path)
+        except (EOFError, OSError, ValueError, RuntimeError, zlib.error) as error:
+            raise unreadable_data(path, error) from error
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -469,12 +488,14 @@ class LoadVolumed(MapTransform):
             return self.scans(d)
         image = d.get(IMAGE_KEY)
         if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
-            return self.folder(d)
-        for key in self.key_iterator(d):
-            path = d[key]
-            if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
-                raise FileNotFoundError(f"{key} file not found: {path}")
-        return self.nifti(d)
+            d = self.folder(d)
+        else:
+            for key in self.key_iterator(d):
+                if isinstance(d[key], (str, os.PathLike)):
+                    d[key] = self._load_nifti(key, d[key])
+        if isinstance(image, (str, os.PathLike)) and IMAGE_KEY in self.keys:
+            check_image_volume(d[IMAGE_KEY], image, CHANNEL_NAMES)
+        return d
 
 
 def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]:

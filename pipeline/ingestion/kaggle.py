@@ -39,6 +39,7 @@ import numpy as np
 import tifffile
 
 from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.volume_checks import is_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,9 @@ def scan_patient_folder(folder: str | os.PathLike) -> PatientSlices:
         the paired slice files, sorted by slice number.
 
     Raises:
-        LGGDataError: listing every problem found: unexpected TIFF names, images without masks and masks
-            without images, duplicate slice numbers, gaps in the numbering, no slice at all.
+        LGGDataError: listing every problem found: unexpected TIFF names, TIFF names that are not regular
+            files (a named pipe would block the reader forever), images without masks and masks without
+            images, duplicate slice numbers, gaps in the numbering, no slice at all.
     """
     folder = Path(folder)
     patient = folder.name
@@ -230,6 +232,9 @@ def scan_patient_folder(folder: str | os.PathLike) -> PatientSlices:
     problems: list[str] = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in {".tif", ".tiff"} or _is_hidden(path):
+            continue
+        if not is_regular_file(path):
+            problems.append(f"{path.name}: not a regular file (a folder, named pipe, socket or device)")
             continue
         match = _SLICE_NAME.match(path.name)
         if match is None:
