@@ -7,6 +7,7 @@ a raw Kaggle folder (``kaggle_3m``, or one patient folder) or from a prepared fo
     STUDIES/<patient>.nii.gz                 uint8, array (H, W, D, 3): pre-contrast, FLAIR, post-contrast
     STUDIES/labels/final/<patient>.nii.gz    uint8, array (H, W, D): 0 background, 1 FLAIR abnormality
     STUDIES/.lggseg-manifest.json            the files lggseg wrote (only those are ever replaced)
+    STUDIES/.lggseg-studies-content.json     what it wrote in them: size and SHA-256 of each file
 
 The image is the same file ``lggseg prepare`` writes (:func:`pipeline.ingestion.nifti.save_nifti`; copied byte
 for byte from a prepared folder): the form the bundle's chain reads (``LoadImaged`` gives ``(3, H, W, D)``).
@@ -19,10 +20,16 @@ Safety follows :mod:`pipeline.safety`: the output must not be, contain or lie in
 holding files lggseg did not write (e.g. a MONAI Label server's ``datastore_v2.json``, labels saved from
 Slicer) is refused unless ``overwrite``, and even then those files are never replaced; every file is
 written in a staging folder and renamed into place; one bad patient is reported and the others written.
+A file lggseg wrote whose content changed since (a label corrected in MONAI Label or 3D Slicer and saved
+under the same name) is the user's: the content record (:data:`CONTENT_RECORD`) tells it apart, and a run
+that would replace it stops before any work. A folder written before the record existed is compared
+with what the run would write instead (identical files are replaced, different ones are the user's).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -38,7 +45,8 @@ from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import check_spacing, discover_patients, read_patient_folder
 from pipeline.ingestion.nifti import save_nifti
-from pipeline.safety import OutputTransaction
+from pipeline.ingestion.volume_checks import check_regular_file, is_regular_file
+from pipeline.safety import OutputTransaction, atomic_write_json, owned_files
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +55,10 @@ FINAL_LABELS = "labels/final"
 COMMAND = "studies"
 # what MONAI Label accepts as an image id here (and what the app's datastore accepts for uploads)
 STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# what lggseg wrote in each file of the folder (the manifest lists names only)
+CONTENT_RECORD = ".lggseg-studies-content.json"
+_RECORD_FORMAT = 1
+_VERSIONS_KEPT = 2  # this run's content and the one before (a run interrupted while moving files in)
 
 
 @dataclass
@@ -136,9 +148,96 @@ def find_study_sources(
     return sources
 
 
+def file_content(path: str | os.PathLike) -> dict[str, object]:
+    """The record of a file's content: ``{"size": bytes, "sha256": hex digest}``.
+
+    Args:
+        path: a regular file.
+
+    Returns:
+        the record, compared as a whole.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def read_content_record(folder: str | os.PathLike) -> dict[str, list[dict]]:
+    """The content lggseg wrote in each file of a studies folder (:data:`CONTENT_RECORD`).
+
+    Args:
+        folder: the studies folder.
+
+    Returns:
+        ``{relative path: [content record, ...]}`` (this run's and earlier contents); empty when the folder
+        has no record or it cannot be read (then every file is compared with what a run would write).
+    """
+    path = Path(folder) / CONTENT_RECORD
+    if not is_regular_file(path):
+        return {}
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        return {str(rel): [dict(v) for v in versions] for rel, versions in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _is_ours(path: Path, versions: Sequence[dict]) -> bool:
+    """Whether ``path`` still holds content lggseg wrote (a folder, pipe or other non-file is not)."""
+    return is_regular_file(path) and file_content(path) in versions
+
+
+def _changed_files(out: Path, planned: Sequence[str], record: dict[str, list[dict]]) -> list[str]:
+    """The planned files lggseg wrote that changed since (known from the record)."""
+    owned = owned_files(out)
+    return [
+        rel
+        for rel in planned
+        if rel in owned and rel in record and (out / rel).exists() and not _is_ours(out / rel, record[rel])
+    ]
+
+
+def _differing_files(out: Path, staging: Path, written: Sequence[str], record: dict) -> list[str]:
+    """Files lggseg wrote before the content record existed that differ from what this run wrote."""
+    owned = owned_files(out)
+    return [
+        rel
+        for rel in written
+        if rel in owned
+        and rel not in record
+        and (out / rel).exists()
+        and not _is_ours(out / rel, [file_content(staging / rel)])
+    ]
+
+
+def _refuse_changed(out: Path, changed: Sequence[str]) -> None:
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise LGGDataError(
+            f"{out / changed[0]}: changed since lggseg wrote it{more} (e.g. a label corrected in MONAI Label "
+            "or 3D Slicer), so it is yours and is never replaced, even with --overwrite; nothing was "
+            "written: move it away, or leave its patient out with --patients"
+        )
+
+
+def _stage_content_record(
+    out: Path, staging: Path, written: Sequence[str], record: dict[str, list[dict]]
+) -> None:
+    """Write the updated content record into ``staging``: the files written now, with the content they
+    replace, and the earlier files still listed in the manifest."""
+    owned = owned_files(out) if out.is_dir() else set()
+    files = {rel: versions for rel, versions in record.items() if rel in owned and rel not in written}
+    for rel in written:
+        files[rel] = [file_content(staging / rel), *record.get(rel, [])][:_VERSIONS_KEPT]
+    payload = {"format": _RECORD_FORMAT, "written_by": "lggseg", "files": dict(sorted(files.items()))}
+    atomic_write_json(staging / CONTENT_RECORD, payload, indent=1)
+
+
 def _check_prepared_image(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Read a prepared image completely (a truncated file fails here); returns its (H, W, D) and affine."""
-    image = nib.load(path)
+    image = nib.load(check_regular_file(path, "prepared image"))
     data = np.asanyarray(image.dataobj)
     if data.ndim != 4 or data.shape[-1] != 3:
         raise LGGDataError(f"{path}: expected an (H, W, D, 3) image, got shape {data.shape}")
@@ -146,7 +245,7 @@ def _check_prepared_image(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def _check_prepared_label(path: Path, shape: tuple[int, ...]) -> None:
-    data = np.asanyarray(nib.load(path).dataobj)
+    data = np.asanyarray(nib.load(check_regular_file(path, "prepared label")).dataobj)
     if data.shape != shape:
         raise LGGDataError(f"{path}: label shape {data.shape} differs from its image {shape}")
     values = np.unique(data)
@@ -225,7 +324,9 @@ def write_studies(
     transaction = OutputTransaction(
         output_dir, COMMAND, overwrite, inputs=inputs, error=LGGDataError, results="studies lggseg wrote"
     )
-    out = transaction.check(planned)
+    out = transaction.check([*planned, CONTENT_RECORD])
+    record = read_content_record(out)
+    _refuse_changed(out, _changed_files(out, planned, record))
 
     result = StudiesResult(output_dir=out)
     wrap = progress or (lambda iterable, total: iterable)
@@ -239,7 +340,9 @@ def write_studies(
                 logger.debug("study %s failed", source.name, exc_info=True)
         files = [rel for _, names in staged for rel in names]
         if files:
-            transaction.commit(staging, files, keep_earlier=True)
+            _refuse_changed(out, _differing_files(out, staging, files, record))
+            _stage_content_record(out, staging, files, record)
+            transaction.commit(staging, [*files, CONTENT_RECORD], keep_earlier=True)
     result.written = [name for name, _ in staged]
     result.files = files
     return result
