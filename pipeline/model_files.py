@@ -40,16 +40,20 @@ __all__ = [
     "MODEL_KEYS",
     "SHIPPED_MODEL",
     "ConfigState",
+    "ModelFileError",
     "check_ensemble_members",
+    "check_finite_weights",
     "check_model_config",
     "create_network",
     "file_sha256",
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "network_name",
     "network_options",
     "refuse_existing_model",
     "save_model_file",
+    "weights_mismatch",
 ]
 
 MODEL_KEY = "model"  # MONAI's CheckpointLoader and MONAI Label read the weights from this key
@@ -69,6 +73,16 @@ MODEL_KEYS = (
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"
 _MAX_DETAIL = 300  # characters of a PyTorch message kept in a one-line error (key lists run to thousands)
 _UNPICKLER_REASON = "WeightsUnpickler error:"  # where torch.load(weights_only=True) says what it refused
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip archive; the legacy format's pickle protocol
+_TRUNCATED = ("failed finding central directory", "unexpected EOF", "Ran out of input", "truncated")
+_MAX_KEY = 60  # characters of a parameter name in a one-line error
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used, in one line naming the file: unreadable (empty, truncated, not a
+    PyTorch file), not a model file of this project, weights that hold NaN or Inf, or weights that do not
+    fit the network. A ``ValueError``, so the CLI reports it as bad input (exit code 2); the MONAI Label
+    app answers it with HTTP 503 (the server's model is unusable)."""
 
 
 class ConfigState:
@@ -113,7 +127,8 @@ def load_checkpoint(path: str | os.PathLike | BinaryIO, require_config: bool = T
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: one line naming the file and the problem, when it is not a model file of this project.
+        ModelFileError: one line naming the file and the problem, when it is not a model file of this
+            project (empty, truncated, another format or content) or its weights hold NaN or Inf.
     """
     if isinstance(path, (str, os.PathLike)):
         path = name = Path(path)
@@ -124,21 +139,77 @@ def load_checkpoint(path: str | os.PathLike | BinaryIO, require_config: bool = T
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not our model file"
-        problem = f"{type(error).__name__}: {_one_line(error)}" if str(error) else type(error).__name__
-        raise ValueError(f"{name}: cannot read the model file ({problem})") from None
+        raise ModelFileError(f"{name}: {_unreadable(path, error)}") from None
     if isinstance(ckpt, dict) and LEGACY_MODEL_KEY in ckpt and MODEL_KEY not in ckpt:
         ckpt[MODEL_KEY] = ckpt.pop(LEGACY_MODEL_KEY)
         if isinstance(ckpt.get("best_checkpointer"), dict) and "saved" in ckpt["best_checkpointer"]:
             ckpt["best_checkpointer"] = {"key_metric": ckpt["best_checkpointer"]}
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{name}: not an lggseg checkpoint (holds a {type(ckpt).__name__}, not a mapping)")
+        raise ModelFileError(
+            f"{name}: not an lggseg checkpoint (holds a {type(ckpt).__name__}, not a mapping)"
+        )
     if not require_config:
         ckpt.setdefault(CONFIG_KEY, {})
     if any(not isinstance(ckpt.get(k), Mapping) for k in (MODEL_KEY, CONFIG_KEY)):
         needs = f"{MODEL_KEY!r} and {CONFIG_KEY!r} entries" if require_config else f"{MODEL_KEY!r} weights"
         found = ", ".join(map(repr, sorted(map(str, ckpt))[:6])) or "nothing"
-        raise ValueError(f"{name}: not an lggseg checkpoint (needs {needs}; found {found})")
+        raise ModelFileError(f"{name}: not an lggseg checkpoint (needs {needs}; found {found})")
+    check_finite_weights(ckpt[MODEL_KEY], name)
     return ckpt
+
+
+def _unreadable(source: str | os.PathLike | BinaryIO, error: BaseException) -> str:
+    """Why ``torch.load`` could not read a file: empty, truncated, not a PyTorch file, or its reason."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            size = os.stat(source).st_size
+            with open(source, "rb") as handle:
+                head = handle.read(4)
+        else:
+            size = os.fstat(source.fileno()).st_size
+            source.seek(0)
+            head = source.read(4)
+    except (OSError, AttributeError, ValueError):  # a stream without a file or that cannot seek
+        size, head = None, b"?"
+    reason = f"{type(error).__name__}: {_one_line(error)}" if str(error) else type(error).__name__
+    if size == 0:
+        return "cannot read the model file: it is empty (0 bytes); copy or save the model again"
+    if not head.startswith(_TORCH_MAGIC) and head != b"?":
+        return (
+            f"cannot read the model file: not a PyTorch file (it starts with {head!r}); pass a .pt file "
+            "written by lggseg"
+        )
+    if isinstance(error, EOFError) or any(t in str(error) for t in _TRUNCATED):
+        reason = reason.split(". ")[0]  # PyTorch goes on with guesses at the cause
+        return f"cannot read the model file: truncated or damaged ({size} bytes; {reason}); copy it again"
+    return f"cannot read the model file ({reason})"
+
+
+def check_finite_weights(weights: Mapping[str, Any], path: Any) -> None:
+    """Refuse weights that hold NaN or Inf (a diverged training): a network with them predicts nothing.
+
+    Args:
+        weights: ``{parameter name: tensor}``.
+        path: the model file, named in the error.
+
+    Raises:
+        ModelFileError: one line naming the file and the first parameter (in the file's order) with a
+            NaN or Inf value.
+    """
+    for key, tensor in weights.items():
+        if not isinstance(tensor, torch.Tensor) or not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        finite = torch.isfinite(tensor)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(tensor).sum())
+        what = " and ".join(
+            f"{count} {word}" for count, word in ((nan, "NaN"), (int((~finite).sum()) - nan, "Inf")) if count
+        )
+        raise ModelFileError(
+            f"{path}: weights hold NaN or Inf ({what} of {tensor.numel()} values in {key[:_MAX_KEY]}; the "
+            "training diverged?); a network with them predicts nothing: use another model file or retrain"
+        )
 
 
 def save_model_file(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> Path:
@@ -227,27 +298,65 @@ def create_network(cfg: RunConfig | Mapping[str, Any]) -> torch.nn.Module:
     )
 
 
-def load_weights(network: torch.nn.Module, checkpoint: Mapping[str, Any], path: Any) -> torch.nn.Module:
+def load_weights(
+    network: torch.nn.Module, checkpoint: Mapping[str, Any], path: Any, name: str | None = None
+) -> torch.nn.Module:
     """Load a model file's weights into ``network`` strictly (every key, every shape).
 
     Args:
         network: the network the file was saved from (its device is kept).
         checkpoint: the mapping :func:`load_checkpoint` returned.
         path: the model file, named in the error.
+        name: the network as the error names it (default: its class), e.g. ``unext(spatial_dims=2, ...)``.
 
     Returns:
         ``network``.
 
     Raises:
-        ValueError: one line naming the file, when the weights do not fit the network.
+        ModelFileError: one line naming the file, when the weights do not fit the network: how many keys
+            are missing, unexpected, or of another shape, and the first of each.
     """
+    given = checkpoint[MODEL_KEY]
+    mismatch = weights_mismatch(network.state_dict(), given)
+    if mismatch:
+        raise ModelFileError(f"{path}: weights do not fit {name or type(network).__name__}: {mismatch}")
     try:
-        network.load_state_dict(checkpoint[MODEL_KEY], strict=True)
+        network.load_state_dict(given, strict=True)
     except RuntimeError as error:
-        raise ValueError(
+        raise ModelFileError(
             f"{path}: the weights do not fit the network ({_one_line(error, skip_header=True)})"
         ) from None
     return network
+
+
+def weights_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str:
+    """A short summary of how ``given`` weights differ from the ``expected`` ones (a network's
+    ``state_dict``): counts of missing keys, unexpected keys and shape mismatches, with the first of each.
+
+    Returns:
+        ``""`` when the keys and shapes agree, else e.g. ``"12 missing keys (first: enc1.conv.weight), 3
+        unexpected (first: ...), 2 shape mismatches (first: enc1.conv.weight 8x3x3x3 vs 4x3x3x3 expected)"``.
+    """
+
+    def shape(value: Any) -> tuple[int, ...] | None:
+        return tuple(value.shape) if hasattr(value, "shape") else None
+
+    def text(dims: tuple[int, ...] | None) -> str:
+        return "x".join(map(str, dims)) if dims else "scalar"
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [k for k in expected if k in given and shape(given[k]) != shape(expected[k])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} (first: {missing[0][:_MAX_KEY]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0][:_MAX_KEY]})")
+    if shapes:
+        k = shapes[0]
+        first = f"{k[:_MAX_KEY]} {text(shape(given[k]))} vs {text(shape(expected[k]))} expected"
+        parts.append(f"{len(shapes)} shape mismatch{'es' * (len(shapes) > 1)} (first: {first})")
+    return ", ".join(parts)
 
 
 def load_model(
@@ -268,14 +377,30 @@ def load_model(
         FileNotFoundError: missing file. ValueError: not an lggseg model file, weights that do not fit its
         network, or overrides that change the network.
     """
+    dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     check_model_config(ckpt[CONFIG_KEY], {**ckpt[CONFIG_KEY], **overrides}, checkpoint)
     cfg = RunConfig.from_dict({**_known(ckpt[CONFIG_KEY]), **overrides, "resume": False})
     validate_config(cfg)
-    dev = resolve_device(device)
-    network = load_weights(create_network(cfg), ckpt, checkpoint)
+    network = load_weights(create_network(cfg), ckpt, checkpoint, network_name(cfg))
     return network.to(dev).eval(), cfg, dev
+
+
+def network_name(cfg: RunConfig | Mapping[str, Any]) -> str:
+    """The network of a configuration in a few words, for errors: ``unext(spatial_dims=2, context=1, ...)``.
+
+    Args:
+        cfg: a :class:`RunConfig` or a mapping of its options.
+
+    Returns:
+        the architecture with its network options (:data:`MODEL_KEYS`), at most about 120 characters.
+    """
+    options = network_options(asdict(cfg) if isinstance(cfg, RunConfig) else cfg)
+    arch = options.pop("arch", "network")
+    options["network_kwargs"] = options.pop("network_kwargs", None)  # the longest, last
+    text = ", ".join(f"{k}={_plain(v)}" for k, v in options.items() if v not in ({}, None))
+    return f"{arch}({text if len(text) <= 110 else text[:107] + '...'})"
 
 
 def _known(config: Mapping[str, Any]) -> dict[str, Any]:
