@@ -480,7 +480,7 @@ class LoadVolumed(MapTransform):
         try:
             return self.nifti(path)
         except (EOFError, OSError, ValueError, RuntimeError, zlib.error) as error:
-            raise unreadable_data(path, error) from error
+            raise unreadable_data(path, error) from None  # the one line says it all (innermost_error)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
