@@ -559,3 +559,42 @@ def test_external_brats2023(external_root):
 def test_external_reference_labels_are_not_cases(external_root):
     with pytest.raises(CaseError, match="no case found"):
         find_cases(external_root / "brats_style_reference")
+
+
+def test_zero_background_of_a_skull_stripped_scan_stays_zero():
+    from pipeline.ingestion.scan_loader import zero_background
+
+    rng = np.random.default_rng(0)
+    brain = np.zeros((20, 20, 6), bool)
+    brain[5:15, 5:15, 1:5] = True
+    stripped = np.zeros(brain.shape, np.int16)
+    stripped[brain] = rng.integers(-45, 600, int(brain.sum()))  # ringing below 0, as BraTS volumes have
+    stripped[brain & (stripped == 0)] = 7
+    out = zero_background(stripped)
+    assert out.dtype == np.float32
+    assert (out[~brain] == 0).all() and (out[brain] >= 1).all()
+    assert np.array_equal(np.argsort(out[brain], kind="stable"), np.argsort(stripped[brain], kind="stable"))
+    # a scan without a zero background (scanner units, noisy air) is shifted to a minimum of 0
+    raw = rng.integers(-20, 900, (20, 20, 6)).astype(np.int16)
+    raw[raw == 0] = 3
+    assert np.allclose(zero_background(raw), raw.astype(np.float32) - raw.min())
+
+
+def test_a_skull_stripped_case_is_normalised_on_its_brain(tmp_path):
+    """Regression: shifting each channel's minimum to 0 lifted the stripped background of BraTS volumes
+    (a few voxels below 0) above 0, so the normalisation took the whole volume for brain."""
+    from pipeline.transforms import build_transforms
+
+    brain = np.zeros((6, 20, 24), bool)
+    brain[1:5, 4:16, 5:19] = True
+    for name, seed in (("s_flair.nii.gz", 0), ("s_t1.nii.gz", 1), ("s_t1ce.nii.gz", 2)):
+        image = _volume(seed=0)
+        array = sitk.GetArrayFromImage(image).astype(np.int16) * brain
+        array[2, 8, 8] = -45
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        _write_nifti(out, tmp_path / "case" / name)
+    case = find_scan_case(tmp_path / "case")
+    image = build_transforms("infer", {"context": 0})(dict(case))["image"]
+    normalised_brain = (image != 0).any(0).float().mean()
+    assert float(normalised_brain) < 0.5  # the stripped head only, not the zero background

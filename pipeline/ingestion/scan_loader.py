@@ -10,8 +10,9 @@ voxel grid, in the data set's channel order (pre-contrast T1, FLAIR, post-contra
   improves the match (:func:`pipeline.ingestion.registration.align_to_flair`), and the result is logged;
 - a missing T1 or T1 post-contrast takes the data set's own stand-in, the FLAIR in its place (the Kaggle
   data set does the same for patients without that sequence), said in the log;
-- intensities of any range and type are shifted so that each channel's minimum is 0 (the background of the
-  data set's slices); the chain's normalisation (percentile clip and z-score on the brain) ignores scale.
+- intensities of any range and type are shifted so that each channel's background is 0 and the head (or
+  the brain of a skull-stripped scan) above it (:func:`zero_background`), as in the data set's slices; the
+  chain's normalisation (percentile clip and z-score on the voxels above 0) ignores scale and offset.
 
 The affine is the FLAIR's (RAS, as MONAI's readers give it), so
 :class:`pipeline.ingestion.model_grid.ToModelGridd` and MONAI's ``Invertd`` map a prediction back onto exactly
@@ -57,6 +58,36 @@ def voxels_xyz(image: sitk.Image) -> np.ndarray:
     return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)
 
 
+BACKGROUND_FRACTION = 0.1  # a channel with at least this fraction of exact zeros has 0 as its background
+
+
+def zero_background(channel: np.ndarray, background_fraction: float = BACKGROUND_FRACTION) -> np.ndarray:
+    """One channel's intensities shifted so that its background is 0 and everything else above it.
+
+    A skull-stripped (BraTS-style) or zero-padded scan has an exact-zero background, and its brain may hold
+    values below 0 (interpolation ringing, z-scored data): when at least ``background_fraction`` of the
+    voxels are exactly 0, they stay the background and the other voxels are shifted to start at 1. Any
+    other scan (scanner units, air with noise) is shifted so that its minimum is 0. A shift of the whole
+    channel alone would lift a stripped scan's background above 0, and the normalisation would then count
+    it as brain.
+
+    Args:
+        channel: a 3D array of one sequence (any type and range).
+        background_fraction: the fraction of exact zeros that marks a zero background.
+
+    Returns:
+        a float32 array of the same shape, background 0.
+    """
+    data = np.asarray(channel, dtype=np.float32)
+    zeros = data == 0
+    if zeros.mean() < background_fraction or zeros.all():
+        return data - data.min()
+    out = np.zeros_like(data)
+    inside = data[~zeros]
+    out[~zeros] = inside - inside.min() + 1.0
+    return out
+
+
 class LoadScansd(MapTransform):
     """Load a scan case's sequences as one 3-channel image on the FLAIR's grid (module docstring).
 
@@ -91,9 +122,7 @@ class LoadScansd(MapTransform):
             channels[sequence] = voxels_xyz(aligned)
             logger.info("%s: %s", case, alignment.describe())
         array = np.stack([channels[s] for s in CHANNEL_SEQUENCES])
-        # any range and type (int16, negative values, scanner units): each channel's minimum becomes 0, the
-        # background of the data set's slices; the normalisation that follows ignores scale and offset
-        array -= array.reshape(len(array), -1).min(axis=1)[:, None, None, None]
+        array = np.stack([zero_background(channel) for channel in array])
         affine = torch.as_tensor(ras_affine(flair), dtype=torch.float64)
         meta = {
             "affine": affine,
