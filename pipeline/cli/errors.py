@@ -18,6 +18,9 @@ Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <wh
   left>``, the command's own words given when it registered (:func:`pipeline.cli.parsing.add_command`).
 
 ``argparse``'s own usage errors (unknown option, bad choice) keep argparse's message and exit code 2.
+
+Callers without a parsed command (the bundle's ``inference.json``, see :mod:`pipeline.cli.bundle_checks`)
+apply the bad-input part of the rule with :func:`exit_on_bad_input`: one line, then ``SystemExit(2)``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from pipeline.engines import CasesFailed
 from pipeline.ingestion.errors import LGGDataError
@@ -42,6 +46,8 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 FailureLine = Callable[[argparse.Namespace, str, str], str]
 """``(args, case, problem) -> line``: how a command words one failed case."""
+
+T = TypeVar("T")
 
 
 def one_line(message: str) -> str:
@@ -97,6 +103,31 @@ def _interrupted(args: argparse.Namespace) -> str:
         return what.format_map(vars(args))
     except (KeyError, IndexError, ValueError):  # a brace that names no option: the words as given
         return what
+
+
+def exit_on_bad_input(check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``check(*args, **kwargs)``; on bad input (:data:`BAD_INPUT`) say its one line and exit with 2.
+
+    For callers that :func:`run_command` does not wrap: ``python -m monai.bundle run`` prints the traceback
+    of any ``Exception`` raised in a config expression, but lets ``SystemExit`` end the process quietly.
+
+    Args:
+        check: the check (the one ``lggseg`` runs for the same input).
+        args: its positional arguments.
+        kwargs: its keyword arguments.
+
+    Returns:
+        what ``check`` returns.
+
+    Raises:
+        SystemExit: code 2, after the line ``lggseg: error: <message>`` on stderr. Any other error of
+            ``check`` propagates as it is.
+    """
+    try:
+        return check(*args, **kwargs)
+    except BAD_INPUT as error:
+        say(_message(error))
+        raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 def run_command(args: argparse.Namespace) -> int:
