@@ -29,6 +29,7 @@ from pipeline.ingestion.datalist import DATALIST_FILENAME
 from pipeline.ingestion.nifti import IMAGE_FILENAME
 from pipeline.ingestion.scans import CaseError, find_scan_case, is_scan_case_folder, make_scan_case
 from pipeline.ingestion.sequences import NIFTI_SUFFIXES, sequence_of_filename
+from pipeline.ingestion.volume_checks import is_regular_file
 
 __all__ = ["NIFTI_SUFFIXES", "CaseError", "case_name", "check_unique", "find_cases"]
 
@@ -125,8 +126,9 @@ def find_cases(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
         ``[{"image": path, "case": name, "kind": "volume" | "scans", ...}, ...]``.
 
     Raises:
-        CaseError: a missing path, a path with no case in it, two cases with one name, a scan case folder
-            without a FLAIR or with two candidates for one sequence.
+        CaseError: a missing path, a path that is neither a folder nor a regular file, a path with no case
+            in it, two cases with one name, a scan case folder without a FLAIR or with two candidates for
+            one sequence.
     """
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     cases: list[dict] = []
@@ -134,6 +136,8 @@ def find_cases(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[
         path = Path(item)
         if not path.exists():
             raise CaseError(f"{path}: not found")
+        if not path.is_dir() and not is_regular_file(path):  # a named pipe would block the reader forever
+            raise CaseError(f"{path}: not a regular file (a named pipe, socket or device); give a file")
         if path.is_file() and path.suffix == ".json":
             found = _datalist_cases(path)
         elif path.is_dir() and (path / DATALIST_FILENAME).is_file():

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import ORIENTATION, PatientVolume
+from pipeline.ingestion.volume_checks import check_regular_file
 from pipeline.safety import (
     atomic_path,
 )
@@ -76,10 +77,10 @@ def load_label_volume(path: str | os.PathLike) -> tuple[np.ndarray, str]:
         and a note of any reorientation applied.
 
     Raises:
-        LGGDataError: unreadable file, not 3D (a trailing channel axis of size 1 is accepted), or values other
-            than {0, 1} / {0, 255}.
+        LGGDataError: missing or not a regular file (a named pipe is never opened), unreadable file, not 3D
+            (a trailing channel axis of size 1 is accepted), or values other than {0, 1} / {0, 255}.
     """
-    path = Path(path)
+    path = check_regular_file(path, "label file")
     try:
         image = nib.load(path)
         data = np.asanyarray(image.dataobj)

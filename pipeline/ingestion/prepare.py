@@ -37,6 +37,7 @@ from pipeline.ingestion.kaggle import (
     read_patient_folder,
 )
 from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME, write_patient_nifti
+from pipeline.ingestion.volume_checks import check_regular_file
 from pipeline.safety import OutputTransaction, atomic_write_json, process_alive
 
 logger = logging.getLogger(__name__)
@@ -158,7 +159,10 @@ def prepare_dataset(
             if len(folders) >= 2
             else f"{input_dir}: {len(folders)} patient is too few for folds; at least 2 are needed"
         )
-    clinical = read_clinical_table(clinical_path) if clinical_path.exists() else {}
+    if clinical_path.exists():
+        clinical = read_clinical_table(check_regular_file(clinical_path, "clinical table"))
+    else:
+        clinical = {}
 
     with transaction.staging() as staging:
         rows, problems = _prepare_patients(folders, staging, spacing, workers, progress)
