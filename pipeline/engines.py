@@ -10,11 +10,14 @@ arguments.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import math
 import os
+import re
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -300,7 +303,9 @@ def run_per_case(
 ) -> list[dict[str, str]]:
     """Run ``evaluator`` on every case of ``dataset`` separately, so that one case that fails (an
     unreadable file, a wrong shape) is reported with its name and the reason while the others still run.
-    Under ``torchrun`` each rank takes every ``world_size``-th case.
+    Under ``torchrun`` each rank takes every ``world_size``-th case. A failed case is logged in one line
+    (:func:`error_line`; the traceback at debug level, ``lggseg -v``): the engine's own error lines are
+    held back meanwhile.
 
     Args:
         evaluator: the evaluator (its data loader is replaced by one case at a time).
@@ -321,6 +326,8 @@ def run_per_case(
     # process nothing; with Ignite's documented switch back to the former engine, every run starts afresh
     resumable = evaluator.interrupt_resume_enabled
     evaluator.interrupt_resume_enabled = False
+    level = evaluator.logger.level  # Ignite logs two lines per failure; each failure is reported below
+    evaluator.logger.setLevel(logging.CRITICAL)
     try:
         for count, index in enumerate(indices, 1):
             entry = entries[index]
@@ -329,18 +336,22 @@ def run_per_case(
                 on_case(index, entry)
             else:
                 log.info("case %d/%d: %s", count, len(indices), name)
-            error = _run_one_case(evaluator, Subset(dataset, [index]), num_workers)
-            if error is not None:
+            failure = _run_one_case(evaluator, Subset(dataset, [index]), num_workers)
+            if failure is not None:
+                line, details = failure
                 image = str(entry.get("image")) if isinstance(entry, Mapping) else ""
-                failures.append({"case": name, "image": image, "error": error})
-                log.error("%s: failed: %s (%s)", name, error, image)
+                failures.append({"case": name, "image": image, "error": line})
+                log.error("%s: failed: %s", name, line if image in line else f"{line} ({image})")
+                log.debug("%s: %s", name, details)
     finally:
         evaluator.interrupt_resume_enabled = resumable
+        evaluator.logger.setLevel(level)
     return failures
 
 
-def _run_one_case(evaluator: SupervisedEvaluator, case: Dataset, num_workers: int) -> str | None:
-    """Run ``evaluator`` on one case; returns the reason it failed in one line (``None``: it ran)."""
+def _run_one_case(evaluator: SupervisedEvaluator, case: Dataset, num_workers: int) -> tuple[str, str] | None:
+    """Run ``evaluator`` on one case; returns why it failed, in one line and as a traceback (``None``: it
+    ran)."""
     evaluator.data_loader = build_val_loader(case, num_workers, distributed=False)
     evaluator.state.epoch_length = 1  # one batch: the case (not the length of an earlier loader)
     try:
@@ -348,8 +359,13 @@ def _run_one_case(evaluator: SupervisedEvaluator, case: Dataset, num_workers: in
         if evaluator.state.iteration < 1:
             raise RuntimeError("the evaluator processed nothing")
     except Exception as err:  # noqa: BLE001 - any failure of one case is reported, the others go on
-        return error_line(err)
-    return None
+        failure = error_line(err), "".join(traceback.format_exception(err))
+    else:
+        return None
+    # the failed run's loader iterator is only held by the error's traceback now: collect it here, so that
+    # its worker processes are shut down by this process, not by a copy in the next case's forked workers
+    gc.collect()
+    return failure
 
 
 def innermost_error(error: BaseException) -> BaseException:
@@ -360,9 +376,53 @@ def innermost_error(error: BaseException) -> BaseException:
     return error
 
 
+# how PyTorch's DataLoader hands on an error of a worker process: the worker's traceback as text
+_WORKER_TRACEBACK = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*Original Traceback")
+_CHAINED = re.compile(
+    r"^(?:The above exception was the direct cause of the following exception:"
+    r"|During handling of the above exception, another exception occurred:)$"
+)
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?P<type>[A-Za-z_]\w*)(?::\s?(?P<message>.*))?$")
+
+
+def _worker_error_message(text: str) -> str | None:
+    """The innermost error's message in the traceback text of a loader worker (``None``: not such a text).
+
+    The first exception of a chained traceback is the innermost one; its message follows the indented
+    frame lines as ``module.Type: message`` (a message may go on over several lines).
+    """
+    if not _WORKER_TRACEBACK.match(text):
+        return None
+    lines = text.splitlines()[1:]
+    block: list[str] = []
+    for line in lines:
+        if _CHAINED.match(line.strip()):
+            break
+        block.append(line)
+    for index, line in enumerate(block):
+        if not line or line[0].isspace() or line.startswith("Traceback (most recent call last)"):
+            continue
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            message = " ".join([match.group("message") or "", *block[index + 1 :]])
+            return " ".join(message.split()) or match.group("type")
+    return None
+
+
 def error_line(error: BaseException) -> str:
-    """The cause of a failure on one line: the innermost error's message (its type when it has none)."""
+    """The cause of a failure on one line: the innermost error's message (its type when it has none), also
+    for an error of a data loader's worker process (its traceback text comes back in the message).
+
+    Args:
+        error: what a case's run raised.
+
+    Returns:
+        the message on one line.
+    """
     cause = innermost_error(error)
+    worker = _worker_error_message(str(cause))
+    if worker is not None:
+        return worker
     return " ".join(str(cause).split()) or type(cause).__name__
 
 
