@@ -7,16 +7,27 @@ files, writes them in place (a crash leaves a half-written file) and answers its
 with HTTP 500. :class:`CheckedDatastore` answers instead:
 
 - 400: an image id or label tag that is not a plain name (letters, digits, ``.``, ``_``, ``-``);
-- 404: an unknown image (saving a label, removing);
-- 409: an upload whose id is already a study (remove it first; nothing is replaced);
+- 403: a removal whose file lies outside the studies folder (a ``labels/<tag>`` folder that is a link);
+- 404: an unknown image (saving a label, removing, updating its info);
+- 409: an upload whose id is already a study (remove it first; nothing is replaced); a removal whose entry
+  is a folder;
+- 413: an upload larger than the server's ``max_upload_mb``, or a volume of more voxels than its
+  ``max_voxels`` (read from the header, before anything is decompressed: a gzip bomb is never unpacked);
 - 415: a file that is not NIfTI (``.nii.gz`` / ``.nii``);
-- 422: an image that cannot be read completely or is not ``(H, W, D, 3)``; a label that cannot be read,
-  whose shape differs from its image's ``(H, W, D)``, whose values are not 0/1, or whose geometry (affine)
-  differs from its image's.
+- 422: an image that cannot be read completely, holds NaN or infinite values or is neither ``(H, W, D)``
+  nor ``(H, W, D, 3)``; a label that cannot be read, whose shape differs from its image's ``(H, W, D)``,
+  whose values are not 0/1, or whose geometry (affine) differs from its image's; info that is not a JSON
+  object.
 
 Files are written to a hidden temporary name in the destination folder (one that the datastore's file
-patterns never match) and renamed into place; a label is always stored as ``labels/<tag>/<id>.nii.gz``, so
-it can only ever replace the label of the same image and tag.
+patterns never match), with the usual permissions (``0666`` less the umask, as ``lggseg studies`` writes
+them), and renamed into place; a label is always stored as ``labels/<tag>/<id>.nii.gz``, so it can only
+ever replace the label of the same image and tag. An upload the datastore refuses is removed from the
+server's temporary folder (:func:`lib.server.discard_upload`).
+
+Removing a study or a label removes its entry in the studies folder and nothing else: a symlink is
+removed itself, never its target (MONAI Label's ``LocalDatastore`` resolves the path first, so it deletes
+the target, and a whole folder when the link points to one).
 """
 
 from __future__ import annotations
@@ -27,7 +38,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +48,7 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
+from lib.server import ServerLimits, discard_upload
 from pipeline.ingestion.studies import STUDY_ID
 from pipeline.safety import atomic_write_text, is_inside
 
@@ -74,14 +85,24 @@ def check_tag(tag: Any) -> str:
     return tag
 
 
-def _read_nifti(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_nifti(
+    path: str | os.PathLike, what: str, limits: ServerLimits | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     if nifti_ext(os.path.basename(path)) is None:
         raise HTTPException(
             status_code=415,
             detail=f"the {what} must be a NIfTI file (.nii.gz or .nii), got {Path(path).name}",
         )
+    limits = limits or ServerLimits()
     try:
-        image = nib.load(path)
+        image = nib.load(path)  # the header only
+    except Exception as error:  # noqa: BLE001 - nibabel raises many types for damaged files
+        raise HTTPException(
+            status_code=422,
+            detail=f"the {what} is not a readable NIfTI file ({type(error).__name__}: {error})",
+        ) from None
+    limits.check_voxels(image.shape, what)
+    try:
         data = np.asanyarray(image.dataobj)  # reads everything: a truncated file fails here
     except Exception as error:  # noqa: BLE001 - nibabel raises many types for damaged files
         raise HTTPException(
@@ -91,20 +112,24 @@ def _read_nifti(path: str | os.PathLike, what: str) -> tuple[np.ndarray, np.ndar
     return data, image.affine
 
 
-def check_image_file(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+def check_image_file(
+    path: str | os.PathLike, limits: ServerLimits | None = None
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Read a study image completely; it must be ``(H, W, D, 3)`` (a prepared study) or ``(H, W, D)`` (a FLAIR
     alone, as 3D Slicer uploads a user's own scan; the other sequences then take the FLAIR's place).
 
     Args:
         path: the image file.
+        limits: the voxel budget (default: :class:`lib.server.ServerLimits`'s).
 
     Returns:
         its spatial shape ``(H, W, D)`` and affine.
 
     Raises:
-        HTTPException: 415 not NIfTI, 422 unreadable or another shape.
+        HTTPException: 413 over the voxel budget, 415 not NIfTI, 422 unreadable, another shape, or NaN or
+            infinite values (they would give an empty mask).
     """
-    data, affine = _read_nifti(path, "image")
+    data, affine = _read_nifti(path, "image", limits)
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     prepared = data.ndim == 4 and data.shape[-1] == 3
@@ -114,18 +139,28 @@ def check_image_file(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarr
             detail=f"the image has shape {data.shape}; expected a FLAIR volume (H, W, D) or a prepared study "
             "(H, W, D, 3) with the channels pre-contrast, FLAIR, post-contrast (see `lggseg studies`)",
         )
+    if data.dtype.kind in "fc":
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise HTTPException(
+                status_code=422,
+                detail=f"the image holds {bad} NaN or infinite values; the model needs numbers",
+            )
     return data.shape[:3], affine
 
 
-def check_label_file(path: str | os.PathLike, image_path: str | os.PathLike) -> None:
+def check_label_file(
+    path: str | os.PathLike, image_path: str | os.PathLike, limits: ServerLimits | None = None
+) -> None:
     """Check a submitted label against its image: same ``(H, W, D)``, same affine, values 0/1 only.
 
     Trailing axes of size 1 are accepted (``(H, W, D, 1)``).
 
     Raises:
-        HTTPException: 415 not NIfTI, 422 unreadable, wrong shape, values or geometry.
+        HTTPException: 413 over the voxel budget, 415 not NIfTI, 422 unreadable, wrong shape, values or
+            geometry.
     """
-    data, affine = _read_nifti(path, "label")
+    data, affine = _read_nifti(path, "label", limits)
     image = nib.load(image_path)
     shape, image_affine = tuple(image.shape[:3]), image.affine
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -150,8 +185,10 @@ def check_label_file(path: str | os.PathLike, image_path: str | os.PathLike) -> 
 
 
 def _atomic_copy(source: str | os.PathLike, target: Path, compress: bool = False) -> None:
-    """Copy ``source`` to ``target`` through a hidden ``.partial`` file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    """Copy ``source`` to ``target`` through a hidden ``.partial`` file in the same folder, then rename; the
+    file gets the usual permissions (``0666`` less the umask), not ``mkstemp``'s ``0600``."""
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
             if compress:
@@ -166,17 +203,29 @@ def _atomic_copy(source: str | os.PathLike, target: Path, compress: bool = False
             os.unlink(tmp)
 
 
+def _info(info: Any, field: str) -> dict[str, Any]:
+    """Client-supplied info (``params`` of an upload, ``info`` of an update) must be a JSON object (422)."""
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        kind = type(info).__name__
+        raise HTTPException(status_code=422, detail=f"{field} must be a JSON object, got {kind}")
+    return info
+
+
 class CheckedDatastore(LocalDatastore):
     """``LocalDatastore`` that validates names and files and writes atomically (module docstring).
 
     Args:
         datastore_path: the studies folder.
+        limits: upload size and voxel budget (default: :class:`lib.server.ServerLimits`'s).
         kwargs: as ``LocalDatastore`` (``extensions``, ``auto_reload``, ``read_only``).
     """
 
-    def __init__(self, datastore_path: str, **kwargs: Any) -> None:
+    def __init__(self, datastore_path: str, limits: ServerLimits | None = None, **kwargs: Any) -> None:
         super().__init__(datastore_path, **kwargs)
         self._root = Path(os.path.realpath(datastore_path))
+        self.limits = limits or ServerLimits()
 
     def _inside(self, path: Path, folder: Path) -> Path:
         if not is_inside(path, folder):
@@ -190,8 +239,17 @@ class CheckedDatastore(LocalDatastore):
         return obj
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
-        """Add an uploaded study: checked id (400), new id (409), NIfTI (415), readable (H, W, D, 3) (422)."""
+        """Add an uploaded study: checked id (400), new id (409), size (413), NIfTI (415), readable
+        ``(H, W, D)`` or ``(H, W, D, 3)`` (422). The uploaded file is removed from the server's temporary
+        folder whatever the answer."""
+        try:
+            return self._add_image(image_id, image_filename, image_info)
+        finally:
+            discard_upload(image_filename)
+
+    def _add_image(self, image_id: str, image_filename: str, image_info: Any) -> str:
         check_id(image_id)
+        info = _info(image_info, "params")
         ext = nifti_ext(os.path.basename(image_filename))
         if ext is None:
             raise HTTPException(
@@ -205,13 +263,14 @@ class CheckedDatastore(LocalDatastore):
                 status_code=409,
                 detail=f"image {image_id!r} exists already; remove it first or upload under another id",
             )
-        check_image_file(image_filename)
+        self.limits.check_size(image_filename, "image")
+        check_image_file(image_filename, self.limits)
         dest = self._inside(images / f"{image_id}{ext}", self._root)
         with FileLock(self._lock_file):
             if dest.exists():
                 raise HTTPException(status_code=409, detail=f"image {image_id!r} exists already")
             _atomic_copy(image_filename, dest)
-            info = {**(image_info or {}), "ts": int(time.time()), "name": dest.name}
+            info = {**info, "ts": int(time.time()), "name": dest.name}
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
             self._update_datastore_file(lock=False)
         return image_id
@@ -219,31 +278,81 @@ class CheckedDatastore(LocalDatastore):
     def save_label(
         self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]
     ) -> str:
-        """Save a label as ``labels/<tag>/<id>.nii.gz`` after checking it against its image."""
+        """Save a label as ``labels/<tag>/<id>.nii.gz`` after checking it against its image. The uploaded
+        file is removed from the server's temporary folder whatever the answer."""
+        try:
+            return self._save_label(image_id, label_filename, label_tag, label_info)
+        finally:
+            discard_upload(label_filename)
+
+    def _save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Any) -> str:
         obj = self._image(image_id)
         check_tag(label_tag)
+        info = _info(label_info, "params")
         image_path = Path(self.get_image_uri(image_id))
-        check_label_file(label_filename, image_path)
+        self.limits.check_size(label_filename, "label")
+        check_label_file(label_filename, image_path, self.limits)
         folder = Path(self._datastore.label_path(label_tag))
         dest = self._inside(folder / f"{image_id}{LABEL_EXT}", self._root / self._datastore.labels_dir)
         with FileLock(self._lock_file):
             folder.mkdir(parents=True, exist_ok=True)
             _atomic_copy(label_filename, dest, compress=nifti_ext(os.path.basename(label_filename)) == ".nii")
-            info = {**(label_info or {}), "ts": int(time.time()), "name": dest.name}
+            info = {**info, "ts": int(time.time()), "name": dest.name}
             obj.labels[label_tag] = DataModel(info=info, ext=LABEL_EXT)
             self._update_datastore_file(lock=False)
         return image_id
 
+    def _entry(self, folder: str, name: str) -> Path:
+        """The entry ``name`` of a folder of the studies, for removal: the folder must resolve inside the
+        studies folder (403) and the entry must not be a folder (409); a symlink is the link itself."""
+        parent = Path(os.path.realpath(folder))
+        if not is_inside(parent, self._root):
+            raise HTTPException(
+                status_code=403,
+                detail=f"{name}: its folder {parent} is outside the studies folder; the server removes "
+                "nothing there",
+            )
+        entry = parent / name
+        if entry.is_dir() and not entry.is_symlink():
+            raise HTTPException(status_code=409, detail=f"{name} is a folder, not a study file: not removed")
+        return entry
+
+    def _remove_entries(self, entries: list[Path]) -> None:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()  # a symlink: the link, never its target
+        self.refresh()
+
+    def _label_entries(self, image_id: str, tags: list[str]) -> list[Path]:
+        obj = self._image(image_id)
+        return [
+            self._entry(self._datastore.label_path(tag), f"{image_id}{obj.labels[tag].ext}") for tag in tags
+        ]
+
     def remove_image(self, image_id: str) -> None:
-        """Remove a study and its labels; unknown image: 404."""
-        self._image(image_id)
-        super().remove_image(image_id)
+        """Remove a study and its labels (their entries in the studies folder, never a link's target);
+        unknown image: 404; nothing is removed when any entry is refused (403, 409)."""
+        obj = self._image(image_id)
+        entries = self._label_entries(image_id, list(obj.labels))
+        entries.append(self._entry(self._datastore.image_path(), f"{image_id}{obj.image.ext}"))
+        self._remove_entries(entries)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        """Remove one label; unknown image or tag: 404."""
+        """Remove one label (its entry, never a link's target); unknown image or tag: 404."""
         if not self._datastore.label(label_id, label_tag):
             raise HTTPException(status_code=404, detail=f"no label {label_tag!r} for image {label_id!r}")
-        super().remove_label(label_id, label_tag)
+        self._remove_entries(self._label_entries(label_id, [label_tag]))
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        """Update an image's info; unknown image: 404, info not a JSON object: 422."""
+        self._image(image_id)
+        super().update_image_info(image_id, _info(info, "info"))
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        """Update a label's info; unknown image or tag: 404, info not a JSON object: 422."""
+        if not self._datastore.label(label_id, label_tag):
+            raise HTTPException(status_code=404, detail=f"no label {label_tag!r} for image {label_id!r}")
+        super().update_label_info(label_id, label_tag, _info(info, "info"))
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         """Write ``datastore_v2.json`` atomically (a crash never leaves it half-written)."""
