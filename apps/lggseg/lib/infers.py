@@ -7,6 +7,10 @@ normalise) reads that path as ``(3, H, W, D)``; its ``inferer`` gives the tumour
 ``(1, H, W, D)``; its ``post_transforms`` (threshold, connected components; the ``writer`` is left out)
 make it binary; then MONAI's ``SqueezeDimd`` and ``CastToTyped`` give the ``(H, W, D)`` uint8 label that
 MONAI Label's writer saves with the study's affine (NIfTI, or NRRD when the client asks, as Slicer does).
+
+An empty mask is never the answer to an input or a model that cannot give one: NaN or infinite values in the
+preprocessed image (they spread through the normalisation to the whole volume) are the client's error (422),
+NaN or infinite values in the network's output the model's (503, like weights that cannot be loaded).
 """
 
 from __future__ import annotations
@@ -96,6 +100,13 @@ class LGGSegInfer(BasicInferTask):
                 status_code=422, detail=f"cannot read the image {name}: {type(cause).__name__}: {cause}"
             ) from error
         image = data[self.input_key]
+        bad = int(image.numel() - torch.isfinite(torch.as_tensor(image)).sum())
+        if bad:
+            raise HTTPException(
+                status_code=422,
+                detail=f"the image {name} holds {bad} NaN or infinite values after preprocessing (NaN or "
+                "infinite voxels in the file); the model needs numbers",
+            )
         if image.ndim != 4 or image.shape[0] != NUM_CHANNELS:
             raise HTTPException(
                 status_code=422,
@@ -123,6 +134,12 @@ class LGGSegInfer(BasicInferTask):
         image = data[self.input_key]
         with torch.no_grad():
             pred = self.inferer(data)(image[None].to(self.device), network)[0]
+        if not bool(torch.isfinite(pred).all()):
+            raise HTTPException(
+                status_code=503,
+                detail=f"model unavailable: {info.get('model_file')} gives NaN or infinite values on a "
+                "finite image (damaged or diverged weights?); replace the model file",
+            )
         data[self.output_label_key] = pred.to("cpu")
         data[self.output_json_key] = {**data.get(self.output_json_key, {}), **info}
         return data
