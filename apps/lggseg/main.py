@@ -12,31 +12,45 @@ Options (``--conf KEY VALUE``, all optional):
 - ``model_dir``: where fine-tuning publishes ``model.pt`` (default: ``apps/lggseg/model``); inference
   prefers that file when it exists;
 - ``device``: ``auto`` (default: CUDA when present), ``cpu`` or ``cuda[:i]``;
-- ``epochs``, ``learning_rate``: fine-tuning defaults (5, 1e-4; a training request may override them).
+- ``epochs``, ``learning_rate``: fine-tuning defaults (5, 1e-4; a training request may override them);
+- ``max_upload_mb``: the largest request body, an uploaded image or label (default 512; larger: 413);
+- ``max_voxels``: the most voxels an uploaded volume may hold once decompressed (default 512 x 512 x 512 x 4;
+  more: 413, checked on the NIfTI header before anything is decompressed).
 
 Tasks: the model ``lggseg`` (inference and fine-tuning), the strategies ``first`` and ``random`` (first or
 random study without a final label). No module that imports torchvision is imported (``torchvision`` has
 no working CPU build here): only MONAI Label's ``BasicInferTask``, ``TrainTask``, the local datastore and
 the two plain strategies are used. Requests MONAI Label would answer with 500 (unknown model, unknown or
-unreadable image) or act on unsafely (``../x`` upload names, any label file) are answered with 4xx here:
-see :mod:`lib.datastore` and :meth:`LGGSegApp.infer`.
+unreadable image) or act on unsafely (``../x`` upload names, any label file, a path on the server as the
+image, a removal through a symlink, an upload of any size) are answered with 4xx here: see
+:mod:`lib.datastore`, :mod:`lib.server` (the checks in front of MONAI Label's endpoints, installed when the
+server starts: see :meth:`LGGSegApp.server_mode`) and :meth:`LGGSegApp.infer`.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-import os
-import tempfile
+import sys
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from lib.datastore import CheckedDatastore, check_image_file
 from lib.infers import LABELS, LGGSegInfer
 from lib.model_files import AppPaths
-from lib.trainers import LGGSegTrain
+from lib.server import (
+    ServerLimits,
+    check_infer_options,
+    discard_upload,
+    guard_routes,
+    is_upload,
+    use_private_temp_folder,
+)
+from lib.trainers import LGGSegTrain, refused_train_keys
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
@@ -48,6 +62,9 @@ import pipeline
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "lggseg"
+# MONAI Label's endpoint modules whose POST / PUT routes get the checks of lib.server (all included by
+# monailabel.app; login, proxy and the read-only ones are left as they are)
+GUARDED_ENDPOINTS = ("infer", "datastore", "train", "activelearning", "session", "batch_infer", "scoring")
 
 
 class LGGSegApp(MONAILabelApp):
@@ -65,6 +82,7 @@ class LGGSegApp(MONAILabelApp):
         self.device = conf.get("device", "auto")
         self.epochs = int(conf.get("epochs", 5))
         self.learning_rate = float(conf.get("learning_rate", 1e-4))
+        self.limits = ServerLimits.from_conf(conf)
         logger.info(
             "lggseg app: bundle %s, base model %s, fine-tuned model %s, device %s",
             self.paths.bundle,
@@ -91,6 +109,7 @@ class LGGSegApp(MONAILabelApp):
             extensions=("*.nii.gz", "*.nii"),
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            limits=self.limits,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
@@ -108,25 +127,122 @@ class LGGSegApp(MONAILabelApp):
             raise HTTPException(status_code=404, detail=f"unknown model {model!r}; this server has: {known}")
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
-        """Run the model on a study id or an uploaded file; 404 for an unknown model or image, 422 for an
-        unreadable uploaded image (an unreadable study: see :class:`lib.infers.LGGSegInfer`).
+        """Run the model on a study id or an uploaded file; 404 for an unknown model or image, 413 for an
+        upload over the limits, 422 for an unreadable uploaded image or bad options (an unreadable study: see
+        :class:`lib.infers.LGGSegInfer`).
 
-        A path on the server is accepted only when it is an uploaded file in the temporary folder (that is
-        where MONAI Label puts a file sent with the request); any other image must be a study id.
+        A path on the server is accepted only when it is an uploaded file in the server's temporary folder
+        (that is where MONAI Label puts a file sent with the request; :mod:`lib.server` refuses paths sent
+        by the client); any other image must be a study id. A rejected upload is removed.
         """
-        self._check_model(request.get("model"), self._infers)
         image = request.get("image")
-        store = datastore or self.datastore()
-        if isinstance(image, str):
-            if image in store.list_images():
-                pass
-            elif os.path.isfile(image) and os.path.dirname(os.path.realpath(image)) == os.path.realpath(
-                tempfile.gettempdir()
-            ):
-                check_image_file(image)
-            else:
+        try:
+            self._check_model(request.get("model"), self._infers)
+            check_infer_options(request)
+            store = datastore or self.datastore()
+            if isinstance(image, str) and image not in store.list_images():
+                if not is_upload(image):
+                    raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
+                self.limits.check_size(image, "image")
+                check_image_file(image, self.limits)
+            return super().infer(request, datastore)
+        except BaseException:
+            discard_upload(image)
+            discard_upload(request.get("label"))
+            raise
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The next study to label; 404 for an unknown strategy."""
+        self._check_strategy(request.get("strategy"))
+        return super().next_sample(request)
+
+    def _check_strategy(self, strategy: Any) -> None:
+        if (strategy or "random") not in self._strategies:
+            known = ", ".join(sorted(self._strategies)) or "none"
+            raise HTTPException(
+                status_code=404, detail=f"unknown strategy {strategy!r}; this server has: {known}"
+            )
+
+    def check_train_request(self, model: Any, params: Any) -> None:
+        """Check a training request before MONAI Label starts the training process.
+
+        Raises:
+            HTTPException: 404 unknown model; 422 options the trainer refuses (``max_epochs=-1``) or keys
+                MONAI Label would act on (``bundle_path``); 409 no study has a final label yet.
+        """
+        self._check_model(model, self._trainers)
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise HTTPException(status_code=422, detail="the training request must be a JSON object")
+        refused = refused_train_keys(params)
+        if refused:
+            raise HTTPException(status_code=422, detail=f"training request: {', '.join(refused)} not allowed")
+        try:
+            self._trainers[model].options(params)
+        except MONAILabelException as error:
+            raise HTTPException(status_code=422, detail=f"training request: {error.msg}") from None
+        if not self.datastore().datalist():
+            raise HTTPException(
+                status_code=409, detail="no study has a final label yet: submit labels, then train"
+            )
+
+    def server_mode(self, mode: bool) -> None:
+        """MONAI Label calls this when the server starts: uploads then go to a private temporary folder, and
+        the checks of :mod:`lib.server` are put in front of MONAI Label's endpoints."""
+        super().server_mode(mode)
+        if not mode:
+            return
+        use_private_temp_folder()
+        module = sys.modules.get("monailabel.app")
+        if module is None:
+            logger.warning("lggseg app: not served by monailabel.app: the request checks are not installed")
+            return
+        api = settings.MONAI_LABEL_API_STR
+        routers = [
+            importlib.import_module(f"monailabel.endpoints.{name}").router for name in GUARDED_ENDPOINTS
+        ]
+        guarded = guard_routes(
+            module.app,
+            routers,
+            {
+                f"{api}/infer/{{model}}": self._check_infer_route,
+                f"{api}/train/{{model}}": self._check_train_route,
+                f"{api}/train/": self._check_train_all_route,
+                f"{api}/activelearning/{{strategy}}": self._check_strategy_route,
+            },
+            self.limits,
+        )
+        logger.info("lggseg app: %d routes guarded (%s)", len(guarded), "; ".join(guarded))
+
+    def _check_infer_route(self, request: Request, fields: dict[str, Any]) -> None:
+        """The image a client names must be a study id: ``params["image"]`` (it replaces everything else),
+        and the query's ``image`` unless a file is sent (the file replaces it)."""
+        params = fields.get("params", {})
+        check_infer_options(params)
+        named = [params.get("image")]
+        if "file" not in fields.get("files", ()):
+            named.append(request.query_params.get("image"))
+        studies = None
+        for image in named:
+            if image in (None, ""):
+                continue
+            studies = studies if studies is not None else set(self.datastore().list_images())
+            if not isinstance(image, str) or image not in studies:
                 raise HTTPException(status_code=404, detail=f"image {image!r} is not in the datastore")
-        return super().infer(request, datastore)
+
+    def _check_train_route(self, request: Request, fields: dict[str, Any]) -> None:
+        self.check_train_request(request.path_params.get("model"), fields.get("json"))
+
+    def _check_train_all_route(self, request: Request, fields: dict[str, Any]) -> None:
+        body = fields.get("json") or {}
+        if not isinstance(body, dict):
+            raise HTTPException(status_code=422, detail="the training request must be a JSON object")
+        for model in self._trainers:
+            self.check_train_request(model, body.get(model))
+
+    def _check_strategy_route(self, request: Request, fields: dict[str, Any]) -> None:
+        self._check_strategy(request.path_params.get("strategy"))
 
     def bundle_path(self, model: Any) -> None:
         """MONAI Label asks this before starting a training task: refuse an unknown model there (404)."""

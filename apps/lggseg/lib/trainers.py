@@ -27,6 +27,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.model_files import AppPaths, ModelFileError, load_into, publish_weights, read_weights
+from pipeline.engines import innermost_error
 from pipeline.model_files import CONFIG_KEY, MODEL_KEY, network_options
 from pipeline.safety import atomic_write_text
 
@@ -36,6 +37,24 @@ STATS_NAME = "train_stats.json"
 # request parameters a client may set (Slicer shows config() as the trainer's options)
 INT_OPTIONS = ("max_epochs", "volume_repeats", "batch_size", "num_samples", "seed")
 FLOAT_OPTIONS = ("learning_rate",)
+# request keys MONAI Label acts on itself: a folder it puts on the training process's PYTHONPATH
+REFUSED_KEYS = ("bundle_path",)
+
+
+def refused_train_keys(request: dict[str, Any]) -> list[str]:
+    """The keys of a client's training request that MONAI Label would act on unsafely (``bundle_path``)."""
+    return [key for key in REFUSED_KEYS if key in request]
+
+
+def _cause(error: BaseException) -> BaseException:
+    """What to report of a failed workflow: the deepest error of this project in the chain (it names the
+    file, e.g. a study that cannot be read), else the innermost one, never MONAI's wrappers ("Failed to
+    instantiate component ...", "applying transform ...")."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    own = [e for e in chain if type(e).__module__.split(".")[0] == "pipeline"]
+    return own[-1] if own else innermost_error(error)
 
 
 def _number(value: Any) -> float | None:
@@ -98,7 +117,9 @@ class LGGSegTrain(TrainTask):
         """Fine-tune, publish ``<model_dir>/model.pt`` atomically, and return the figures.
 
         Raises:
-            MONAILabelException: no study has a final label, or no usable starting weights.
+            MONAILabelException: no study has a final label, no usable starting weights, or the bundle's
+                workflow failed (the message names the innermost cause, not MONAI's wrapper: MONAI Label's
+                training status shows the last lines of the training process's output).
         """
         datalist = datastore.datalist()
         if not datalist:
@@ -140,24 +161,29 @@ class LGGSegTrain(TrainTask):
                     if k in options
                 },
             }
-            workflow = ConfigWorkflow(
-                config_file=str(self.paths.config_file("train.json")),
-                meta_file=str(self.paths.config_file("metadata.json")),
-                logging_file=False,
-                workflow_type="train",
-                **override,
-            )
-            workflow.initialize()
-            network = workflow.parser.get_parsed_content("network")
             try:
+                workflow = ConfigWorkflow(
+                    config_file=str(self.paths.config_file("train.json")),
+                    meta_file=str(self.paths.config_file("metadata.json")),
+                    logging_file=False,
+                    workflow_type="train",
+                    **override,
+                )
+                workflow.initialize()
+                network = workflow.parser.get_parsed_content("network")
                 load_into(network, checkpoint, start_from)
+                logger.info("fine-tuning %s on %d studies for %d epochs", start_from, len(datalist), epochs)
+                workflow.run()
+                evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+                weights = {k: v.detach().to("cpu") for k, v in network.state_dict().items()}
+                workflow.finalize()
             except ModelFileError as error:
                 raise MONAILabelException(MONAILabelError.APP_TRAIN_FAILED, str(error)) from error
-            logger.info("fine-tuning %s on %d studies for %d epochs", start_from, len(datalist), epochs)
-            workflow.run()
-            evaluator = workflow.parser.get_parsed_content("validate#evaluator")
-            weights = {k: v.detach().to("cpu") for k, v in network.state_dict().items()}
-            workflow.finalize()
+            except Exception as error:  # noqa: BLE001 - any failure of the bundle's workflow: show its cause
+                cause = _cause(error)
+                message = f"fine-tuning failed: {type(cause).__name__}: {' '.join(str(cause).split())}"
+                logger.error(message)
+                raise MONAILabelException(MONAILabelError.APP_TRAIN_FAILED, message) from error
         stats = {
             "model_file": str(self.paths.finetuned_model),
             "started_from": str(start_from),
