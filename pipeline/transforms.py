@@ -61,7 +61,7 @@ from pipeline.augmentations import STRIPPED_SUFFIX, RandSequenceDropoutd, RandSk
 from pipeline.ingestion.kaggle import CHANNEL_NAMES, read_patient_folder
 from pipeline.ingestion.model_grid import ToModelGridd
 from pipeline.ingestion.scan_loader import LoadScansd
-from pipeline.ingestion.scans import SCAN_KIND
+from pipeline.ingestion.scans import SCAN_KIND, parse_reference
 from pipeline.ingestion.volume_checks import (
     check_image_volume,
     check_nifti_header,
@@ -485,6 +485,10 @@ class LoadVolumed(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if d.get("kind") == SCAN_KIND:  # a user's scans: FLAIR [+ T1, T1c], registered onto the FLAIR
+            for sequence in ("flair", "t1", "t1c"):  # a named pipe given as a file would block the reader
+                path, uid = parse_reference(d[sequence]) if d.get(sequence) else (None, None)
+                if path is not None and uid is None and not path.is_dir():
+                    check_regular_file(path, f"{sequence.upper()} file")
             return self.scans(d)
         image = d.get(IMAGE_KEY)
         if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
