@@ -34,6 +34,7 @@ from pipeline.ingestion.cases import find_cases
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import read_patient_folder
 from pipeline.ingestion.nifti import load_label_volume
+from pipeline.ingestion.scans import make_scan_case
 from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import MANIFEST_FILENAME, owned_files, write_manifest
 from pipeline.transforms import LoadVolumed
@@ -350,3 +351,14 @@ def test_fifo_prepared_image_data_csv_label_and_case(kaggle: Path, tmp_path: Pat
         with pytest.raises(ValueError, match="not a regular file"):
             find_cases(fifo)
     assert not state["hung"]
+
+
+def test_fifo_given_as_a_scan_sequence_does_not_hang(tmp_path: Path) -> None:
+    """``lggseg infer --flair PIPE`` (a scan case named explicitly) blocked in SimpleITK's reader."""
+    flair = tmp_path / "flair.nii.gz"
+    os.mkfifo(flair)
+    with fifo_guard(flair) as state:
+        with pytest.raises(LGGDataError) as caught:
+            LoadVolumed(["image"])(make_scan_case("patient", flair))
+    assert not state["hung"], "the FLAIR (a named pipe) was opened"
+    _one_line_naming(caught.value, flair, "not a regular file")
