@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from pipeline.cli import main as lggseg
+from pipeline.ingestion.studies import CONTENT_RECORD
 from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import MANIFEST_FILENAME, owned_files
 
@@ -99,7 +100,8 @@ def test_studies_from_raw_and_prepared(tmp_path: Path, capsys) -> None:
         assert image.shape[-1] == 3 and image.ndim == 4 and label.shape == image.shape[:3]
         assert image.get_data_dtype() == np.uint8 and set(np.unique(label.get_fdata())) <= {0.0, 1.0}
         assert np.allclose(image.affine, label.affine)
-    assert owned_files(raw) == {f"{n}.nii.gz" for n in names} | {f"labels/final/{n}.nii.gz" for n in names}
+    studies = {f"{n}.nii.gz" for n in names} | {f"labels/final/{n}.nii.gz" for n in names}
+    assert owned_files(raw) == studies | {CONTENT_RECORD}  # the studies and what they hold
 
     # a prepared folder gives the same bytes as the raw folders (the image lggseg prepare writes)
     assert (
@@ -109,7 +111,9 @@ def test_studies_from_raw_and_prepared(tmp_path: Path, capsys) -> None:
         capsys, "studies", "--input", tmp_path / "prep", "--output", tmp_path / "p", "--patients", names[0]
     )
     assert code == 0
-    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [MANIFEST_FILENAME, f"{names[0]}.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(
+        [MANIFEST_FILENAME, CONTENT_RECORD, f"{names[0]}.nii.gz"]
+    )
     assert _digest(tmp_path / "p" / f"{names[0]}.nii.gz") == _digest(raw / f"{names[0]}.nii.gz")
 
 

@@ -427,16 +427,26 @@ def _processes_of(marker: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
 def test_kill_9_of_prepare_with_workers(kaggle: Path, tmp_path: Path, capsys) -> None:
-    # A patient whose first slice is a FIFO: its worker blocks reading it, so the run is surely still
-    # running when it is killed, whatever the machine's speed; the other worker sits idle.
+    # A patient whose slices never finish reading (a hook in the child processes blocks tifffile on them; a
+    # FIFO slice is refused without being opened): its worker blocks, so the run is surely still running
+    # when it is killed, whatever the machine's speed; the other worker sits idle.
     stuck = kaggle / "TCGA_HT_F999_20000109"
     stuck.mkdir()
-    os.mkfifo(stuck / f"{stuck.name}_1.tif")
+    shutil.copy(next(kaggle.glob("*/*_1.tif")), stuck / f"{stuck.name}_1.tif")
     shutil.copy(next(kaggle.glob("*/*_1_mask.tif")), stuck / f"{stuck.name}_1_mask.tif")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\nimport tifffile\n_imread = tifffile.imread\n\n"
+        "def imread(path, *args, **kwargs):\n"
+        f"    while {stuck.name!r} in str(path):\n        time.sleep(1)\n"
+        "    return _imread(path, *args, **kwargs)\n\n"
+        "tifffile.imread = imread\n"
+    )
     output = tmp_path / "out"
     command = [sys.executable, "-m", "pipeline.cli", *map(str, _prepare(kaggle, output))]
     command[command.index("--workers") + 1] = "2"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(hook)}
     run = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
@@ -471,6 +481,7 @@ def test_kill_9_of_prepare_with_workers(kaggle: Path, tmp_path: Path, capsys) ->
     assert not output.exists()
 
     shutil.rmtree(stuck)
+    shutil.rmtree(hook)
     before = _digest(kaggle)
     code, lines, err = _run(capsys, *_prepare(kaggle, output))
     assert code == 0 and not lines, err
