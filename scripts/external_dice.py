@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 from figures import write_figures
 
+from pipeline.ingestion import model_grid
 from pipeline.model_files import SHIPPED_MODEL
 from pipeline.workflows.prediction import infer
 
@@ -72,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", default=None, help="test-time augmentation (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON")
+    parser.add_argument(
+        "--thin-below-mm",
+        type=float,
+        help="resample slices thinner than this to 5 mm (default: the pipeline's rule, 3 mm; 0 keeps them)",
+    )
     args = parser.parse_args(argv)
+    if args.thin_below_mm is not None:
+        model_grid.THIN_BELOW_MM = args.thin_below_mm
     if not EXTERNAL.is_dir():
         print(f"external_dice.py: error: {EXTERNAL}: not found", file=sys.stderr)
         return 2
@@ -103,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             truth_text = f"truth {row['truth_ml']:.1f} mL" if "truth_ml" in row else "(no truth)"
             dice_text = f"Dice {row['dice']:.3f}" if "dice" in row else "Dice   -  "
             print(f"{row['case']:45s} {dice_text}  predicted {row['pred_ml']:.1f} mL  {truth_text}")
-    write_figures({"checkpoint": str(args.checkpoint), "cases": rows}, args.output)
+    rule = {"thin_below_mm": model_grid.THIN_BELOW_MM, "slice_mm": model_grid.SLICE_MM}
+    write_figures({"checkpoint": str(args.checkpoint), **rule, "cases": rows}, args.output)
     return 0
 
 

@@ -275,3 +275,38 @@ def test_compare_runs_pairs_patients_with_the_reference(tmp_path, load_script):
     assert row["wilcoxon_p_vs_ref"] == pytest.approx(2 / 64)
     module.paired_with(row, reference, reference)
     assert row["dice_diff_vs_ref"] is None and row["wilcoxon_p_vs_ref"] is None
+
+
+def test_train_on_all_runs_choose_on_the_cv_with_a_nested_choice_per_fold(tmp_path, monkeypatch):
+    """Fold k is evaluated with the candidate best on the other folds: its own labels never choose."""
+    from pipeline.workflows import model_selection as ms
+
+    folds = {f: tmp_path / f"fold{f}" / "checkpoints" / "best_model.pt" for f in (0, 1, 2)}
+    # pooled: candidate 0 0.733, candidate 1 0.767; without fold 2, candidate 0 is the better one
+    table = {
+        0: {0: [0.9, 0.9], 1: [0.8, 0.8], 2: [0.5, 0.5]},
+        1: {0: [0.7, 0.7], 1: [0.7, 0.7], 2: [0.9, 0.9]},
+    }
+    candidates = ({"keep_largest": 0}, {"keep_largest": 1})
+    monkeypatch.setattr(ms, "finished_folds", lambda root: folds)
+    monkeypatch.setattr(ms, "load_checkpoint", lambda path: {"config": {"train_on_all": True, "fold": 0}})
+    monkeypatch.setattr(ms, "file_sha256", lambda path: "digest")
+    seen = []
+
+    def fake_dice(model, fold, options, overrides=None, digest=None):
+        seen.append((model, fold))
+        return table[candidates.index(dict(options))][fold]
+
+    monkeypatch.setattr(ms, "validation_dice", fake_dice)
+    choice = ms.choose_postprocessing(tmp_path, candidates)
+    assert all(model == folds[fold] for model, fold in seen)  # each model judged on its own test fold only
+    assert choice["chosen"] == {"keep_largest": 1}
+    assert choice["per_fold_choice"] == {
+        0: {"keep_largest": 1},
+        1: {"keep_largest": 1},
+        2: {"keep_largest": 0},
+    }
+    assert choice["chosen_on"].startswith("test folds, nested")
+    assert json.loads((tmp_path / "postprocessing.json").read_text())["per_fold_choice"]["2"] == {
+        "keep_largest": 0
+    }

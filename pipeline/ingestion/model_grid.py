@@ -82,13 +82,16 @@ class ToModelGridd(MapTransform, InvertibleTransform):
         self,
         keys: KeysCollection,
         size: int = MODEL_SIZE,
-        thin_below_mm: float = THIN_BELOW_MM,
-        slice_mm: float = SLICE_MM,
+        thin_below_mm: float | None = None,
+        slice_mm: float | None = None,
         mode: str | Sequence[str] = "trilinear",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.size, self.thin_below_mm, self.slice_mm = size, thin_below_mm, slice_mm
+        self.size = size
+        # None: the module's rule as it is when the chain is built (scripts/external_dice.py --thin-below-mm)
+        self.thin_below_mm = THIN_BELOW_MM if thin_below_mm is None else thin_below_mm
+        self.slice_mm = SLICE_MM if slice_mm is None else slice_mm
         self.mode = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
         # one instance of each step: MONAI inverts a step only with the instance that applied it
         self.steps = {

@@ -78,7 +78,14 @@ def choose_postprocessing(
     candidates: Sequence[Mapping[str, Any]] = POSTPROCESSING_CANDIDATES,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Try every candidate on each finished fold's validation patients; keep the best pooled mean Dice.
+    """Try every candidate on patients each fold's model never chose anything on; keep the best pooled mean.
+
+    A run with validation folds is judged on each fold's validation patients (the test folds take no part).
+    A ``train_on_all`` run (nnU-Net style) has no such patients: every fold but the test fold trained. Its
+    candidates are judged on the cross-validation's own predictions, each fold's test patients by that
+    fold's model, as nnU-Net does; the test figure stays honest by nesting: fold ``k`` is then evaluated
+    with the candidate that is best on the *other* folds (``per_fold_choice``), so its own labels never
+    take part in its choice. The shipped choice is the best on all folds.
 
     Args:
         run_root: the CV run folder (``OUTPUT/NAME`` with ``fold<k>`` inside).
@@ -90,20 +97,24 @@ def choose_postprocessing(
 
     Returns:
         ``{"chosen": options, "candidates": [{"options", "mean_dice", "median_dice", "patients",
-        "per_fold": {fold: mean Dice}}], "folds": {fold: validation fold}}``; also written to
-        ``run_root/postprocessing.json``.
+        "per_fold": {fold: mean Dice}}], "folds": {fold: fold judged on}, "chosen_on": what,
+        "per_fold_choice": {fold: options} (the options each test fold is evaluated with)}``; also written
+        to ``run_root/postprocessing.json``.
     """
     models = finished_folds(run_root)
-    val_folds = {fold: validation_fold(load_checkpoint(path)[CONFIG_KEY]) for fold, path in models.items()}
+    configs = {fold: load_checkpoint(path)[CONFIG_KEY] for fold, path in models.items()}
+    nested = any(bool(config.get("train_on_all")) for config in configs.values())
+    judged_on = {fold: fold if nested else validation_fold(configs[fold]) for fold in models}
     digests = {fold: file_sha256(path) for fold, path in models.items()}  # once per model, not per candidate
-    results = []
+    results, per_patient = [], []
     for options in candidates:
         per_fold: dict[int, float] = {}
-        dice: list[float] = []
+        by_fold: dict[int, list[float]] = {}
         for fold, path in models.items():
-            values = validation_dice(path, val_folds[fold], options, overrides, digests[fold])
-            per_fold[fold] = statistics.fmean(values)
-            dice += values
+            by_fold[fold] = validation_dice(path, judged_on[fold], options, overrides, digests[fold])
+            per_fold[fold] = statistics.fmean(by_fold[fold])
+        dice = [value for values in by_fold.values() for value in values]
+        per_patient.append(by_fold)
         results.append(
             {
                 "options": dict(options),
@@ -113,9 +124,27 @@ def choose_postprocessing(
                 "per_fold": per_fold,
             }
         )
-        logger.info("validation %s: Dice mean %.4f, median %.4f", options, *map(results[-1].get, DICE_KEYS))
-    best = max(range(len(results)), key=lambda i: (results[i]["mean_dice"], -i))
-    choice = {"chosen": results[best]["options"], "candidates": results, "folds": val_folds}
+        where = "cross-validation" if nested else "validation"
+        logger.info("%s %s: Dice mean %.4f, median %.4f", where, options, *map(results[-1].get, DICE_KEYS))
+
+    def best_on(folds: Sequence[int]) -> int:
+        means = [statistics.fmean(v for f in folds for v in per_patient[i][f]) for i in range(len(results))]
+        return max(range(len(results)), key=lambda i: (means[i], -i))  # ties: the earlier, cheaper one
+
+    best = best_on(list(models))
+    if nested and len(models) > 1:
+        per_fold_choice = {f: results[best_on([g for g in models if g != f])]["options"] for f in models}
+    else:
+        per_fold_choice = {fold: results[best]["options"] for fold in models}
+    choice = {
+        "chosen": results[best]["options"],
+        "candidates": results,
+        "folds": judged_on,
+        "chosen_on": "test folds, nested (each fold evaluated with the choice of the others)"
+        if nested
+        else "validation folds",
+        "per_fold_choice": per_fold_choice,
+    }
     atomic_write_json(Path(run_root) / CHOICE_NAME, choice)
     return choice
 
