@@ -34,20 +34,25 @@ import logging
 import sys
 from typing import Any
 
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse
 from lib.datastore import CheckedDatastore, check_image_file
 from lib.infers import LABELS, LGGSegInfer
 from lib.model_files import AppPaths
+from lib.scan_studies import flair_file
 from lib.server import (
     ServerLimits,
     check_infer_options,
     discard_upload,
     guard_routes,
     is_upload,
+    temp_folder,
     use_private_temp_folder,
 )
-from lib.trainers import LGGSegTrain, refused_train_keys
+from lib.trainers import LGGSegTrain, no_trainable_study, refused_train_keys, trainable
 from monailabel.config import settings
+from monailabel.endpoints import datastore as datastore_endpoints
+from monailabel.endpoints.user.auth import RBAC
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelException
@@ -56,6 +61,8 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.generic import get_mime_type
+from starlette.background import BackgroundTask
 
 import pipeline
 
@@ -152,9 +159,28 @@ class LGGSegApp(MONAILabelApp):
             raise
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The next study to label; 404 for an unknown strategy."""
+        """The next study to label; 404 for an unknown strategy. For a folder study, ``path`` is its FLAIR
+        file (3D Slicer loads ``path`` when it exists on its machine, else downloads ``/datastore/image``),
+        empty for a DICOM FLAIR (downloaded as NIfTI, see :meth:`download_image`)."""
         self._check_strategy(request.get("strategy"))
-        return super().next_sample(request)
+        sample = super().next_sample(request)
+        store = self.datastore()
+        image_id = sample.get("id")
+        if image_id and isinstance(store, CheckedDatastore) and store.is_folder_study(image_id):
+            flair = flair_file(store.study_folder(image_id))
+            sample["path"] = str(flair) if flair is not None else ""
+            sample["name"] = flair.name if flair is not None else f"{image_id}.nii.gz"
+        return sample
+
+    def download_image(self, image: str) -> Any:
+        """``GET /datastore/image``: a folder study's FLAIR as NIfTI (the file, or a temporary NIfTI copy of
+        a DICOM series, removed once sent); any other study as MONAI Label serves it."""
+        store = self.datastore()
+        if not (isinstance(store, CheckedDatastore) and store.is_folder_study(image)):
+            return datastore_endpoints.download_image(image)
+        path, temporary = store.viewable_flair(image, temp_folder())
+        done = BackgroundTask(discard_upload, str(path)) if temporary else None
+        return FileResponse(path, media_type=get_mime_type(str(path)), filename=path.name, background=done)
 
     def _check_strategy(self, strategy: Any) -> None:
         if (strategy or "random") not in self._strategies:
@@ -182,10 +208,9 @@ class LGGSegApp(MONAILabelApp):
             self._trainers[model].options(params)
         except MONAILabelException as error:
             raise HTTPException(status_code=422, detail=f"training request: {error.msg}") from None
-        if not self.datastore().datalist():
-            raise HTTPException(
-                status_code=409, detail="no study has a final label yet: submit labels, then train"
-            )
+        usable, skipped = trainable(self.datastore().datalist())
+        if not usable:
+            raise HTTPException(status_code=409, detail=no_trainable_study(skipped))
 
     def server_mode(self, mode: bool) -> None:
         """MONAI Label calls this when the server starts: uploads then go to a private temporary folder, and
@@ -214,6 +239,15 @@ class LGGSegApp(MONAILabelApp):
             self.limits,
         )
         logger.info("lggseg app: %d routes guarded (%s)", len(guarded), "; ".join(guarded))
+        scratch = APIRouter()
+        scratch.add_api_route(
+            f"{api}/datastore/image",
+            self.download_image,
+            methods=["GET"],
+            include_in_schema=False,  # MONAI Label's route stays in the API docs
+            dependencies=[Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))],
+        )
+        module.app.router.routes[:0] = scratch.routes
 
     def _check_infer_route(self, request: Request, fields: dict[str, Any]) -> None:
         """The image a client names must be a study id: ``params["image"]`` (it replaces everything else),

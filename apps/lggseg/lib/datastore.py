@@ -10,7 +10,7 @@ with HTTP 500. :class:`CheckedDatastore` answers instead:
 - 403: a removal whose file lies outside the studies folder (a ``labels/<tag>`` folder that is a link);
 - 404: an unknown image (saving a label, removing, updating its info);
 - 409: an upload whose id is already a study (remove it first; nothing is replaced); a removal whose entry
-  is a folder;
+  is a folder, among them a folder study (below);
 - 413: an upload larger than the server's ``max_upload_mb``, or a volume of more voxels than its
   ``max_voxels`` (read from the header, before anything is decompressed: a gzip bomb is never unpacked);
 - 415: a file that is not NIfTI (``.nii.gz`` / ``.nii``);
@@ -28,6 +28,12 @@ server's temporary folder (:func:`lib.server.discard_upload`).
 Removing a study or a label removes its entry in the studies folder and nothing else: a symlink is
 removed itself, never its target (MONAI Label's ``LocalDatastore`` resolves the path first, so it deletes
 the target, and a whole folder when the link points to one).
+
+A study is a NIfTI file (a prepared ``(H, W, D, 3)`` volume or a FLAIR alone) or a folder of a user's own
+scans (:mod:`lib.scan_studies`: a scan case folder, id = its name, listed when the server starts and at each
+listing of the datastore). A folder study's label is checked against its FLAIR's grid and stored like any
+other (``labels/<tag>/<id>.nii.gz``); the server never writes into the folder nor removes it (409: remove
+the folder yourself; its labels are removed with ``DELETE /datastore/label``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,9 +55,21 @@ from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
+from lib.scan_studies import (
+    FOLDER_EXT,
+    flair_file,
+    flair_grid,
+    folder_studies,
+    is_folder_study,
+    write_flair_nifti,
+)
 from lib.server import ServerLimits, discard_upload
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.scans import SCAN_KIND, CaseError
 from pipeline.ingestion.studies import STUDY_ID
 from pipeline.safety import atomic_write_text, is_inside
+
+logger = logging.getLogger(__name__)
 
 LABEL_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -150,19 +169,31 @@ def check_image_file(
 
 
 def check_label_file(
-    path: str | os.PathLike, image_path: str | os.PathLike, limits: ServerLimits | None = None
+    path: str | os.PathLike,
+    image_path: str | os.PathLike | None,
+    limits: ServerLimits | None = None,
+    grid: tuple[tuple[int, ...], np.ndarray] | None = None,
 ) -> None:
     """Check a submitted label against its image: same ``(H, W, D)``, same affine, values 0/1 only.
 
     Trailing axes of size 1 are accepted (``(H, W, D, 1)``).
+
+    Args:
+        path: the label file.
+        image_path: the study's NIfTI file (its header gives the grid), or ``None`` when ``grid`` is given.
+        limits: the voxel budget.
+        grid: the study's ``(H, W, D)`` and affine (a folder study: its FLAIR's,
+            :func:`lib.scan_studies.flair_grid`).
 
     Raises:
         HTTPException: 413 over the voxel budget, 415 not NIfTI, 422 unreadable, wrong shape, values or
             geometry.
     """
     data, affine = _read_nifti(path, "label", limits)
-    image = nib.load(image_path)
-    shape, image_affine = tuple(image.shape[:3]), image.affine
+    if grid is None:
+        image = nib.load(image_path)
+        grid = tuple(image.shape[:3]), image.affine
+    shape, image_affine = tuple(grid[0]), grid[1]
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.shape != shape:
@@ -223,14 +254,68 @@ class CheckedDatastore(LocalDatastore):
     """
 
     def __init__(self, datastore_path: str, limits: ServerLimits | None = None, **kwargs: Any) -> None:
-        super().__init__(datastore_path, **kwargs)
         self._root = Path(os.path.realpath(datastore_path))
+        self._relist = bool(kwargs.get("auto_reload")) and not kwargs.get("read_only")
         self.limits = limits or ServerLimits()
+        super().__init__(datastore_path, **kwargs)
 
     def _inside(self, path: Path, folder: Path) -> Path:
         if not is_inside(path, folder):
             raise HTTPException(status_code=400, detail=f"{path.name}: would be written outside the studies")
         return path
+
+    def is_folder_study(self, image_id: str) -> bool:
+        """Whether ``image_id`` is a folder study (a user's scan case folder, :mod:`lib.scan_studies`)."""
+        obj = self._datastore.objects.get(image_id)
+        return obj is not None and obj.image.ext == FOLDER_EXT
+
+    def study_folder(self, image_id: str) -> Path:
+        """The folder of a folder study (404 unknown, 409 a file study)."""
+        self._image(image_id)
+        if not self.is_folder_study(image_id):
+            raise HTTPException(status_code=409, detail=f"image {image_id!r} is a file, not a folder study")
+        return self._root / image_id
+
+    def _add_non_existing_images(self) -> int:
+        """LocalDatastore's NIfTI files, then the folder studies (:func:`lib.scan_studies.folder_studies`);
+        a file study keeps its id when a folder has the same name."""
+        invalidate = super()._add_non_existing_images()
+        objects = self._datastore.objects
+        for image_id, folder in folder_studies(self._root, {self._datastore.labels_dir}).items():
+            if image_id in objects:
+                if objects[image_id].image.ext != FOLDER_EXT:
+                    logger.warning("%s: the study %r is a file already: folder not listed", folder, image_id)
+                continue
+            logger.info("Adding folder study: %s => %s", image_id, folder)
+            info = {"ts": int(time.time()), "name": image_id, "kind": SCAN_KIND}
+            objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=FOLDER_EXT))
+            invalidate += 1
+        return invalidate
+
+    def _remove_non_existing(self) -> int:
+        """LocalDatastore's check, plus: a folder study that is gone, became a link, lost its FLAIR-like
+        files or gained a link out of the studies folder is no longer listed (its files stay)."""
+        invalidate = super()._remove_non_existing()
+        objects = self._datastore.objects
+        for image_id in [k for k, v in objects.items() if v.image.ext == FOLDER_EXT]:
+            if not is_folder_study(self._root, self._root / image_id):
+                logger.info("Removing folder study no longer valid: %s", image_id)
+                del objects[image_id]
+                invalidate += 1
+        return invalidate
+
+    def json(self) -> dict[str, Any]:
+        """The datastore (``GET /datastore/?output=all``), after looking for folders copied in meanwhile
+        (the file watcher sees only files directly in the studies folder)."""
+        if self._relist:
+            self.refresh()
+        return super().json()
+
+    def status(self) -> dict[str, Any]:
+        """Counts of studies and labels (``GET /datastore/``, ``/info/``), after looking for new folders."""
+        if self._relist:
+            self.refresh()
+        return super().status()
 
     def _image(self, image_id: str) -> ImageLabelModel:
         obj = self._datastore.objects.get(image_id)
@@ -289,9 +374,11 @@ class CheckedDatastore(LocalDatastore):
         obj = self._image(image_id)
         check_tag(label_tag)
         info = _info(label_info, "params")
-        image_path = Path(self.get_image_uri(image_id))
         self.limits.check_size(label_filename, "label")
-        check_label_file(label_filename, image_path, self.limits)
+        if obj.image.ext == FOLDER_EXT:
+            check_label_file(label_filename, None, self.limits, grid=self._folder_grid(image_id))
+        else:
+            check_label_file(label_filename, self.get_image_uri(image_id), self.limits)
         folder = Path(self._datastore.label_path(label_tag))
         dest = self._inside(folder / f"{image_id}{LABEL_EXT}", self._root / self._datastore.labels_dir)
         with FileLock(self._lock_file):
@@ -301,6 +388,33 @@ class CheckedDatastore(LocalDatastore):
             obj.labels[label_tag] = DataModel(info=info, ext=LABEL_EXT)
             self._update_datastore_file(lock=False)
         return image_id
+
+    def viewable_flair(self, image_id: str, scratch: Path) -> tuple[Path, bool]:
+        """A NIfTI file a viewer (3D Slicer) can open for a folder study: its FLAIR file, or for a DICOM
+        FLAIR a NIfTI copy written into ``scratch`` (the server's private temporary folder).
+
+        Returns:
+            the file and whether it is a temporary copy (the caller removes it).
+
+        Raises:
+            HTTPException: 404 unknown, 409 a file study, 422 no readable FLAIR.
+        """
+        folder = self.study_folder(image_id)
+        try:
+            flair = flair_file(folder)
+            if flair is not None:
+                return flair, False
+            target = scratch / f"{image_id}.{os.urandom(6).hex()}.nii.gz"
+            return write_flair_nifti(folder, target), True
+        except (CaseError, LGGDataError) as error:
+            raise HTTPException(status_code=422, detail=f"study {image_id!r}: {error}") from None
+
+    def _folder_grid(self, image_id: str) -> tuple[tuple[int, ...], np.ndarray]:
+        """A folder study's FLAIR grid; a folder whose FLAIR cannot be found or read is 422."""
+        try:
+            return flair_grid(self.study_folder(image_id))
+        except (CaseError, LGGDataError) as error:
+            raise HTTPException(status_code=422, detail=f"study {image_id!r}: {error}") from None
 
     def _entry(self, folder: str, name: str) -> Path:
         """The entry ``name`` of a folder of the studies, for removal: the folder must resolve inside the
@@ -331,8 +445,15 @@ class CheckedDatastore(LocalDatastore):
 
     def remove_image(self, image_id: str) -> None:
         """Remove a study and its labels (their entries in the studies folder, never a link's target);
-        unknown image: 404; nothing is removed when any entry is refused (403, 409)."""
+        unknown image: 404; a folder study: 409; nothing is removed when any entry is refused (403, 409)."""
         obj = self._image(image_id)
+        if obj.image.ext == FOLDER_EXT:
+            raise HTTPException(
+                status_code=409,
+                detail=f"image {image_id!r} is a folder of your scans: the server removes no folder it did "
+                "not write; nothing was removed (remove the folder yourself; its labels with "
+                "DELETE /datastore/label)",
+            )
         entries = self._label_entries(image_id, list(obj.labels))
         entries.append(self._entry(self._datastore.image_path(), f"{image_id}{obj.image.ext}"))
         self._remove_entries(entries)

@@ -1,7 +1,8 @@
 """The inference task: the bundle's ``inference.json`` (preprocessing, inferer, post-processing) behind MONAI
 Label's ``BasicInferTask``.
 
-MONAI Label hands the task ``data["image"]``, the path of the study (``<studies>/<id>.nii.gz``, or the
+MONAI Label hands the task ``data["image"]``, the path of the study (``<studies>/<id>.nii.gz``, a folder study
+``<studies>/<id>/``: a scan case folder read through :func:`pipeline.ingestion.scans.find_scan_case`, or the
 temporary file of an uploaded image). The bundle's ``preprocessing`` (``build_transforms("infer")``: load,
 normalise) reads that path as ``(3, H, W, D)``; its ``inferer`` gives the tumour probability
 ``(1, H, W, D)``; its ``post_transforms`` (threshold, connected components; the ``writer`` is left out)
@@ -16,6 +17,7 @@ NaN or infinite values in the network's output the model's (503, like weights th
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -30,6 +32,7 @@ from lib.model_files import AppPaths, CachedNetwork, ModelFileError, read_bundle
 from pipeline.config import resolve_device
 from pipeline.engines import innermost_error
 from pipeline.ingestion.cases import find_cases
+from pipeline.ingestion.scans import find_scan_case
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +94,11 @@ class LGGSegInfer(BasicInferTask):
         """Run the bundle's preprocessing; an unreadable or wrong image is the client's error (422)."""
         name = data.get("image_path") or data.get("image")
         try:
-            if isinstance(data.get("image"), str):  # a study: a prepared volume, or a FLAIR alone (3D)
-                data = {**data, **find_cases(data["image"])[0]}
+            image = data.get("image")
+            if isinstance(image, str) and os.path.isdir(image):  # a folder study: the user's scan case folder
+                data = {**data, **find_scan_case(image)}
+            elif isinstance(image, str):  # a study file: a prepared volume, or a FLAIR alone (3D)
+                data = {**data, **find_cases(image)[0]}
             data = super().run_pre_transforms(data, transforms)
         except Exception as error:  # noqa: BLE001 - whatever the reader raises, the image is unusable
             cause = innermost_error(error)

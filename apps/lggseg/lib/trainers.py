@@ -9,6 +9,10 @@ file when present, else the base model; loaded strictly) and publishes the final
 ``<model_dir>/model.pt`` (temporary file in that folder, then ``os.replace``): inference keeps serving the
 old file until the new one is complete, and reloads on its next request when the file changed.
 
+Folder studies (a user's scan case folder, :mod:`lib.scan_studies`) are not trained on: the bundle's
+training chain reads prepared ``(H, W, D, 3)`` volumes. Such a study with a final label is skipped with a
+line in the log (:func:`trainable`); when no other study has one, the request is refused with that reason.
+
 MONAI Label runs this task in a separate process (``python -m monailabel.interfaces.utils.app -m train``).
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from typing import Any
@@ -44,6 +49,31 @@ REFUSED_KEYS = ("bundle_path",)
 def refused_train_keys(request: dict[str, Any]) -> list[str]:
     """The keys of a client's training request that MONAI Label would act on unsafely (``bundle_path``)."""
     return [key for key in REFUSED_KEYS if key in request]
+
+
+def trainable(datalist: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split the datastore's final labels into what fine-tuning can use and the folder studies it skips.
+
+    Args:
+        datalist: ``[{"image", "label"}]`` (``Datastore.datalist()``).
+
+    Returns:
+        the usable entries, and the image paths of the folder studies left out.
+    """
+    usable = [d for d in datalist if not os.path.isdir(d["image"])]
+    skipped = [d["image"] for d in datalist if os.path.isdir(d["image"])]
+    return usable, skipped
+
+
+def no_trainable_study(skipped: list[str]) -> str:
+    """Why a training request has nothing to train on (empty ``trainable`` result)."""
+    if not skipped:
+        return "no study has a final label yet: submit labels, then train"
+    names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+    return (
+        f"no study to train on: the studies with a final label are folder studies ({names}), which "
+        "fine-tuning does not use (prepare them with `lggseg studies` to train on them)"
+    )
 
 
 def _cause(error: BaseException) -> BaseException:
@@ -121,11 +151,15 @@ class LGGSegTrain(TrainTask):
                 workflow failed (the message names the innermost cause, not MONAI's wrapper: MONAI Label's
                 training status shows the last lines of the training process's output).
         """
-        datalist = datastore.datalist()
-        if not datalist:
-            raise MONAILabelException(
-                MONAILabelError.INVALID_INPUT, "no study has a final label yet: submit labels, then train"
+        datalist, skipped = trainable(datastore.datalist())
+        if skipped:
+            logger.warning(
+                "fine-tuning skips %d folder studies (a user's scans; not used for training): %s",
+                len(skipped),
+                ", ".join(os.path.basename(p) for p in skipped),
             )
+        if not datalist:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, no_trainable_study(skipped))
         options = self.options(request)
         start_from = self.paths.current_model()
         if start_from is None:
