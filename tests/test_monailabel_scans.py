@@ -198,6 +198,14 @@ def test_a_file_study_keeps_its_id_over_a_folder_of_the_same_name(app_lib, tmp_p
     assert store.list_images() == [CASE] and not store.is_folder_study(CASE)
 
 
+def _corners(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The world positions of a grid's 8 corner voxels, sorted (independent of the axes' directions)."""
+    corners = np.array(
+        [[i, j, k, 1] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)]
+    )
+    return np.array(sorted(map(tuple, np.round((affine @ corners.T).T[:, :3], 3))))
+
+
 def _infer(app_lib, store, image_id: str, model: Path, tmp_path: Path) -> nib.Nifti1Image:
     """What ``POST /infer/lggseg?image=<id>`` runs: the datastore's image path into the app's task."""
     paths = app_lib.model_files.AppPaths(REPO_ROOT / "bundle", model, tmp_path / "finetuned")
@@ -214,7 +222,7 @@ def test_folder_studies_are_segmented_on_their_flair_grid(app_lib, studies: Path
     dicom = studies / DICOM_CASE
     flair = sitk.ReadImage(str(studies / CASE / f"{CASE}_fla.nii.gz"))
     _write_dicom_series(flair, dicom / "flair", "AX FLAIR")
-    before = _digests(studies)
+    before = [_digests(studies / CASE), _digests(dicom)]
     store = _store(app_lib, studies)
     assert {CASE, DICOM_CASE} <= set(store.list_images())
     model = _write_model(tmp_path / "model.pt")
@@ -228,7 +236,8 @@ def test_folder_studies_are_segmented_on_their_flair_grid(app_lib, studies: Path
     label = _infer(app_lib, store, DICOM_CASE, model, tmp_path)
     assert label.shape == shape == nifti_flair.shape
     assert np.allclose(label.affine, affine, atol=1e-4)
-    assert np.allclose(affine, nifti_flair.affine, atol=1e-3)  # the same grid, written as DICOM
+    # the same voxels in space as the NIfTI FLAIR (DICOM orders the slices along its own normal)
+    assert np.allclose(_corners(affine, shape), _corners(nifti_flair.affine, shape), atol=1e-3)
     label_path = tmp_path / "dicom_label.nii.gz"
     nib.save(label, label_path)
     assert store.save_label(DICOM_CASE, str(label_path), "final", {}) == DICOM_CASE
@@ -237,10 +246,7 @@ def test_folder_studies_are_segmented_on_their_flair_grid(app_lib, studies: Path
     assert store.viewable_flair(CASE, tmp_path) == (studies / CASE / f"{CASE}_fla.nii.gz", False)
     copy, temporary = store.viewable_flair(DICOM_CASE, tmp_path)
     assert temporary and copy.parent == tmp_path and nib.load(copy).shape == shape
-    after = _digests(studies)
-    assert {k: v for k, v in after.items() if not k.startswith("labels")} == {
-        k: v for k, v in before.items() if not k.startswith("labels")
-    }
+    assert [_digests(studies / CASE), _digests(dicom)] == before  # the scans are never written
 
 
 def test_training_skips_folder_studies(app_lib, studies: Path, tmp_path: Path, caplog) -> None:
@@ -296,6 +302,7 @@ def test_slicer_calls_on_a_folder_study(tmp_path: Path) -> None:
     studies = tmp_path / "studies"
     flair = write_scan_case(studies / CASE)
     flair_path = studies / CASE / f"{CASE}_fla.nii.gz"
+    _write_dicom_series(sitk.ReadImage(str(flair_path)), studies / DICOM_CASE / "flair", "AX FLAIR")
     before = _digests(studies / CASE)
     model = _write_model(tmp_path / "model.pt")
     conf = {"model": str(model), "model_dir": str(tmp_path / "finetuned"), "device": "cpu"}
@@ -304,7 +311,22 @@ def test_slicer_calls_on_a_folder_study(tmp_path: Path) -> None:
         server.wait_ready(START_DEADLINE_S)
         client = MONAILabelClient(server.url, tmpdir=str(tmp_path / "client"))
         (tmp_path / "client").mkdir()
-        assert CASE in client.datastore()["objects"], server.log_tail()
+        assert {CASE, DICOM_CASE} <= set(client.datastore()["objects"]), server.log_tail()
+        # a DICOM FLAIR: no file to open, Slicer downloads it (a NIfTI copy on the series' grid)
+        sample = client.next_sample("first", {})
+        assert (
+            sample["id"] == DICOM_CASE and sample["path"] == "" and sample["name"] == f"{DICOM_CASE}.nii.gz"
+        )
+        answer = requests.get(
+            f"{server.url}/datastore/image", params={"image": DICOM_CASE}, timeout=TIMEOUT_S
+        )
+        assert answer.status_code == 200, answer.text
+        (tmp_path / "downloaded.nii.gz").write_bytes(answer.content)
+        downloaded = nib.load(tmp_path / "downloaded.nii.gz")
+        assert downloaded.shape == flair.shape
+        dicom_label = _label_file(tmp_path / "dicom_label.nii.gz", downloaded.shape, downloaded.affine)
+        assert client.save_label(DICOM_CASE, str(dicom_label), tag="final")["image"] == DICOM_CASE
+        # a NIfTI FLAIR: Slicer opens the file itself (the server is on its machine)
         sample = client.next_sample("first", {})
         assert sample["id"] == CASE and Path(sample["path"]) == flair_path.resolve()
         answer = requests.get(f"{server.url}/datastore/image", params={"image": CASE}, timeout=TIMEOUT_S)

@@ -39,7 +39,6 @@ from fastapi.responses import FileResponse
 from lib.datastore import CheckedDatastore, check_image_file
 from lib.infers import LABELS, LGGSegInfer
 from lib.model_files import AppPaths
-from lib.scan_studies import flair_file
 from lib.server import (
     ServerLimits,
     check_infer_options,
@@ -159,18 +158,10 @@ class LGGSegApp(MONAILabelApp):
             raise
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
-        """The next study to label; 404 for an unknown strategy. For a folder study, ``path`` is its FLAIR
-        file (3D Slicer loads ``path`` when it exists on its machine, else downloads ``/datastore/image``),
-        empty for a DICOM FLAIR (downloaded as NIfTI, see :meth:`download_image`)."""
+        """The next study to label; 404 for an unknown strategy (a folder study's ``path``: see
+        :meth:`lib.datastore.CheckedDatastore.get_image_info`)."""
         self._check_strategy(request.get("strategy"))
-        sample = super().next_sample(request)
-        store = self.datastore()
-        image_id = sample.get("id")
-        if image_id and isinstance(store, CheckedDatastore) and store.is_folder_study(image_id):
-            flair = flair_file(store.study_folder(image_id))
-            sample["path"] = str(flair) if flair is not None else ""
-            sample["name"] = flair.name if flair is not None else f"{image_id}.nii.gz"
-        return sample
+        return super().next_sample(request)
 
     def download_image(self, image: str) -> Any:
         """``GET /datastore/image``: a folder study's FLAIR as NIfTI (the file, or a temporary NIfTI copy of

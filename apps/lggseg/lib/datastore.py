@@ -389,6 +389,20 @@ class CheckedDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         return image_id
 
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """The image's info; for a folder study ``path`` and ``name`` are its FLAIR file's (3D Slicer's Next
+        Sample opens ``path`` when it exists on its machine), or empty and ``<id>.nii.gz`` for a DICOM
+        FLAIR or one that cannot be found (Slicer then downloads ``/datastore/image``)."""
+        info = super().get_image_info(image_id)
+        if self.is_folder_study(image_id):
+            try:
+                flair = flair_file(self._root / image_id)
+            except CaseError:
+                flair = None
+            info["path"] = str(flair) if flair is not None else ""
+            info["name"] = flair.name if flair is not None else f"{image_id}{LABEL_EXT}"
+        return info
+
     def viewable_flair(self, image_id: str, scratch: Path) -> tuple[Path, bool]:
         """A NIfTI file a viewer (3D Slicer) can open for a folder study: its FLAIR file, or for a DICOM
         FLAIR a NIfTI copy written into ``scratch`` (the server's private temporary folder).

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 LABELS = {"flair_abnormality": 1}
 NUM_CHANNELS = 3
+RESULT_EXTENSION = ".nii.gz"  # a folder study's label, unless the client asks for another type
 
 
 class LGGSegInfer(BasicInferTask):
@@ -97,6 +98,8 @@ class LGGSegInfer(BasicInferTask):
             image = data.get("image")
             if isinstance(image, str) and os.path.isdir(image):  # a folder study: the user's scan case folder
                 data = {**data, **find_scan_case(image)}
+                # MONAI Label's writer takes the result's file type from the image's name: none for a folder
+                data["result_extension"] = data.get("result_extension") or RESULT_EXTENSION
             elif isinstance(image, str):  # a study file: a prepared volume, or a FLAIR alone (3D)
                 data = {**data, **find_cases(image)[0]}
             data = super().run_pre_transforms(data, transforms)
