@@ -30,12 +30,14 @@ one home of that sequence::
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,19 +45,27 @@ __all__ = [
     "MANIFEST_FILENAME",
     "STAGING_MARKER",
     "OutputTransaction",
+    "NoSpaceLeftError",
     "UnsafeOutputError",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_file",
     "check_output_location",
+    "no_space_left",
     "foreign_files",
     "is_inside",
+    "is_temporary",
     "owned_files",
+    "partial_postfix",
+    "process_alive",
     "read_manifest",
     "remove_owned",
     "remove_stale_staging",
+    "remove_stale_temporaries",
     "staging_folder",
+    "temporary_name",
     "write_manifest",
 ]
 
@@ -83,10 +93,151 @@ class UnsafeOutputError(ValueError):
         super().__init__(f"{path}: {problem}" + (f"; {hint}" if hint else ""))
 
 
+class NoSpaceLeftError(OSError):
+    """The disk (or quota) is full while writing ``path``; the message is one line naming the file system.
+
+    The message reads ``<path>: no space left on the device of <mount point> (<free> free); ...``; what was
+    being written is removed (nothing half-written is left).
+
+    Args:
+        path: the file being written.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        mount = _mount_point(self.path)
+        try:
+            free = f"{shutil.disk_usage(mount).free / 2**20:.0f} MB free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            errno.ENOSPC,
+            f"{path}: no space left on the device of {mount} ({free}); nothing half-written was kept: "
+            "free some space (or choose an output on another disk) and run again",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds ``path`` (or would hold it)."""
+    candidate = _nearest_existing(_resolve(path))
+    while not os.path.ismount(candidate) and candidate != candidate.parent:
+        candidate = candidate.parent
+    return candidate
+
+
+# torch.save reports a failed write of its zip container as a RuntimeError, not an OSError
+_TORCH_WRITE_FAILED = ("inline_container", "file write failed", "PytorchStreamWriter failed")
+_LOW_SPACE = 64 * 2**20  # a torch write failure with less free space than this is a full disk
+
+
+def no_space_left(error: BaseException, path: str | os.PathLike) -> NoSpaceLeftError | None:
+    """The :class:`NoSpaceLeftError` that ``error`` (or an exception it was raised from) means, if any.
+
+    ``OSError`` with ``ENOSPC`` or ``EDQUOT`` anywhere in the chain of causes counts, and so does a torch
+    write failure (``[enforce fail at inline_container.cc]``, ``file write failed``) when the file system
+    of ``path`` has less than 64 MB free.
+
+    Args:
+        error: what a write raised.
+        path: the file being written.
+
+    Returns:
+        the error to raise instead, or ``None`` when ``error`` is not about a full disk.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, NoSpaceLeftError):
+            return current
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return NoSpaceLeftError(current.filename or path)
+        if isinstance(current, RuntimeError) and any(m in str(current) for m in _TORCH_WRITE_FAILED):
+            with contextlib.suppress(OSError):
+                if shutil.disk_usage(_mount_point(Path(path))).free < _LOW_SPACE:
+                    return NoSpaceLeftError(path)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 # ------------------------------------------------------------------------------------------ atomic writes
-def _temporary_sibling(path: Path) -> Path:
-    """A hidden, unique temporary name in ``path``'s folder that keeps its extensions (``.nii.gz``)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}{''.join(path.suffixes)}")
+# temporary names carry the writer's pid and start time: ``<...>.tmp-<pid>-<start>-<8 hex>[.ext]``
+_TEMP_INFIX = ".tmp-"
+_TEMP_PATTERN = re.compile(r"\.(?:tmp|partial)-(\d+)-(\d+)-[0-9a-f]{8}(?:\.|$)")
+
+
+def _process_tag() -> str:
+    """``<pid>-<start>`` of this process (start 0 where ``/proc`` is missing)."""
+    return f"{os.getpid()}-{_process_start(os.getpid()) or 0}"
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """A hidden, unique temporary name beside ``path`` that keeps its extensions (``.nii.gz``) and names
+    this process: ``.<name>.tmp-<pid>-<start time>-<random>.<ext>``. :func:`remove_stale_temporaries`
+    removes such files once their process is gone (a run killed with ``kill -9``).
+
+    Args:
+        path: the final file name.
+
+    Returns:
+        the temporary path.
+    """
+    path = Path(path)
+    unique = f"{_process_tag()}-{os.urandom(4).hex()}"
+    return path.with_name(f".{path.name}{_TEMP_INFIX}{unique}{''.join(path.suffixes)}")
+
+
+def partial_postfix(postfix: str) -> str:
+    """``<postfix>.partial-<pid>-<start>-<random>``: a file-name postfix for writers that choose the name
+    themselves (MONAI ``SaveImaged``), recognised by :func:`remove_stale_temporaries` like
+    :func:`temporary_name`."""
+    return f"{postfix}.partial-{_process_tag()}-{os.urandom(4).hex()}"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is a temporary name of :func:`temporary_name` or :func:`partial_postfix`."""
+    return _TEMP_PATTERN.search(name) is not None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, depth: int = 0) -> list[Path]:
+    """Remove the temporary files that runs killed meanwhile left in ``folder``.
+
+    Only files whose name carries the temporary marker of :func:`temporary_name` (or
+    :func:`partial_postfix`) *and* names a process that is no longer running (pid and start time) are
+    removed; temporaries of running commands and every other file are left alone.
+
+    Args:
+        folder: the folder to clean (need not exist).
+        depth: sub-folder levels to look into as well (0: ``folder`` only).
+
+    Returns:
+        the files removed.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir() or root.is_symlink():
+        return removed
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                if depth > 0:
+                    removed += remove_stale_temporaries(entry, depth - 1)
+                continue
+            match = _TEMP_PATTERN.search(entry.name)
+            if match is None or not entry.is_file():
+                continue
+            pid, start = int(match.group(1)), match.group(2)
+            if process_alive(pid, None if start == "0" else start):
+                continue
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
 
 
 def _fsync(path: Path) -> None:
@@ -110,14 +261,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         the temporary path to write.
 
     Raises:
+        NoSpaceLeftError: the disk is full (see :func:`no_space_left`).
         whatever the block raises; ``OSError`` when the rename fails.
     """
     path = Path(path)
-    tmp = _temporary_sibling(path)
+    tmp = temporary_name(path)
     try:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        full = no_space_left(error, path)
+        if full is None or full is error:
+            raise
+        raise NoSpaceLeftError(full.path) from error  # a new one: raising ``full`` again could close a cycle
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -255,6 +412,72 @@ def check_output_location(output: str | os.PathLike, inputs: Iterable[str | os.P
             "choose another output folder or fix its permissions",
         ) from None
     os.rmdir(probe)
+    return resolved
+
+
+def check_output_file(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    replaceable: Callable[[Path], bool] | None = None,
+    kind: str = "file",
+) -> Path:
+    """Refuse, before any work, an output *file* that could destroy data or could not be written.
+
+    Checks: the output is not one of the inputs (nor inside an input folder); it is not a folder; no
+    existing ancestor is a file; its folder (or the nearest existing ancestor) can be written; an existing
+    output is replaced only with ``overwrite`` and only when ``replaceable(output)`` says lggseg wrote it.
+    Temporaries that killed runs left beside it are removed (:func:`remove_stale_temporaries`).
+
+    Args:
+        output: the file to write (need not exist).
+        inputs: the files or folders the command reads.
+        overwrite: the user's ``--overwrite``.
+        replaceable: whether an existing file may be replaced (``None``: any file, with ``overwrite``).
+        kind: how the message names the file (``"model file"``).
+
+    Returns:
+        the output as an absolute, resolved path.
+
+    Raises:
+        UnsafeOutputError: with a one-line message naming the path, the problem and what to do.
+    """
+    resolved = _resolve(output)
+    for source in inputs:
+        if not str(source):
+            continue
+        same = _resolve(source) == resolved
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(source, output)
+        if same:
+            raise UnsafeOutputError(output, f"is the input {source}", f"choose a new {kind} name")
+        if Path(source).is_dir() and is_inside(output, source):
+            raise UnsafeOutputError(output, f"is inside the input folder {source}", "write it elsewhere")
+    if resolved.is_dir():
+        raise UnsafeOutputError(output, "is a folder", f"give the name of the {kind} to write")
+    folder = _nearest_existing(resolved.parent)
+    if not folder.is_dir():
+        raise UnsafeOutputError(folder, "is a file, not a folder", f"choose a {kind} not under {folder}")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".lggseg-write-test-", dir=folder)
+    except OSError as error:
+        raise UnsafeOutputError(
+            folder,
+            f"folder is not writable ({error.strerror or error})",
+            "choose another output folder or fix its permissions",
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    if resolved.exists() or resolved.is_symlink():
+        if not overwrite:
+            raise UnsafeOutputError(output, "exists", "pass --overwrite to replace it, or choose a new name")
+        if resolved.is_symlink() or (replaceable is not None and not replaceable(resolved)):
+            raise UnsafeOutputError(
+                output,
+                f"exists and is not a {kind} lggseg wrote",
+                "it is never replaced, even with --overwrite: choose a new name",
+            )
+    remove_stale_temporaries(resolved.parent)
     return resolved
 
 

@@ -25,6 +25,7 @@ from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.evaluation.overlays import FLAIR_CHANNEL, overlay_rgb
+from pipeline.safety import NoSpaceLeftError, no_space_left
 
 logger = logging.getLogger("lggseg.train")
 
@@ -170,14 +171,29 @@ class GradientClipHandler:
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
 
 
-class _FixedNameDiskSaver(DiskSaver):
-    """Ignite's atomic ``DiskSaver`` for the one file of a fixed name. ``Checkpoint`` removes the file it is
-    about to write again (or, resuming a run saved before, the same file under Ignite's own name), which would
-    leave no best model until the new one is written: the atomic write replaces it in one step instead, so
-    nothing is removed."""
+class _AtomicDiskSaver(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` (a temporary file in the folder, renamed into place) that reports a full
+    disk as :class:`pipeline.safety.NoSpaceLeftError` naming the file (torch says ``[enforce fail at
+    inline_container.cc]``); Ignite removes the temporary file, so nothing half-written is left."""
 
     def __init__(self, dirname: str | Path) -> None:
         super().__init__(dirname, atomic=True, require_empty=False)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        try:
+            super().__call__(checkpoint, filename, metadata)
+        except (OSError, RuntimeError) as error:
+            full = no_space_left(error, self.dirname / filename)
+            if full is None:
+                raise
+            raise NoSpaceLeftError(full.path) from None
+
+
+class _FixedNameDiskSaver(_AtomicDiskSaver):
+    """The atomic saver for the one file of a fixed name. ``Checkpoint`` removes the file it is about to write
+    again (or, resuming a run saved before, the same file under Ignite's own name), which would leave no best
+    model until the new one is written: the atomic write replaces it in one step instead, so nothing is
+    removed."""
 
     def remove(self, filename: str) -> None:
         pass
@@ -241,9 +257,7 @@ class AtomicCheckpointSaver:
             self.checkpoints["key_metric"] = Checkpoint(
                 to_save=save_dict,
                 save_handler=(
-                    _FixedNameDiskSaver(self.save_dir)
-                    if fixed
-                    else DiskSaver(self.save_dir, atomic=True, require_empty=False)
+                    _FixedNameDiskSaver(self.save_dir) if fixed else _AtomicDiskSaver(self.save_dir)
                 ),
                 filename_prefix=file_prefix,
                 score_function=self._key_metric_score,
@@ -256,7 +270,7 @@ class AtomicCheckpointSaver:
         if save_interval > 0:
             self.checkpoints["interval"] = Checkpoint(
                 to_save=save_dict,
-                save_handler=DiskSaver(self.save_dir, atomic=True, require_empty=False),
+                save_handler=_AtomicDiskSaver(self.save_dir),
                 filename_prefix=file_prefix,
                 score_function=self._step,
                 score_name="epoch" if epoch_level else "iteration",
