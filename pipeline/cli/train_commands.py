@@ -107,11 +107,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         overrides=_overrides(args),
         save_predictions=args.save_predictions,
         device=args.device,
+        overwrite=args.overwrite,
     )
     dice = result["summary"]["overall"]["metrics"]["dice"]
     print(
         f"{len(result['records'])} patients: Dice mean {dice['mean']:.4f} median {dice['median']:.4f} "
-        f"std {dice['std']:.4f}; report in {result['paths'].get('json', '').__str__()}"
+        f"std {dice['std']:.4f}; report in {result['paths'].get('json', '')}"
     )
     return 0
 
@@ -145,7 +146,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
 PREDICTIONS_LEFT = (
     "every <case>_seg.nii.gz already in {where} is complete (one being written is left as "
-    "<case>_seg.partial.nii.gz)"
+    "<case>_seg.partial-<pid>-*.nii.gz, removed by the next run)"
 )
 
 
@@ -179,9 +180,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "evaluate",
         run_evaluate,
-        interrupted="no report was written (it is written at the end); with --save-predictions, "
-        + PREDICTIONS_LEFT.format(where="the predictions folder")
-        + "; run again",
+        interrupted="the report folder is unchanged (report and predictions are written into a staging "
+        "folder beside it and moved in when complete; the next run removes the staging folder); run again",
         help="per-patient 3D evaluation of a checkpoint (CSV, JSON, plots)",
         description="Evaluate whole volumes per patient: Dice, IoU, HD95, ASSD, "
         "sensitivity, precision, volume differences, lesion counts, slice-level figures.",
@@ -189,8 +189,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _postprocessing_options(p)
     p.add_argument("--data", type=Path, help="prepared data folder or datalist (default: the run's)")
     p.add_argument("--folds", type=int, nargs="+", help="folds to evaluate (default: the run's test fold)")
-    p.add_argument("--output", type=Path, help="report folder (default: <run>/evaluation)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="report folder (default: <run>/evaluation for a model in a run's checkpoints folder; "
+        "required for any other model file, e.g. the shipped one)",
+    )
     p.add_argument("--save-predictions", action="store_true", help="also write predicted NIfTI volumes")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the report of an earlier evaluation in --output (files lggseg did not write are kept)",
+    )
 
     p = add_command(
         subparsers,

@@ -1,11 +1,14 @@
 """Writing predictions: each case with MONAI's ``SaveImaged`` as ``<output>/<case>/<case>_seg.nii.gz``
 (uint8, the input's shape and affine), under a temporary name first, and the check of the targets before
-any work.
+any work. A prediction is named after its case (the ``case`` or datalist ``patient`` of its entry), the
+name every check and report uses, never after its image file alone (two patients' ``scan.nii.gz`` are two
+cases).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,18 +16,50 @@ import numpy as np
 from monai.transforms import Compose, MapTransform, SaveImaged
 
 from pipeline.ingestion.cases import case_name
-from pipeline.safety import check_output_location
+from pipeline.safety import check_output_location, partial_postfix, remove_stale_temporaries
 
 PREDICTION_POSTFIX = "seg"
-PARTIAL_MARK = ".partial"
+PARTIAL_MARK = ".partial"  # in the name of a prediction being written
+_PARTIAL = re.compile(r"\.partial-\d+-\d+-[0-9a-f]{8}")  # safety.partial_postfix: writer's pid, start, random
+CASE_META_KEY = "lggseg_case"  # the case name carried in the prediction's metadata to SaveImaged
 
 
 def case_name_formatter(metadict: dict, saver: Any) -> dict:
-    """``SaveImaged``'s ``output_name_formatter``: name the output after the case (see
-    :func:`pipeline.ingestion.cases.case_name`), never after a file name shared by every case
+    """``SaveImaged``'s ``output_name_formatter``: name the output after its case: the name
+    :class:`CaseNamed` put in the metadata, else the image's case name
+    (:func:`pipeline.ingestion.cases.case_name`), never a file name shared by every case
     (``image.nii.gz``)."""
+    if metadict and metadict.get(CASE_META_KEY):
+        return {"subject": str(metadict[CASE_META_KEY]), "idx": None}
     source = metadict.get("filename_or_obj", getattr(saver, "_data_index", 0)) if metadict else 0
     return {"subject": case_name(str(source)), "idx": None}
+
+
+class CaseNamed(MapTransform):
+    """Put the case name of the item (its ``case``, else its datalist ``patient``) into the metadata of
+    ``keys``, for :func:`case_name_formatter`: the prediction file is named as the checks and reports name
+    the case.
+
+    Args:
+        keys: the keys to be saved (``"pred"``).
+    """
+
+    def __call__(self, data: Any) -> Any:
+        d = dict(data)
+        name = d.get("case") or d.get("patient")
+        if isinstance(name, (list, tuple)) and len(name) == 1:  # a batch of one not decollated
+            name = name[0]
+        for key in self.key_iterator(d):
+            meta = getattr(d[key], "meta", None)
+            if name and meta is not None:
+                meta[CASE_META_KEY] = str(name)
+        return d
+
+
+def final_name(path: str | os.PathLike) -> str:
+    """The final name of a prediction written under its partial name (``<case>_seg.partial-<...>.nii.gz``)."""
+    folder, name = os.path.split(str(path))
+    return os.path.join(folder, _PARTIAL.sub("", name, count=1))
 
 
 class PublishSavedd(MapTransform):
@@ -40,9 +75,8 @@ class PublishSavedd(MapTransform):
         for key in self.key_iterator(d):
             meta = getattr(d[key], "meta", {})
             saved = meta.get("saved_to")
-            folder, name = os.path.split(str(saved or ""))
-            if PARTIAL_MARK in name:
-                final = os.path.join(folder, "".join(name.rsplit(PARTIAL_MARK, 1)))
+            if saved and _PARTIAL.search(os.path.basename(str(saved))):
+                final = final_name(saved)
                 os.replace(saved, final)
                 meta["saved_to"] = final
         return d
@@ -67,19 +101,27 @@ def case_output_paths(output_dir: str | os.PathLike, case: str) -> dict[str, str
     }
 
 
-def prediction_writer(output_dir: str | os.PathLike, key: str = "pred") -> Compose:
-    """MONAI ``SaveImaged`` of the binary prediction, then :class:`PublishSavedd`.
+def prediction_writer(output_dir: str | os.PathLike, key: str = "pred", publish: bool = True) -> Compose:
+    """:class:`CaseNamed`, MONAI ``SaveImaged`` of the binary prediction under a partial name naming this
+    process (``<case>_seg.partial-<pid>-<start>-<random>.nii.gz``, removed by the next run when this one was
+    killed, :func:`pipeline.safety.remove_stale_temporaries`), then :class:`PublishSavedd`.
 
     Args:
         output_dir: root of the outputs; each case gets ``<case>/<case>_seg.nii.gz``.
         key: the key to write.
+        publish: rename the file into place (``False``: the caller does, with :func:`final_name`, once the
+            case's other files are written).
+
+    Returns:
+        the transform chain.
     """
     return Compose(
         [
+            CaseNamed(keys=key),
             SaveImaged(
                 keys=key,
                 output_dir=str(output_dir),
-                output_postfix=PREDICTION_POSTFIX + PARTIAL_MARK,
+                output_postfix=partial_postfix(PREDICTION_POSTFIX),
                 output_ext=".nii.gz",
                 output_dtype=np.uint8,
                 resample=False,
@@ -88,7 +130,7 @@ def prediction_writer(output_dir: str | os.PathLike, key: str = "pred") -> Compo
                 savepath_in_metadict=True,
                 print_log=False,
             ),
-            PublishSavedd(keys=key),
+            *([PublishSavedd(keys=key)] if publish else []),
         ]
     )
 
@@ -112,6 +154,7 @@ def check_prediction_targets(
         ValueError: naming the path and what to do.
     """
     check_output_location(output_dir, [*inputs, *(c["image"] for c in cases)])
+    remove_stale_temporaries(output_dir, depth=3)  # <case>/<case>_seg.partial-*, <case>/kaggle_masks/.*.tmp-*
     if isinstance(overwrite, str):  # a bundle override given as text
         overwrite = overwrite.strip().lower() in ("1", "true", "yes")
     targets = [p for c in cases for p in case_output_paths(output_dir, c["case"]).values()]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from ignite.engine import Engine, Events
 from monai.data import Dataset
 
 from pipeline.engines import (
+    FAILURES_FILENAME,
     CasesFailed,
     build_evaluator,
     build_val_loader,
@@ -20,14 +23,77 @@ from pipeline.engines import (
 )
 from pipeline.evaluation.handler import PatientReportHandler
 from pipeline.inference.case_report import write_case_outputs, write_summary_csv
-from pipeline.inference.writer import SUMMARY_NAME, check_prediction_targets, prediction_writer
-from pipeline.ingestion.cases import check_unique, find_cases
+from pipeline.inference.writer import (
+    SUMMARY_NAME,
+    case_output_paths,
+    check_prediction_targets,
+    final_name,
+    prediction_path,
+    prediction_writer,
+)
+from pipeline.ingestion.cases import case_name, check_unique, find_cases
 from pipeline.ingestion.scans import SCAN_KIND
 from pipeline.model_files import load_model
+from pipeline.safety import MANIFEST_FILENAME, STAGING_MARKER, OutputTransaction, no_space_left, remove_owned
 from pipeline.transforms import build_transforms
 from pipeline.workflows.builders import datalist_entries, make_inferer, make_postprocessing
 
 logger = logging.getLogger(__name__)
+
+# the files of an evaluation report (pipeline.evaluation.report.write_report) and of its failed cases
+REPORT_FILES = (
+    "metrics.json",
+    "metrics_per_patient.csv",
+    "metrics_summary.csv",
+    "dice_per_institution.png",
+    "volume_pred_vs_true.png",
+    "overlay_best.png",
+    "overlay_median.png",
+    "overlay_worst.png",
+    FAILURES_FILENAME,
+)
+PREDICTIONS_FOLDER = "predictions"  # evaluate --save-predictions
+
+
+def default_report_folder(checkpoint: str | Path) -> Path:
+    """``<run>/evaluation`` for a model in a training run's ``checkpoints`` folder.
+
+    Raises:
+        ValueError: for any other model file (the shipped ``bundle/models/model.pt``, a copied model): its
+            report would land inside the repository or beside the user's files; ``--output`` is needed.
+    """
+    path = Path(checkpoint).resolve()
+    if path.parent.name != "checkpoints":
+        raise ValueError(
+            f"{checkpoint}: is not in a training run's checkpoints folder, so there is no default report "
+            "folder; pass --output FOLDER"
+        )
+    return path.parent.parent / "evaluation"
+
+
+class _StopWhenDiskFull:
+    """Stop a per-case run at the first case that fails because the disk is full (every later case would
+    fail the same way): the error is kept from the engine's ``EXCEPTION_RAISED`` and raised before the next
+    case and at the end."""
+
+    def __init__(self, engine: Engine, folder: Path) -> None:
+        self.folder, self.error = folder, None
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._seen)
+
+    def _seen(self, engine: Engine, error: BaseException) -> None:
+        self.error = self.error or no_space_left(error, self.folder)
+        raise error
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def before_case(self, action: Callable[[int, Any], None]) -> Callable[[int, Any], None]:
+        def run(index: int, entry: Any) -> None:
+            self.check()
+            action(index, entry)
+
+        return run
 
 
 def evaluate(
@@ -41,15 +107,20 @@ def evaluate(
     entries: Sequence[dict] | None = None,
     write: bool = True,
     extra_slices: Sequence[Any] = (),
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Per-patient volumetric evaluation of a model; writes the report (CSV, JSON, plots).
 
     Every patient is evaluated on its own: one that cannot be read is reported (``failures.json``) and the
-    others are still evaluated; :class:`CasesFailed` is raised at the end when any failed.
+    others are still evaluated; :class:`CasesFailed` is raised at the end when any failed. The report
+    folder is written through :class:`pipeline.safety.OutputTransaction`: checked before any work (not
+    the data, not holding earlier results or the user's files without ``overwrite``, writable), written
+    into a staging folder and moved into place complete; files lggseg did not write are never replaced.
 
     Args:
         checkpoint: the model to evaluate (usually ``best_model.pt``).
-        output: report folder (default: ``<run>/evaluation`` beside the checkpoint folder).
+        output: report folder (default: ``<run>/evaluation`` beside the checkpoint folder; required for a
+            model outside a run's ``checkpoints`` folder, see :func:`default_report_folder`).
         data: prepared data folder or datalist (default: the training run's).
         folds: folds to evaluate (default: the run's held-out test fold); ``[]`` with ``entries``.
         overrides: post-processing / TTA / batch options (``threshold``, ``keep_largest``, ``min_size``,
@@ -59,24 +130,64 @@ def evaluate(
         entries: datalist entries to evaluate instead of ``data``/``folds``.
         write: write the report files (``False``: only return the figures).
         extra_slices: more ``SliceMetricsAccumulator`` to update (``cv`` pools the folds' slices).
+        overwrite: replace the results of an earlier evaluation in ``output`` (only files lggseg wrote).
 
     Returns:
         ``{"records": per-patient dicts (metrics + timings), "slices": slice-level figures, "summary",
         "paths", "failures", "cases"}`` (``cases(patient_id)``: image, truth and prediction for overlays).
     """
+    out = Path(output) if output else default_report_folder(checkpoint) if write else Path()
     network, cfg, dev = load_model(checkpoint, overrides, device)
     if entries is None:
         entries = datalist_entries(data or cfg.data, [cfg.fold] if folds is None else folds)
     if not entries:
         raise ValueError("nothing to evaluate: the selected folds hold no patients")
-    out = Path(output) if output else Path(checkpoint).resolve().parent.parent / "evaluation"
     entries = list(entries)
+    names = [str(e.get("patient") or e["image"]) for e in entries]
+    transaction = None
+    if write:
+        read = [checkpoint, *([data] if data else [])]
+        read += [e[k] for e in entries for k in ("image", "label") if e.get(k)]
+        transaction = OutputTransaction(out, "evaluate", overwrite, read, results="an evaluation report")
+        planned = list(REPORT_FILES)
+        if save_predictions:
+            cases = [str(e.get("patient") or case_name(e["image"])) for e in entries]
+            planned += [Path(prediction_path(PREDICTIONS_FOLDER, c)).as_posix() for c in cases]
+        transaction.check(planned)  # before any work
+    with transaction.staging() if transaction else contextlib.nullcontext(out) as target:
+        result = _evaluate_into(
+            target, network, cfg, dev, entries, names, checkpoint, save_predictions, write, extra_slices
+        )
+        if transaction is not None:
+            files = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+            last = [f for f in files if f == "metrics.json"]  # the report's index, moved in last
+            written = [f for f in files if f not in (STAGING_MARKER, *last)] + last
+            transaction.commit(target, written)
+            result["paths"] = {k: out / Path(p).relative_to(target) for k, p in result["paths"].items()}
+    if result["failures"]:
+        raise CasesFailed(result["failures"], len(entries), out / FAILURES_FILENAME if write else None)
+    return result
+
+
+def _evaluate_into(
+    target: Path,
+    network: Any,
+    cfg: Any,
+    dev: Any,
+    entries: list[dict],
+    names: list[str],
+    checkpoint: str | Path,
+    save_predictions: bool,
+    write: bool,
+    extra_slices: Sequence[Any],
+) -> dict[str, Any]:
+    """The evaluation of :func:`evaluate`, its report (and predictions) written into ``target``."""
     dataset = Dataset(entries, build_transforms("val", cfg))
     post = make_postprocessing(cfg)
     if save_predictions:
-        post = type(post)([*post.transforms, prediction_writer(out / "predictions")])
+        post = type(post)([*post.transforms, prediction_writer(target / PREDICTIONS_FOLDER)])
     report = PatientReportHandler(
-        out,
+        target,
         extra={
             "checkpoint": str(checkpoint),
             "postprocessing": {k: getattr(cfg, k) for k in ("threshold", "keep_largest", "min_size", "tta")},
@@ -93,17 +204,20 @@ def evaluate(
         val_handlers=[report],
         amp=cfg.amp,
     )
-    names = [str(e.get("patient") or e["image"]) for e in entries]
+    disk = _StopWhenDiskFull(evaluator, target)
 
     def progress(index: int, entry: Mapping[str, Any]) -> None:
         if cfg.progress:
             logger.info("evaluate %d/%d: %s", index + 1, len(entries), names[index])
 
     with torch.no_grad():
-        failures = run_per_case(evaluator, dataset, names, cfg.num_workers, on_case=progress)
+        failures = run_per_case(
+            evaluator, dataset, names, cfg.num_workers, on_case=disk.before_case(progress)
+        )
+    disk.check()
     paths = report.write(failures) if write else {}
-    if failures:
-        raise CasesFailed(failures, len(entries), write_failures(failures, out) if write else None)
+    if failures and write:
+        write_failures(failures, target)
     return {
         "records": report.records,
         "slices": report.slices.compute(),
@@ -134,8 +248,6 @@ def infer(
     Returns:
         the written prediction files.
     """
-    from pipeline.ingestion.export import export_kaggle
-
     network, cfg, dev = load_model(checkpoint, overrides, device)
     given = [dict(i) for i in inputs if isinstance(i, Mapping)]  # cases made by the caller (--flair ...)
     paths = [i for i in inputs if not isinstance(i, Mapping)]
@@ -156,7 +268,7 @@ def infer(
         val_data_loader=build_val_loader(dataset, cfg.num_workers, distributed=False),
         network=network,
         inferer=make_inferer(cfg),
-        postprocessing=type(post)([*post.transforms, prediction_writer(out)]),
+        postprocessing=type(post)([*post.transforms, prediction_writer(out, publish=False)]),
         amp=cfg.amp,
     )
     written: list[Path] = []
@@ -166,11 +278,10 @@ def infer(
     def publish(engine: Engine) -> None:
         case = current["case"]
         item = engine.state.output[0]
-        path = Path(item["pred"].meta["saved_to"])
-        if kaggle_masks:
-            export_kaggle(path, out / case["case"] / "kaggle_masks", patient_id=case["case"], overwrite=True)
+        partial = Path(item["pred"].meta["saved_to"])
+        path = Path(final_name(partial))
+        row = _publish_case(case, item, partial, path, out, kaggle_masks)
         written.append(path)
-        row = write_case_outputs(case, item["pred"], out, image=item.get("image"))
         rows.append({**row, "seg_nifti": str(path)})
         logger.info(
             "%s: %d tumour voxels, %.2f mL -> %s",
@@ -181,19 +292,59 @@ def infer(
         )
 
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, publish)
-    with torch.no_grad():
-        failures = run_per_case(
-            evaluator,
-            dataset,
-            [c["case"] for c in cases],
-            cfg.num_workers,
-            on_case=lambda i, c: current.update(case=c),
-        )
-    if rows:
-        write_summary_csv(rows, out / SUMMARY_NAME)
+    disk = _StopWhenDiskFull(evaluator, out)
+    try:
+        with torch.no_grad():
+            failures = run_per_case(
+                evaluator,
+                dataset,
+                [c["case"] for c in cases],
+                cfg.num_workers,
+                on_case=disk.before_case(lambda i, c: current.update(case=c)),
+            )
+        disk.check()
+    finally:
+        if rows:  # the cases written so far, also when the disk filled up
+            with contextlib.suppress(OSError) if disk.error else contextlib.nullcontext():
+                write_summary_csv(rows, out / SUMMARY_NAME)
     if failures:
         raise CasesFailed(failures, len(cases), write_failures(failures, out))
     return written
+
+
+def _publish_case(
+    case: Mapping[str, Any], item: Mapping[str, Any], partial: Path, path: Path, out: Path, kaggle_masks: bool
+) -> dict[str, Any]:
+    """Write a case's other files beside its prediction (still under its partial name), then rename the
+    prediction into place; when any of them fails, the case's files written here are removed again (a case
+    is all there or not at all)."""
+    from pipeline.ingestion.export import export_kaggle
+
+    name = str(case["case"])
+    others = [Path(p) for k, p in case_output_paths(out, name).items() if k != "seg_nifti"]
+    masks = out / name / "kaggle_masks"
+    before = {p for p in [out / name, *others, masks] if p.exists()}
+    try:
+        if kaggle_masks:
+            export_kaggle(partial, masks, patient_id=name, overwrite=True)
+        row = write_case_outputs(case, item["pred"], out, image=item.get("image"))
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        for extra in others:
+            if extra not in before:
+                with contextlib.suppress(OSError):
+                    extra.unlink()
+        with contextlib.suppress(OSError):
+            if kaggle_masks and masks not in before:  # a folder of this run: its masks and manifest
+                remove_owned(masks)
+                (masks / MANIFEST_FILENAME).unlink(missing_ok=True)
+                masks.rmdir()
+            if out / name not in before:
+                (out / name).rmdir()  # only when empty
+        raise
+    return row
 
 
 def _stand_ins(case: Mapping[str, Any]) -> str:
