@@ -41,8 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, help="CV run folder: every finished fold's best_model.pt")
     source.add_argument("--models", type=Path, nargs="+", help="model files to combine")
-    p.add_argument("--output", type=Path, required=True, help="model file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--output", type=Path, required=True, help="model file to write (not one of the models)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output (an ensemble lggseg wrote)"
+    )
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
 
 
@@ -75,9 +77,13 @@ def run_choose_postprocessing(args: argparse.Namespace) -> int:
 
 def run_ensemble(args: argparse.Namespace) -> int:
     """Run ``lggseg ensemble``: one model file from the folds' models (and the chosen post-processing)."""
+    from pipeline.model_files import CONFIG_KEY, check_ensemble_members, load_checkpoint
+    from pipeline.safety import check_output_file
     from pipeline.workflows.model_selection import CHOICE_NAME, combine_models, finished_folds, read_choice
 
     models = list(finished_folds(args.run).values()) if args.run else args.models
+    check_output_file(args.output, models, args.overwrite, replaceable=_is_ensemble_file, kind="model file")
+    check_ensemble_members([(m, load_checkpoint(m)[CONFIG_KEY]) for m in models])
     chosen = read_choice(args.run) if args.run and (args.run / CHOICE_NAME).is_file() else {}
     saved = combine_models(
         models, args.output, overwrite=args.overwrite, config_updates=chosen, half=args.half
@@ -85,3 +91,13 @@ def run_ensemble(args: argparse.Namespace) -> int:
     folds = ", ".join(str(m["fold"]) for m in saved["members"])
     print(f"{args.output}: ensemble of {len(models)} models (folds {folds}); post-processing {chosen}")
     return 0
+
+
+def _is_ensemble_file(path: Path) -> bool:
+    """Whether ``path`` is a model file ``lggseg ensemble`` wrote (the only kind it may replace)."""
+    from pipeline.model_files import CONFIG_KEY, load_checkpoint
+
+    try:
+        return int(load_checkpoint(path)[CONFIG_KEY].get("members", 1)) > 1
+    except (OSError, ValueError, TypeError, RuntimeError):
+        return False
