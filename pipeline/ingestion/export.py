@@ -13,7 +13,15 @@ import tifffile
 
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.nifti import load_label_volume
-from pipeline.safety import OutputTransaction, atomic_path, owned_files, remove_owned
+from pipeline.safety import (
+    OutputTransaction,
+    atomic_path,
+    owned_files,
+    read_manifest,
+    remove_owned,
+    remove_stale_temporaries,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +72,19 @@ def export_kaggle(
         foreign_needs_overwrite=False,  # writes only *_mask.tif names, never anything else of the folder
     )
     transaction.check([p.name for p in names], earlier=earlier)
+    remove_stale_temporaries(output_dir)  # the hidden temporary masks of a killed export
     pattern = re.compile(rf"^{re.escape(patient_id)}_\d+_mask\.tif$")
     stale = {rel for rel in owned if pattern.match(rel)} - {p.name for p in names}
     transaction.claim([p.name for p in names])
-    with contextlib.ExitStack() as stack:  # every file is renamed into place only when all are written
-        for k, name in enumerate(names):
-            tifffile.imwrite(stack.enter_context(atomic_path(name)), (mask[..., k] * 255).astype(np.uint8))
+    try:
+        with contextlib.ExitStack() as stack:  # every file is renamed into place only when all are written
+            for k, name in enumerate(names):
+                slice_k = (mask[..., k] * 255).astype(np.uint8)
+                tifffile.imwrite(stack.enter_context(atomic_path(name)), slice_k)
+    except BaseException:  # the manifest claims no mask that is not there
+        claimed = {rel for rel in owned_files(output_dir) if (output_dir / rel).exists() or rel in owned}
+        with contextlib.suppress(OSError):
+            write_manifest(output_dir, claimed, read_manifest(output_dir).get("command", ""), replace=True)
+        raise
     remove_owned(output_dir, stale)
     return names
