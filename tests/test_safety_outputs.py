@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -291,13 +292,24 @@ def test_disk_full_in_evaluate_leaves_no_partial_report(world, tmp_path, capsys,
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
-def test_disk_full_in_ensemble(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("torch_says", ["ENOSPC", "inline_container"])
+def test_disk_full_in_ensemble(tmp_path, capsys, monkeypatch, torch_says):
+    import shutil
+
     a, b = _save_model(tmp_path / "a.pt"), _save_model(tmp_path / "b.pt", seed=1)
     before = _tree(tmp_path)
-    _fail_writing(monkeypatch, torch, "save")
+    if torch_says == "ENOSPC":
+        _fail_writing(monkeypatch, torch, "save")
+    else:  # what torch.save says when the disk fills up while it writes its zip container
+
+        def full(*args, **kwargs):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2048 vs 1984")
+
+        monkeypatch.setattr(torch, "save", full)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=2**30, used=2**30, free=0))
     assert main(["ensemble", "--models", str(a), str(b), "--output", str(tmp_path / "e.pt")]) == 1
     line = _error_line(capsys)
-    assert "no space left" in line and str(tmp_path / "e.pt") in line
+    assert "no space left" in line and str(tmp_path / "e.pt") in line and "inline_container" not in line
     assert _tree(tmp_path) == before
 
 
