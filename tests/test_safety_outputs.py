@@ -306,7 +306,8 @@ def test_disk_full_in_ensemble(tmp_path, capsys, monkeypatch, torch_says):
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2048 vs 1984")
 
         monkeypatch.setattr(torch, "save", full)
-        monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=2**30, used=2**30, free=0))
+        empty = SimpleNamespace(total=2**30, used=2**30, free=0)
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: empty)
     assert main(["ensemble", "--models", str(a), str(b), "--output", str(tmp_path / "e.pt")]) == 1
     line = _error_line(capsys)
     assert "no space left" in line and str(tmp_path / "e.pt") in line and "inline_container" not in line
