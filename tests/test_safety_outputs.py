@@ -322,3 +322,12 @@ def test_disk_full_in_train(world, tmp_path, capsys, monkeypatch):
     line = _error_line(capsys)
     assert "no space left" in line and "inline_container" not in line
     assert not list(runs.rglob("*.pt")) and not _temporaries(runs)
+
+
+def test_cv_replaces_its_own_fold_reports_when_run_again(world, tmp_path):
+    from pipeline.workflows.cross_validation import evaluate_folds
+
+    report = world["model"].parent.parent / "evaluation"
+    for _ in range(2):  # cv evaluates every fold again when it runs again (finished folds are not retrained)
+        evaluate_folds({0: world["model"]}, tmp_path / "cv", overrides={"device": "cpu", "progress": False})
+        assert (report / "metrics.json").is_file() and (tmp_path / "cv" / "metrics.json").is_file()

@@ -73,6 +73,7 @@ def evaluate_folds(
             folds=[fold],
             overrides=overrides,
             extra_slices=[pooled],
+            overwrite=True,  # the fold's own report, replaced when cv runs again (never the user's files)
         )
         records += result["records"]
         volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
