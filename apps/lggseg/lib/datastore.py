@@ -45,6 +45,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,9 @@ class CheckedDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, limits: ServerLimits | None = None, **kwargs: Any) -> None:
         self._root = Path(os.path.realpath(datastore_path))
         self._relist = bool(kwargs.get("auto_reload")) and not kwargs.get("read_only")
+        # one reconciliation at a time: the file watcher's thread and the requests' both refresh, and
+        # LocalDatastore's passes iterate over the objects that another pass changes
+        self._reconcile_lock = threading.RLock()
         self.limits = limits or ServerLimits()
         super().__init__(datastore_path, **kwargs)
 
@@ -304,18 +308,25 @@ class CheckedDatastore(LocalDatastore):
                 invalidate += 1
         return invalidate
 
+    def _reconcile_datastore(self) -> None:
+        """LocalDatastore's reconciliation of the object list with the files, one at a time."""
+        with self._reconcile_lock:
+            super()._reconcile_datastore()
+
     def json(self) -> dict[str, Any]:
         """The datastore (``GET /datastore/?output=all``), after looking for folders copied in meanwhile
         (the file watcher sees only files directly in the studies folder)."""
-        if self._relist:
-            self.refresh()
-        return super().json()
+        with self._reconcile_lock:
+            if self._relist:
+                self.refresh()
+            return super().json()
 
     def status(self) -> dict[str, Any]:
         """Counts of studies and labels (``GET /datastore/``, ``/info/``), after looking for new folders."""
-        if self._relist:
-            self.refresh()
-        return super().status()
+        with self._reconcile_lock:
+            if self._relist:
+                self.refresh()
+            return super().status()
 
     def _image(self, image_id: str) -> ImageLabelModel:
         obj = self._datastore.objects.get(image_id)
