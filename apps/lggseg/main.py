@@ -17,6 +17,10 @@ Options (``--conf KEY VALUE``, all optional):
 - ``max_voxels``: the most voxels an uploaded volume may hold once decompressed (default 512 x 512 x 512 x 4;
   more: 413, checked on the NIfTI header before anything is decompressed).
 
+Studies: NIfTI files (a prepared ``(H, W, D, 3)`` volume or a FLAIR alone) and folders of a user's own scans
+(a scan case folder, id = its name: :mod:`lib.scan_studies`); ``GET /datastore/image`` serves a folder
+study's FLAIR as NIfTI (:meth:`LGGSegApp.download_image`), fine-tuning skips folder studies.
+
 Tasks: the model ``lggseg`` (inference and fine-tuning), the strategies ``first`` and ``random`` (first or
 random study without a final label). No module that imports torchvision is imported (``torchvision`` has
 no working CPU build here): only MONAI Label's ``BasicInferTask``, ``TrainTask``, the local datastore and
