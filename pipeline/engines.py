@@ -371,8 +371,10 @@ def _run_one_case(evaluator: SupervisedEvaluator, case: Dataset, num_workers: in
 def innermost_error(error: BaseException) -> BaseException:
     """The exception at the bottom of a chain (MONAI wraps a transform's error in "applying transform
     ...")."""
-    while error.__cause__ is not None:
+    seen = {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:  # a cyclic chain ends too
         error = error.__cause__
+        seen.add(id(error))
     return error
 
 

@@ -58,7 +58,10 @@ def test_an_empty_volume_gives_an_empty_mask() -> None:
 
 def test_skull_stripped_view_is_the_image_inside_the_brain_and_the_minimum_outside() -> None:
     image, label, _ = synthetic_head()
-    data = {"image": MetaTensor(torch.from_numpy(image), meta={"patient": "p"}), "label": torch.from_numpy(label)}
+    data = {
+        "image": MetaTensor(torch.from_numpy(image), meta={"patient": "p"}),
+        "label": torch.from_numpy(label),
+    }
     out = SkullStrippedViewd("image", "label", radius=3)(data)
     stripped = out["image" + STRIPPED_SUFFIX]
     assert isinstance(stripped, MetaTensor) and stripped.meta["patient"] == "p"
@@ -180,7 +183,13 @@ def test_train_on_all_keeps_the_last_epochs_model(synthetic_data, tmp_path) -> N
     from pipeline.model_files import load_checkpoint
     from pipeline.workflows.training import train
 
-    cfg = {"data": str(synthetic_data), "output": str(tmp_path), "epochs": 3, "batch_size": 8, "num_samples": 8}
+    cfg = {
+        "data": str(synthetic_data),
+        "output": str(tmp_path),
+        "epochs": 3,
+        "batch_size": 8,
+        "num_samples": 8,
+    }
     cfg |= {"input_size": (32, 32), "progress": False, "overlay_images": 0, "train_on_all": True}
     cfg |= {**ROBUST, "val_interval": 1}
     result = train(cfg)

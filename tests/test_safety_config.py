@@ -78,6 +78,7 @@ def test_config_file_value_of_a_wrong_type_is_one_line_exit_2(capsys, tmp_path, 
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("lggseg: error: ") and len(lines[0]) <= MAX_LINE
     assert f"{key}:" in lines[0] and shown in lines[0], lines[0]
+    assert str(config) in lines[0]  # the CLI reads --config through read_config_file
     assert not (tmp_path / "lggseg").exists()  # nothing was started
 
 

@@ -331,3 +331,45 @@ def test_cv_replaces_its_own_fold_reports_when_run_again(world, tmp_path):
     for _ in range(2):  # cv evaluates every fold again when it runs again (finished folds are not retrained)
         evaluate_folds({0: world["model"]}, tmp_path / "cv", overrides={"device": "cpu", "progress": False})
         assert (report / "metrics.json").is_file() and (tmp_path / "cv" / "metrics.json").is_file()
+
+
+def test_disk_full_in_prepare_blames_the_disk_not_the_patients(tmp_path, monkeypatch, capsys):
+    """A full disk while prepare writes a patient is one line for the run, no patient listed as bad, and
+    the output folder is left as it was (the staging folder goes with the error)."""
+    import errno
+
+    from pipeline.cli import main
+    from pipeline.ingestion import prepare as prepare_module
+    from pipeline.ingestion.synthetic import write_synthetic_kaggle
+
+    write_synthetic_kaggle(tmp_path / "kaggle_3m", num_patients=3, seed=0, size=32, slices=(4, 5))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "x.nii.gz"))
+
+    monkeypatch.setattr(prepare_module, "write_patient_nifti", full)
+    code = main(
+        [
+            "prepare",
+            "--input",
+            str(tmp_path / "kaggle_3m"),
+            "--output",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--folds",
+            "2",
+        ]
+    )
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lggseg")]
+    assert code == 1 and len(lines) == 1, lines
+    assert "no space left" in lines[0] and "patient" not in lines[0] and "NoSpaceLeftError" not in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_innermost_error_of_a_cyclic_chain_ends():
+    from pipeline.engines import innermost_error
+
+    a, b = ValueError("a"), ValueError("b")
+    a.__cause__, b.__cause__ = b, a
+    assert innermost_error(a) is b

@@ -12,7 +12,8 @@ Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <wh
   (one line naming them and ``failures.json``) and ``LGGDataError`` with ``failures`` (one line per
   failed case, worded by the command's ``failure_line``); a command returns 1 the same way through
   :func:`report_failures` when it skipped cases on purpose.
-- exit code 1, anything else (a bug, disk full, out of memory): one line naming the exception type.
+- exit code 1, a full disk (:class:`~pipeline.safety.NoSpaceLeftError`): its one line, naming the file system.
+- exit code 1, anything else (a bug, out of memory): one line naming the exception type.
 - ``--debug``: none of the above; the exception propagates with its full traceback.
 - Ctrl-C (``KeyboardInterrupt``): exit code 130 and one line ``lggseg: <command> interrupted; <what is
   left>``, the command's own words given when it registered (:func:`pipeline.cli.parsing.add_command`).
@@ -32,6 +33,7 @@ from typing import Any, TypeVar
 
 from pipeline.engines import CasesFailed
 from pipeline.ingestion.errors import LGGDataError
+from pipeline.safety import NoSpaceLeftError
 
 BAD_INPUT: tuple[type[Exception], ...] = (
     ValueError,
@@ -157,7 +159,7 @@ def run_command(args: argparse.Namespace) -> int:
             raise
         if isinstance(error, LGGDataError) and error.failures:
             return _report_data_failures(args, error)
-        if isinstance(error, CasesFailed):
+        if isinstance(error, (CasesFailed, NoSpaceLeftError)):  # their messages say it all
             say(_message(error))
             return EXIT_FAILED
         if isinstance(error, BAD_INPUT):

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cli.parsing import add_command
-from pipeline.config import OPTION_HELP, POSTPROCESSING_KEYS, RunConfig, option_choices, option_type
+from pipeline.config import (
+    OPTION_HELP,
+    POSTPROCESSING_KEYS,
+    RunConfig,
+    option_choices,
+    option_type,
+    read_config_file,
+)
 from pipeline.model_files import SHIPPED_MODEL
 
 logger = logging.getLogger("lggseg")
@@ -57,7 +64,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """A :class:`RunConfig` from ``--config`` (if any) updated with the options given on the command line."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
-        values.update(json.loads(Path(args.config).read_text()))
+        values.update(read_config_file(args.config))
     names = {f.name for f in fields(RunConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return RunConfig.from_dict(values)

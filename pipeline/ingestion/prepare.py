@@ -38,7 +38,13 @@ from pipeline.ingestion.kaggle import (
 )
 from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME, write_patient_nifti
 from pipeline.ingestion.volume_checks import check_regular_file
-from pipeline.safety import OutputTransaction, atomic_write_json, process_alive
+from pipeline.safety import (
+    NoSpaceLeftError,
+    OutputTransaction,
+    atomic_write_json,
+    no_space_left,
+    process_alive,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +172,9 @@ def prepare_dataset(
 
     with transaction.staging() as staging:
         rows, problems = _prepare_patients(folders, staging, spacing, workers, progress)
+        full = [m for m in problems.values() if m.startswith(_NO_SPACE)]
+        if full:  # one line for the run, no patient blamed; the staging folder goes with the error
+            raise NoSpaceLeftError(full[0][len(_NO_SPACE) :] or staging)
         if problems and not skip_invalid:
             raise LGGDataError(
                 [f"patient {p}: {m}" for p, m in sorted(problems.items())],
@@ -241,6 +250,9 @@ def _worker_init(parent_pid: int) -> None:
     threading.Thread(target=watch, name="lggseg-parent-watch", daemon=True).start()
 
 
+_NO_SPACE = "no space left: "  # a worker's answer for a full disk (its exception may not pickle)
+
+
 def _call(function: Callable, *args: object) -> tuple[object, str | None]:
     """Run ``function`` and return ``(result, None)`` or ``(None, message)`` for data errors."""
     try:
@@ -248,6 +260,8 @@ def _call(function: Callable, *args: object) -> tuple[object, str | None]:
     except LGGDataError as error:
         return None, "\n  ".join(error.problems) if len(error.problems) > 1 else error.problems[0]
     except OSError as error:
+        if no_space_left(error, error.filename or ".") is not None:  # the disk's fault, not the patient's
+            return None, f"{_NO_SPACE}{error.filename or ''}"
         return None, f"cannot write output: {error}"
 
 
