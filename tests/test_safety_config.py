@@ -335,3 +335,27 @@ def test_monai_bundle_run_reports_bad_input_in_one_line(tmp_path):
         assert "Traceback" not in result.stdout + result.stderr, (change, result.stderr[-2000:])
         assert len(errors) == 1 and errors[0].startswith("lggseg: error: ") and words in errors[0], errors
     assert not (tmp_path / "out").exists() and not (tmp_path / "cases" / "out").exists()
+
+
+def test_bundle_refuses_weights_with_nan_in_one_line(monkeypatch, capsys, tmp_path):
+    """inference.json loads its weights with MONAI's CheckpointLoader, which took NaN weights silently
+    (empty masks, exit 0): the bundle's checks read them first, lggseg model files and bare state_dicts."""
+    from pipeline.networks import build_network
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    weights = build_network("unext", 2, 3, 1).state_dict()
+    torch.save({"model": weights, "config": {}}, tmp_path / "good.pt")
+    torch.save(weights, tmp_path / "bare.pt")
+    for name in ("good.pt", "bare.pt"):
+        _bundle_checks().check_inference(**_bundle_values(tmp_path, ckpt_path=str(tmp_path / name)))
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first] = weights[first].clone().fill_(float("nan"))
+    torch.save(weights, tmp_path / "nan.pt")
+    (tmp_path / "junk.pt").write_text("not weights")
+    cases = [("nan.pt", first), ("junk.pt", "not a readable"), ("missing.pt", "not found")]
+    for name, words in cases:
+        with pytest.raises(SystemExit) as raised:
+            _bundle_checks().check_inference(**_bundle_values(tmp_path, ckpt_path=str(tmp_path / name)))
+        lines = capsys.readouterr().err.splitlines()
+        assert raised.value.code == 2 and len(lines) == 1, lines
+        assert name in lines[0] and words in lines[0], lines

@@ -47,6 +47,7 @@ def inference_problems(
     output_dir: str | os.PathLike,
     overwrite: bool | str = False,
     device: str = "auto",
+    ckpt_path: str | os.PathLike | None = None,
     **options: Any,
 ) -> None:
     """The checks of ``lggseg infer`` on the values of ``inference.json``, raising the first problem.
@@ -56,6 +57,7 @@ def inference_problems(
         output_dir: where the predictions go (not inside the input; existing ones only with ``overwrite``).
         overwrite: replace existing predictions of these cases.
         device: ``auto``, ``cpu`` or ``cuda[:i]`` (:func:`pipeline.config.resolve_device`).
+        ckpt_path: the weights ``CheckpointLoader`` will load (:func:`check_weights_file`).
         options: the :data:`INFERENCE_OPTIONS` (types and values as ``RunConfig`` checks them).
 
     Raises:
@@ -66,6 +68,8 @@ def inference_problems(
     cases = find_cases(dataset_dir)
     check_unique(cases)
     check_prediction_targets(cases, output_dir, [dataset_dir], overwrite)
+    if ckpt_path is not None:
+        check_weights_file(ckpt_path)
 
 
 def check_inference(
@@ -73,6 +77,7 @@ def check_inference(
     output_dir: str | os.PathLike,
     overwrite: bool | str = False,
     device: str = "auto",
+    ckpt_path: str | os.PathLike | None = None,
     **options: Any,
 ) -> None:
     """:func:`inference_problems` under the CLI's error rule: on bad input, one line on stderr and
@@ -83,9 +88,35 @@ def check_inference(
         output_dir: where the predictions go.
         overwrite: replace existing predictions of these cases.
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        ckpt_path: the weights the bundle loads.
         options: the :data:`INFERENCE_OPTIONS`.
 
     Raises:
         SystemExit: code 2, on bad input.
     """
-    exit_on_bad_input(inference_problems, dataset_dir, output_dir, overwrite, device, **options)
+    exit_on_bad_input(inference_problems, dataset_dir, output_dir, overwrite, device, ckpt_path, **options)
+
+
+def check_weights_file(path: str | os.PathLike) -> None:
+    """The weights ``CheckpointLoader`` will load, checked as ``lggseg`` checks a model file: readable,
+    and no NaN or Inf (a diverged training gives empty masks). A bare ``state_dict`` (the MONAI Model Zoo's
+    form) is accepted as well as an lggseg model file.
+
+    Raises:
+        ModelFileError: one line naming the file and the problem.
+    """
+    import torch
+
+    from pipeline.model_files import MODEL_KEY, ModelFileError, check_finite_weights
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is one line
+        problem = f"not a readable PyTorch weights file ({type(error).__name__})"
+        raise ModelFileError(f"{path}: {problem}") from None
+    weights = content.get(MODEL_KEY, content) if isinstance(content, dict) else None
+    if not isinstance(weights, dict):
+        raise ModelFileError(f"{path}: holds no weights (a state_dict or an lggseg model file)")
+    check_finite_weights(weights, path)
