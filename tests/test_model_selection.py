@@ -310,3 +310,19 @@ def test_train_on_all_runs_choose_on_the_cv_with_a_nested_choice_per_fold(tmp_pa
     assert json.loads((tmp_path / "postprocessing.json").read_text())["per_fold_choice"]["2"] == {
         "keep_largest": 0
     }
+
+
+def test_evaluate_folds_gives_each_fold_its_own_options(tmp_path, monkeypatch):
+    from pipeline.workflows import cross_validation as cv
+
+    seen = {}
+
+    def fake_evaluate(checkpoint, output, folds, overrides, extra_slices, overwrite):
+        seen[folds[0]] = dict(overrides)
+        return {"records": [], "cases": None}
+
+    monkeypatch.setattr(cv, "evaluate", fake_evaluate)
+    monkeypatch.setattr("pipeline.evaluation.report.write_report", lambda *a, **k: {})
+    models = {0: tmp_path / "f0" / "checkpoints" / "m.pt", 1: tmp_path / "f1" / "checkpoints" / "m.pt"}
+    cv.evaluate_folds(models, tmp_path / "cv", {"num_workers": 0}, fold_overrides={1: {"tta": "flip"}})
+    assert seen == {0: {"num_workers": 0}, 1: {"num_workers": 0, "tta": "flip"}}

@@ -57,15 +57,24 @@ def run_choose_postprocessing(args: argparse.Namespace) -> int:
     choice = choose_postprocessing(args.run, overrides=loader)
     for candidate in choice["candidates"]:
         print(
-            f"validation {json.dumps(candidate['options'])}: Dice mean {candidate['mean_dice']:.4f} "
+            f"{'cross-validation' if 'nested' in choice.get('chosen_on', '') else 'validation'} "
+            f"{json.dumps(candidate['options'])}: Dice mean {candidate['mean_dice']:.4f} "
             f"median {candidate['median_dice']:.4f} ({candidate['patients']} patients)"
         )
+    folds = finished_folds(args.run)
+    per_fold = choice.get("per_fold_choice") or {fold: choice["chosen"] for fold in folds}
     result = evaluate_folds(
-        finished_folds(args.run),
+        folds,
         args.run / "cv_postprocessed",
-        overrides={**loader, **choice["chosen"]},
+        overrides=loader,
         fold_report="evaluation_postprocessed",
-        extra={"chosen_on": "validation folds", "choice": str(args.run / "postprocessing.json")},
+        extra={
+            **choice["chosen"],  # the shipped choice (a nested CV evaluated each fold with per_fold_choice)
+            "per_fold_choice": per_fold,
+            "chosen_on": choice.get("chosen_on", "validation folds"),
+            "choice": str(args.run / "postprocessing.json"),
+        },
+        fold_overrides={int(fold): options for fold, options in per_fold.items()},
     )
     dice = [float(r["dice"]) for r in result["records"]]
     print(

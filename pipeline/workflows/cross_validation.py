@@ -46,6 +46,7 @@ def evaluate_folds(
     overrides: Mapping[str, Any] | None = None,
     fold_report: str = "evaluation",
     extra: Mapping[str, Any] | None = None,
+    fold_overrides: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate each fold's model on its own test fold, then pool the patients into one report.
 
@@ -55,6 +56,9 @@ def evaluate_folds(
         overrides: post-processing / TTA / loader options for every fold (see :func:`evaluate`).
         fold_report: name of each fold's own report folder beside its ``checkpoints`` folder.
         extra: stored under ``"run"`` in the pooled ``metrics.json``.
+        fold_overrides: options of single folds on top of ``overrides`` (a nested post-processing choice:
+            each fold evaluated with what the other folds chose, see
+            :func:`pipeline.workflows.model_selection.choose_postprocessing`).
 
     Returns:
         ``{"records": per-patient dicts of every fold, "paths": files of the pooled report}``.
@@ -71,7 +75,7 @@ def evaluate_folds(
             checkpoint,
             output=checkpoint.resolve().parent.parent / fold_report,
             folds=[fold],
-            overrides=overrides,
+            overrides={**dict(overrides or {}), **dict((fold_overrides or {}).get(fold, {}))},
             extra_slices=[pooled],
             overwrite=True,  # the fold's own report, replaced when cv runs again (never the user's files)
         )
