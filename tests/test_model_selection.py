@@ -326,3 +326,15 @@ def test_evaluate_folds_gives_each_fold_its_own_options(tmp_path, monkeypatch):
     models = {0: tmp_path / "f0" / "checkpoints" / "m.pt", 1: tmp_path / "f1" / "checkpoints" / "m.pt"}
     cv.evaluate_folds(models, tmp_path / "cv", {"num_workers": 0}, fold_overrides={1: {"tta": "flip"}})
     assert seen == {0: {"num_workers": 0}, 1: {"num_workers": 0, "tta": "flip"}}
+
+
+def test_combine_models_itself_refuses_members_of_other_input_sizes(tmp_path):
+    """Not only the CLI: the library function checks the members agree on their input (issue 20, item 11)."""
+    a = _save_model(tmp_path / "fold0" / "a.pt", fold=0)
+    b = _save_model(tmp_path / "fold1" / "b.pt", fold=1, seed=1)
+    config = torch.load(b, weights_only=False)
+    config["config"]["input_size"] = None
+    torch.save(config, b)
+    with pytest.raises(ValueError, match="input_size"):
+        combine_models([a, b], tmp_path / "e.pt")
+    assert not (tmp_path / "e.pt").exists()

@@ -20,6 +20,7 @@ from pipeline.ingestion.datalist import load_datalist, split_folds
 from pipeline.model_files import (
     CONFIG_KEY,
     MODEL_KEY,
+    check_ensemble_members,
     check_model_config,
     file_sha256,
     load_checkpoint,
@@ -228,6 +229,7 @@ def combine_models(
         if int(config.get("members", 1)) != 1:
             raise ValueError(f"{path}: is already an ensemble; combine single models")
         check_model_config(config, first, path)
+    check_ensemble_members([(p, c[CONFIG_KEY]) for p, c in zip(paths, checkpoints, strict=True)])
     weights = {
         f"members.{i}.{name}": tensor
         for i, ckpt in enumerate(checkpoints)
