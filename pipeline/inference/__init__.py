@@ -7,6 +7,9 @@
   rename) and the check of their targets before any work.
 - :mod:`~pipeline.inference.case_report` and :mod:`~pipeline.inference.dicom_seg`: per case the QC picture,
   the tumour volume, the summary table and, for a DICOM FLAIR, a DICOM SEG that references it.
+- :mod:`~pipeline.inference.case_outputs_handler`: :class:`CaseOutputsHandler`, the Ignite handler that
+  publishes each case's files and ``summary.csv`` for ``lggseg infer`` and the bundle's ``inference.json``
+  (imported from its module: it pulls in matplotlib and highdicom).
 """
 
 from pipeline.inference.inferers import TTA_MODES, VolumeInferer, VolumePrepareBatch

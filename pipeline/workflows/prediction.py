@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,12 @@ from pipeline.engines import (
     write_failures,
 )
 from pipeline.evaluation.handler import PatientReportHandler
-from pipeline.inference.case_report import write_case_outputs, write_summary_csv
-from pipeline.inference.writer import (
-    SUMMARY_NAME,
-    case_output_paths,
-    check_prediction_targets,
-    final_name,
-    prediction_path,
-    prediction_writer,
-)
+from pipeline.inference.case_outputs_handler import CaseOutputsHandler
+from pipeline.inference.writer import check_prediction_targets, prediction_path, prediction_writer
 from pipeline.ingestion.cases import case_name, check_unique, find_cases
 from pipeline.ingestion.scans import SCAN_KIND
 from pipeline.model_files import load_model
-from pipeline.safety import MANIFEST_FILENAME, STAGING_MARKER, OutputTransaction, no_space_left, remove_owned
+from pipeline.safety import STAGING_MARKER, OutputTransaction, no_space_left
 from pipeline.transforms import build_transforms
 from pipeline.workflows.builders import datalist_entries, make_inferer, make_postprocessing
 
@@ -263,88 +255,29 @@ def infer(
     preprocessing = build_transforms("infer", cfg)
     dataset = Dataset(cases, preprocessing)
     post = make_postprocessing(cfg, preprocessing=preprocessing)  # back onto each case's own grid
+    outputs = CaseOutputsHandler(out, cases, kaggle_masks)  # each case's files, then its mask; summary.csv
     evaluator = build_evaluator(
         device=dev,
         val_data_loader=build_val_loader(dataset, cfg.num_workers, distributed=False),
         network=network,
         inferer=make_inferer(cfg),
         postprocessing=type(post)([*post.transforms, prediction_writer(out, publish=False)]),
+        val_handlers=[outputs],
         amp=cfg.amp,
     )
-    written: list[Path] = []
-    rows: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
-
-    def publish(engine: Engine) -> None:
-        case = current["case"]
-        item = engine.state.output[0]
-        partial = Path(item["pred"].meta["saved_to"])
-        path = Path(final_name(partial))
-        row = _publish_case(case, item, partial, path, out, kaggle_masks)
-        written.append(path)
-        rows.append({**row, "seg_nifti": str(path)})
-        logger.info(
-            "%s: %d tumour voxels, %.2f mL -> %s",
-            case["case"],
-            row["tumour_voxels"],
-            row["tumour_volume_ml"],
-            path,
-        )
-
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, publish)
     disk = _StopWhenDiskFull(evaluator, out)
-    try:
-        with torch.no_grad():
-            failures = run_per_case(
-                evaluator,
-                dataset,
-                [c["case"] for c in cases],
-                cfg.num_workers,
-                on_case=disk.before_case(lambda i, c: current.update(case=c)),
-            )
-        disk.check()
-    finally:
-        if rows:  # the cases written so far, also when the disk filled up
-            with contextlib.suppress(OSError) if disk.error else contextlib.nullcontext():
-                write_summary_csv(rows, out / SUMMARY_NAME)
+    with torch.no_grad():
+        failures = run_per_case(
+            evaluator,
+            dataset,
+            [c["case"] for c in cases],
+            cfg.num_workers,
+            on_case=disk.before_case(lambda index, entry: None),
+        )
+    disk.check()
     if failures:
         raise CasesFailed(failures, len(cases), write_failures(failures, out))
-    return written
-
-
-def _publish_case(
-    case: Mapping[str, Any], item: Mapping[str, Any], partial: Path, path: Path, out: Path, kaggle_masks: bool
-) -> dict[str, Any]:
-    """Write a case's other files beside its prediction (still under its partial name), then rename the
-    prediction into place; when any of them fails, the case's files written here are removed again (a case
-    is all there or not at all)."""
-    from pipeline.ingestion.export import export_kaggle
-
-    name = str(case["case"])
-    others = [Path(p) for k, p in case_output_paths(out, name).items() if k != "seg_nifti"]
-    masks = out / name / "kaggle_masks"
-    before = {p for p in [out / name, *others, masks] if p.exists()}
-    try:
-        if kaggle_masks:
-            export_kaggle(partial, masks, patient_id=name, overwrite=True)
-        row = write_case_outputs(case, item["pred"], out, image=item.get("image"))
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        for extra in others:
-            if extra not in before:
-                with contextlib.suppress(OSError):
-                    extra.unlink()
-        with contextlib.suppress(OSError):
-            if kaggle_masks and masks not in before:  # a folder of this run: its masks and manifest
-                remove_owned(masks)
-                (masks / MANIFEST_FILENAME).unlink(missing_ok=True)
-                masks.rmdir()
-            if out / name not in before:
-                (out / name).rmdir()  # only when empty
-        raise
-    return row
+    return outputs.written
 
 
 def _stand_ins(case: Mapping[str, Any]) -> str:
