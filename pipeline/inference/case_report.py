@@ -248,6 +248,16 @@ def write_summary_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike
     return atomic_write_text(path, buffer.getvalue())
 
 
+def _reoriented(volume: np.ndarray, affine: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``volume`` (on the grid of ``affine``) with its axes permuted and flipped to the orientation of
+    ``target`` (no interpolation)."""
+    transform = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(np.asarray(affine, dtype=float)),
+        nib.orientations.io_orientation(np.asarray(target, dtype=float)),
+    )
+    return nib.orientations.apply_orientation(volume, transform)
+
+
 def write_case_outputs(
     case: Mapping[str, Any], pred: Any, output_dir: str | os.PathLike, image: Any = None
 ) -> dict:
@@ -257,8 +267,9 @@ def write_case_outputs(
         case: the case dict (:func:`pipeline.ingestion.cases.find_cases`; a scan case names its sequences).
         pred: the binary prediction on the case's own grid (``MetaTensor`` ``(1, H, W, D)`` with its affine).
         output_dir: the output folder (``<case>/`` holds the files).
-        image: the model's input (channel 1 the FLAIR) on that grid, used for the QC picture of cases that
-            are not scans (prepared volumes).
+        image: the model's input (channel 1 the FLAIR), used for the QC picture of cases that are not scans
+            (prepared volumes): on the prediction's grid, or on that grid turned to other axes (the model's
+            orientation, given by its ``affine``), which the mask is then turned to.
 
     Returns:
         the summary row (:data:`SUMMARY_COLUMNS`).
@@ -283,8 +294,10 @@ def write_case_outputs(
         )
     else:
         row.update(flair=str(case.get("image", "")), sequences=["t1", "flair", "t1c"])
-        if image is not None:
-            write_qc_png(_array(image)[1], mask, paths["qc_png"], affine=affine, title=name)
+        if image is not None:  # the model's input, turned to the project's axes: the mask turned alike
+            grid = _array(image.affine) if hasattr(image, "affine") else affine
+            shown = _reoriented(mask, affine, grid)
+            write_qc_png(_array(image)[1], shown, paths["qc_png"], affine=grid, title=name)
     row["qc_png"] = paths["qc_png"] if os.path.exists(paths["qc_png"]) else ""
     row["tumour_voxels"] = int(mask.sum())
     row["tumour_volume_ml"] = tumour_volume_ml(mask, affine)
