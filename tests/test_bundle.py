@@ -225,7 +225,8 @@ def test_bundle_inference_on_real_patients(kaggle_root, tmp_path):
             device="cpu",
         )
         assert result.returncode == 0, result.stderr[-3000:]
-        assert sorted(p.name for p in out.iterdir()) == sorted(names)
+        assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
+        assert len((out / "summary.csv").read_text().splitlines()) == 1 + len(names)  # header, a row per case
         for name in names:
             assert f"{name}" in result.stdout  # a progress line per case
             outputs[kind, name] = out / name / f"{name}_seg.nii.gz"
