@@ -231,7 +231,9 @@ def infer(
 ) -> list[Path]:
     """Predict the tumour of every input case with MONAI's ``SaveImaged``: ``output/<case>/<case>_seg.nii.gz``
     (uint8 0/1, the input's shape and affine) and, with ``kaggle_masks``, per-slice
-    ``<case>_<k>_mask.tif`` in ``output/<case>/kaggle_masks``.
+    ``<case>_<k>_mask.tif`` in ``output/<case>/kaggle_masks``. Per case also the QC picture, the DICOM SEG
+    of a DICOM FLAIR, and ``output/summary.csv``, written as the bundle's ``inference.json`` writes them, by
+    :class:`~pipeline.inference.case_outputs_handler.CaseOutputsHandler`.
 
     Cases are named after their input (:func:`pipeline.ingestion.cases.find_cases`); two inputs with one name
     are refused before anything runs, and so are existing predictions unless ``overwrite``. A case that cannot
