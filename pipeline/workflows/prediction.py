@@ -128,8 +128,8 @@ def evaluate(
         ``{"records": per-patient dicts (metrics + timings), "slices": slice-level figures, "summary",
         "paths", "failures", "cases"}`` (``cases(patient_id)``: image, truth and prediction for overlays).
     """
+    network, cfg, dev = load_model(checkpoint, overrides, device)  # a missing or foreign file is said first
     out = Path(output) if output else default_report_folder(checkpoint) if write else Path()
-    network, cfg, dev = load_model(checkpoint, overrides, device)
     if entries is None:
         entries = datalist_entries(data or cfg.data, [cfg.fold] if folds is None else folds)
     if not entries:
