@@ -95,6 +95,12 @@ HEADER = (
 )
 
 
+def _trained_on_all(run: Path) -> bool:
+    """Whether the run's folds were trained with ``train_on_all`` (their ``config.json``)."""
+    configs = [json.loads(p.read_text()) for p in sorted(run.glob("fold*/config.json"))]
+    return any(bool(c.get("train_on_all")) for c in configs)
+
+
 def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: str) -> str:
     """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
     the model file's identity and the figures."""
@@ -114,7 +120,14 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
         report = fold_dir / "evaluation_postprocessed"
         if (report / "metrics.json").is_file():
             lines.append(_row(fold_dir.name, _metrics(report)))
-    lines += ["", "Post-processing candidates on the **validation** folds (the test folds took no part):", ""]
+    nested = "nested" in choice.get("chosen_on", "")
+    where = (
+        "on the cross-validation's own predictions (a `train_on_all` run has no validation patients); "
+        "each test fold was evaluated with the candidate best on the **other** folds"
+        if nested
+        else "on the **validation** folds (the test folds took no part)"
+    )
+    lines += ["", f"Post-processing candidates, {where}:", ""]
     lines += ["| candidate | patients | Dice mean | Dice median |", "|---|---|---|---|"]
     for c in choice["candidates"]:
         mark = " (chosen)" if c["options"] == choice["chosen"] else ""
@@ -129,8 +142,16 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
             "epochs, validation included):",
             "",
         ]
-        names = [f"minutes to val Dice {t:g}" for t in THRESHOLDS]
-        lines += ["| fold | epochs | best val Dice (epoch) | minutes | " + " | ".join(names) + " |"]
+        watched = _trained_on_all(run)
+        if watched:
+            lines += [
+                "The models were trained on every fold but their test fold and the last epoch was kept; the "
+                '"val" Dice below is the test fold watched during training (it chose nothing).',
+                "",
+            ]
+        val = "watched test-fold Dice" if watched else "val Dice"
+        names = [f"minutes to {val} {t:g}" for t in THRESHOLDS]
+        lines += [f"| fold | epochs | best {val} (epoch) | minutes | " + " | ".join(names) + " |"]
         lines += ["|---" * (4 + len(THRESHOLDS)) + "|"]
         log_lines = [line for log in logs for line in log.read_text().splitlines()]
         for fold, epochs in sorted(parse_log(log_lines).items()):

@@ -338,3 +338,13 @@ def test_combine_models_itself_refuses_members_of_other_input_sizes(tmp_path):
     with pytest.raises(ValueError, match="input_size"):
         combine_models([a, b], tmp_path / "e.pt")
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_model_card_knows_a_train_on_all_run(tmp_path, load_script):
+    module = load_script("model_card")
+    for fold, flag in ((0, False), (1, True)):
+        (tmp_path / "run" / f"fold{fold}").mkdir(parents=True)
+        (tmp_path / "run" / f"fold{fold}" / "config.json").write_text(json.dumps({"train_on_all": flag}))
+    assert module._trained_on_all(tmp_path / "run")
+    (tmp_path / "run" / "fold1" / "config.json").write_text(json.dumps({"fold": 1}))
+    assert not module._trained_on_all(tmp_path / "run")
