@@ -362,3 +362,36 @@ def test_fifo_given_as_a_scan_sequence_does_not_hang(tmp_path: Path) -> None:
             LoadVolumed(["image"])(make_scan_case("patient", flair))
     assert not state["hung"], "the FLAIR (a named pipe) was opened"
     _one_line_naming(caught.value, flair, "not a regular file")
+
+
+@pytest.mark.parametrize(
+    "datalist",
+    [
+        {"test": [{"patient": "p"}]},
+        {"test": [{"image": 5}]},
+        {"test": [{"image": "a.nii.gz", "patient": 3}]},
+        {"test": "a.nii.gz"},
+        [1, 2],
+    ],
+    ids=["no-image", "image-number", "patient-number", "test-not-a-list", "not-an-object"],
+)
+def test_inference_datalist_of_a_wrong_shape_is_one_line(tmp_path, datalist):
+    """An inference datalist (decathlon 'training'/'test' entries) with wrong keys or types: one CaseError
+    line naming the file (was a KeyError, a TypeError, or 'str' object has no attribute 'get')."""
+    from pipeline.ingestion.cases import CaseError, find_cases
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    with pytest.raises(CaseError) as raised:
+        find_cases(path)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_inference_datalist_of_plain_paths_and_entries(tmp_path):
+    from pipeline.ingestion.cases import find_cases
+
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"test": ["x/a.nii.gz", {"image": "y/b.nii.gz", "patient": "p2"}]}))
+    cases = find_cases(path)
+    assert [c["case"] for c in cases] == ["a", "p2"]
+    assert cases[0]["image"] == str(tmp_path / "x" / "a.nii.gz")

@@ -83,14 +83,20 @@ def _datalist_cases(path: Path) -> list[dict]:
         entries = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CaseError(f"{path}: not a readable datalist ({err})") from err
-    items = entries.get("training", []) + entries.get("test", []) if isinstance(entries, dict) else []
+    parts = [entries.get(k, []) for k in ("training", "test")] if isinstance(entries, dict) else [None]
+    if not all(isinstance(part, list) for part in parts):
+        raise CaseError(f"{path}: not a decathlon datalist ('training' and 'test' must be lists of entries)")
     cases = []
-    for item in items:
-        image = item["image"] if isinstance(item, dict) else item
+    for index, item in enumerate(item for part in parts for item in part):
+        image = item.get("image") if isinstance(item, dict) else item
+        patient = item.get("patient") if isinstance(item, dict) else None
+        if not isinstance(image, str) or not image or not isinstance(patient, (str, type(None))):
+            raise CaseError(
+                f"{path}: entry {index} needs 'image' as text (a path) and 'patient' as text if given, "
+                f"got {json.dumps(item)[:80]}"
+            )
         image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-        cases.append(
-            {"image": str(image_path), "case": item.get("patient") or case_name(image_path), "kind": "volume"}
-        )
+        cases.append({"image": str(image_path), "case": patient or case_name(image_path), "kind": "volume"})
     return cases
 
 
