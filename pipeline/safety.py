@@ -361,6 +361,21 @@ def _nearest_existing(path: Path) -> Path:
     return Path(path.anchor)
 
 
+def _require_writable(folder: Path) -> None:
+    """Refuse a folder that cannot be written, tested by creating and removing a probe file in it (so it
+    also holds for root and read-only file systems)."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".lggseg-write-test-", dir=folder)
+    except OSError as error:
+        raise UnsafeOutputError(
+            folder,
+            f"folder is not writable ({error.strerror or error})",
+            "choose another output folder or fix its permissions",
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 def check_output_location(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Refuse an output folder that could destroy data or could not be written, before any work starts.
 
@@ -403,15 +418,7 @@ def check_output_location(output: str | os.PathLike, inputs: Iterable[str | os.P
         raise UnsafeOutputError(
             existing, "is a file, not a folder", f"choose an output folder not under {existing}"
         )
-    try:
-        probe = tempfile.mkdtemp(prefix=".lggseg-write-test-", dir=existing)
-    except OSError as error:
-        raise UnsafeOutputError(
-            existing,
-            f"folder is not writable ({error.strerror or error})",
-            "choose another output folder or fix its permissions",
-        ) from None
-    os.rmdir(probe)
+    _require_writable(existing)
     return resolved
 
 
@@ -458,16 +465,7 @@ def check_output_file(
     folder = _nearest_existing(resolved.parent)
     if not folder.is_dir():
         raise UnsafeOutputError(folder, "is a file, not a folder", f"choose a {kind} not under {folder}")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".lggseg-write-test-", dir=folder)
-    except OSError as error:
-        raise UnsafeOutputError(
-            folder,
-            f"folder is not writable ({error.strerror or error})",
-            "choose another output folder or fix its permissions",
-        ) from None
-    os.close(handle)
-    os.unlink(probe)
+    _require_writable(folder)
     if resolved.exists() or resolved.is_symlink():
         if not overwrite:
             raise UnsafeOutputError(output, "exists", "pass --overwrite to replace it, or choose a new name")
