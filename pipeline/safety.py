@@ -382,7 +382,7 @@ def check_output_location(output: str | os.PathLike, inputs: Iterable[str | os.P
     Checks, in order: the output is not an input, does not contain an input and is not inside one (after
     resolving symlinks and relative or dotted paths, see :func:`is_inside`); the output, if it exists, is a
     folder; no existing ancestor of it is a file; the nearest existing folder (the output itself, or the
-    ancestor where it would be created) can be written, tested by creating and removing a temporary folder
+    ancestor where it would be created) can be written, tested by creating and removing a probe file
     there (so it also holds for root and read-only file systems). Nothing else is created.
 
     Args:
