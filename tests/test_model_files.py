@@ -144,7 +144,7 @@ def test_network_kwargs_model_loads_through_the_bundle(tiny_model: Path, tmp_pat
         REPO / "bundle" / "configs" / "inference.json", ckpt_path=str(tiny_model), **options
     )
     network = parser.get_parsed_content("network")
-    loader = parser.get_parsed_content("handlers")[0]
+    loader = parser.get_parsed_content("handlers#0")  # the other handlers need a data folder
     assert isinstance(loader, CheckpointLoader)
     loader(Engine(lambda engine, batch: None))
     assert list(network.widths) == WIDTHS and _same_weights(network, tiny_model)
