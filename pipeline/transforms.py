@@ -19,6 +19,7 @@ slice ``k`` along the last axis), labels ``(1, H, W, D)`` with values 0/1.
 from __future__ import annotations
 
 import os
+import warnings
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -535,7 +536,7 @@ def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]
     ]
     optional = [
         (s.prob_bias_field, lambda p: RandBiasFieldd(img, degree=3, coeff_range=(0.0, 0.3), prob=p)),
-        (s.prob_histogram_shift, lambda p: RandHistogramShiftd(img, num_control_points=(5, 10), prob=p)),
+        (s.prob_histogram_shift, lambda p: _histogram_shift(img, p)),
         (
             s.prob_smooth,
             lambda p: RandGaussianSmoothd(
@@ -546,6 +547,16 @@ def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]
     ]
     xf += [make(prob) for prob, make in optional if prob]
     return xf
+
+
+def _histogram_shift(keys: KeysCollection, prob: float) -> RandHistogramShiftd:
+    """MONAI's ``RandHistogramShiftd``, without its warning on each all-background patch.
+
+    A patch of one intensity (background only) is returned unchanged, which is right; MONAI warns each
+    time with the value in the text, so the filter never folds the repeats and a training log fills up.
+    """
+    warnings.filterwarnings("ignore", message="The image's intensity is a single value", category=UserWarning)
+    return RandHistogramShiftd(keys, num_control_points=(5, 10), prob=prob)
 
 
 def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] | None = None) -> Compose:

@@ -133,6 +133,27 @@ def test_training_chain_with_every_robustness_augmentation(tmp_path) -> None:
         assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0}
 
 
+def test_histogram_shift_of_a_background_patch_is_silent_and_unchanged(tmp_path) -> None:
+    import warnings
+
+    base = {"context": 0, "num_samples": 1, "prob_flip": 0, "prob_rotate": 0, "prob_elastic": 0}
+    base |= {"prob_scale_intensity": 0, "prob_shift_intensity": 0, "prob_gamma": 0}
+    shift = [
+        t
+        for t in build_transforms("train", {**base, "prob_histogram_shift": 1.0}).transforms
+        if type(t).__name__ == "RandHistogramShiftd"
+    ]
+    assert len(shift) == 1
+    background = {"image": torch.full((3, 8, 8), 0.25)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # as a training run sees them
+        from pipeline.transforms import _histogram_shift
+
+        shifted = _histogram_shift("image", 1.0)(background)["image"]
+    assert torch.equal(shifted, background["image"])  # one intensity: returned as it was
+    assert not [w for w in caught if "single value" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_the_stripped_view_is_normalised_on_the_brain_alone(tmp_path) -> None:
     files = _write_head(tmp_path)
     base = {"context": 0, "num_samples": 2, "prob_flip": 0, "prob_rotate": 0, "prob_elastic": 0}
