@@ -1,4 +1,4 @@
-"""The checks of the bundle's ``inference.json``, answered as ``lggseg`` answers them (a face, like the CLI).
+"""The checks of the bundle's configs, answered as ``lggseg`` answers them (a face, like the CLI).
 
 ``python -m monai.bundle run`` wraps any ``Exception`` of a config expression in ``RuntimeError("Failed to
 evaluate ...")`` and prints a 50-80 line traceback; ``SystemExit`` is no ``Exception``, so MONAI and Fire let
@@ -7,6 +7,9 @@ expression is :func:`check_inference`: the checks of ``lggseg infer``, the same 
 is built or read; on bad input it prints the CLI's one line (``lggseg: error: <file or option>:
 <problem>``) and exits with 2 (:func:`pipeline.cli.errors.exit_on_bad_input`).
 
+``train.json`` starts with :func:`check_training` and ``evaluate.json`` with :func:`check_evaluation` (the
+options, the device, the datalist and its folds, where the model and the report go) under the same rule.
+
 Only ``initialize`` runs the checks: a config parsed in Python (``ConfigParser.get_parsed_content``) builds
 its objects as before and raises ordinary exceptions.
 """
@@ -14,12 +17,16 @@ its objects as before and raises ordinary exceptions.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pipeline.cli.errors import exit_on_bad_input
 from pipeline.config import RunConfig, resolve_device, validate_config
 from pipeline.inference.writer import check_prediction_targets
 from pipeline.ingestion.cases import check_unique, find_cases
+from pipeline.ingestion.datalist import load_datalist, split_folds
+from pipeline.safety import OutputTransaction, check_output_location
 
 INFERENCE_OPTIONS = (
     "arch",
@@ -120,3 +127,99 @@ def check_weights_file(path: str | os.PathLike) -> None:
     if not isinstance(weights, dict):
         raise ModelFileError(f"{path}: holds no weights (a state_dict or an lggseg model file)")
     check_finite_weights(weights, path)
+
+
+def _datalist_split(data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None) -> dict:
+    """The datalist read and split as ``train.json`` splits it (one-line errors)."""
+    return split_folds(load_datalist(data_list_file_path), fold, val_fold)
+
+
+def training_problems(
+    data_list_file_path: str | os.PathLike,
+    fold: int,
+    val_fold: int | None,
+    device: str,
+    ckpt_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    run_config: Mapping[str, Any],
+) -> None:
+    """The checks of ``lggseg train`` on the values of ``train.json``, raising the first problem.
+
+    Args:
+        data_list_file_path: the ``datalist.json`` of ``lggseg prepare``.
+        fold: the test fold; ``val_fold`` the validation fold (default: the next one).
+        val_fold: the validation fold.
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        ckpt_dir: where ``model.pt`` goes (an existing one is never replaced).
+        output_dir: where TensorBoard events and the cache go.
+        run_config: ``train.json``'s ``run_config`` (:class:`~pipeline.config.RunConfig` fields).
+
+    Raises:
+        ValueError: one line naming the option, file or folder and the problem.
+    """
+    from pipeline.model_files import refuse_existing_model
+
+    validate_config(RunConfig.from_dict(dict(run_config)))
+    resolve_device(device)
+    _datalist_split(data_list_file_path, fold, val_fold)
+    inputs = [Path(data_list_file_path).parent]
+    for folder in (ckpt_dir, output_dir):
+        check_output_location(folder, inputs)
+    refuse_existing_model(Path(ckpt_dir) / "model.pt")
+
+
+def check_training(*args: Any, **kwargs: Any) -> None:
+    """:func:`training_problems` under the CLI's error rule (one line, ``SystemExit(2)``)."""
+    exit_on_bad_input(training_problems, *args, **kwargs)
+
+
+def evaluation_problems(
+    data_list_file_path: str | os.PathLike,
+    fold: int,
+    val_fold: int | None,
+    device: str,
+    ckpt_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    overwrite: bool,
+    run_config: Mapping[str, Any],
+) -> None:
+    """The checks of ``lggseg evaluate`` on the values of ``evaluate.json``, raising the first problem;
+    then the report's file names are claimed in the output's manifest (a later run may replace them with
+    ``overwrite``; a file of the same name that lggseg did not write is never replaced).
+
+    Args:
+        data_list_file_path: the ``datalist.json``; the patients of ``fold`` are evaluated.
+        fold: the test fold.
+        val_fold: the validation fold (only checked).
+        device: ``auto``, ``cpu`` or ``cuda[:i]``.
+        ckpt_path: the weights to evaluate (:func:`check_weights_file`).
+        output_dir: the report folder (an earlier report is replaced only with ``overwrite``).
+        overwrite: replace an earlier report that lggseg wrote there.
+        run_config: ``train.json``'s ``run_config``.
+
+    Raises:
+        ValueError: one line naming the option, file or folder and the problem.
+    """
+    from pipeline.workflows.prediction import REPORT_FILES
+
+    validate_config(RunConfig.from_dict(dict(run_config)))
+    resolve_device(device)
+    check_weights_file(ckpt_path)
+    _datalist_split(data_list_file_path, fold, val_fold)
+    transaction = OutputTransaction(
+        output_dir,
+        "bundle evaluate",
+        bool(overwrite),
+        [Path(data_list_file_path).parent, ckpt_path],
+        results="an evaluation report",
+        foreign_needs_overwrite=False,  # train.json's TensorBoard events and cache live there too
+    )
+    transaction.check(
+        REPORT_FILES, earlier=[name for name in REPORT_FILES if (Path(output_dir) / name).exists()]
+    )
+    transaction.claim(REPORT_FILES)
+
+
+def check_evaluation(*args: Any, **kwargs: Any) -> None:
+    """:func:`evaluation_problems` under the CLI's error rule (one line, ``SystemExit(2)``)."""
+    exit_on_bad_input(evaluation_problems, *args, **kwargs)
