@@ -3,12 +3,14 @@ atomic writes, and its state carried into a resumed run (on a bare Ignite engine
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Engine, Events
 
+from pipeline.safety import is_temporary, temporary_name
 from pipeline.training.handlers import AtomicCheckpointSaver
 
 
@@ -93,7 +95,7 @@ def test_a_failed_write_leaves_the_files_there_intact(tmp_path, monkeypatch):
     before = {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
 
     def broken_save(obj, f, *args, **kwargs):
-        f.write(b"half a model")
+        Path(f).write_bytes(b"half a model")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -102,6 +104,38 @@ def test_a_failed_write_leaves_the_files_there_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)} == before  # no partial file
     assert torch.load(tmp_path / "best_model.pt")["weight"].shape == (1, 2)
+
+
+def test_temporaries_name_their_process_and_a_killed_runs_are_removed(tmp_path, monkeypatch):
+    """A run killed with ``kill -9`` while saving left Ignite's ``tmpXXXXXXXX`` (18 MB) for good; the
+    temporary now names its process, and the next saver in the folder removes those of dead processes."""
+    stale = temporary_name(tmp_path / "checkpoint_epoch=3.pt")
+    stale = stale.with_name(re.sub(r"\.tmp-\d+-\d+-", ".tmp-999999999-0-", stale.name))  # no such process
+    stale.write_bytes(b"half a model")
+    running = temporary_name(tmp_path / "best_model.pt")  # this process: still writing
+    running.write_bytes(b"being written")
+    users = [tmp_path / "tmp1a2b3c4d", tmp_path / "notes.txt"]
+    for path in users:
+        path.write_text("the user's")
+    net = torch.nn.Linear(2, 1)
+    best, epochs = _savers(tmp_path, net)
+    assert not stale.exists() and running.exists() and all(p.read_text() == "the user's" for p in users)
+
+    written = []
+    real_save = torch.save
+
+    def recording_save(obj, f, *args, **kwargs):
+        written.append(Path(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", recording_save)
+    engine = _engine([0.3])
+    best.attach(engine)
+    epochs.attach(engine)
+    engine.run([0], max_epochs=1)
+    assert len(written) == 2 and all(is_temporary(p.name) and p.parent == tmp_path for p in written)
+    assert not any(p.exists() for p in written)  # renamed into place
+    assert {"best_model.pt", "checkpoint_epoch=1.pt"} <= _files(tmp_path)
 
 
 def test_bad_arguments():

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
@@ -25,7 +26,7 @@ from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.evaluation.overlays import FLAIR_CHANNEL, overlay_rgb
-from pipeline.safety import NoSpaceLeftError, no_space_left
+from pipeline.safety import NoSpaceLeftError, atomic_path, no_space_left, remove_stale_temporaries
 
 logger = logging.getLogger("lggseg.train")
 
@@ -172,18 +173,28 @@ class GradientClipHandler:
 
 
 class _AtomicDiskSaver(DiskSaver):
-    """Ignite's atomic ``DiskSaver`` (a temporary file in the folder, renamed into place) that reports a full
-    disk as :class:`pipeline.safety.NoSpaceLeftError` naming the file (torch says ``[enforce fail at
-    inline_container.cc]``); Ignite removes the temporary file, so nothing half-written is left."""
+    """Ignite's ``DiskSaver`` writing each file as the rest of lggseg does
+    (:func:`pipeline.safety.atomic_path`): under a hidden temporary name that carries this process's id,
+    fsynced, renamed into place. Ignite's own atomic mode names its temporary ``tmpXXXXXXXX``, which a run
+    killed with ``kill -9`` leaves behind (18 MB each) and which no one can tell from a user's file; these
+    are removed by the next run in the folder once their process is gone
+    (:func:`pipeline.safety.remove_stale_temporaries`). A full disk is
+    :class:`pipeline.safety.NoSpaceLeftError` naming the file (torch says ``[enforce fail at
+    inline_container.cc]``)."""
 
     def __init__(self, dirname: str | Path) -> None:
         super().__init__(dirname, atomic=True, require_empty=False)
+        remove_stale_temporaries(self.dirname)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:
+            return
+        path = self.dirname / filename
         try:
-            super().__call__(checkpoint, filename, metadata)
+            with atomic_path(path) as temporary:
+                torch.save(checkpoint, temporary)
         except (OSError, RuntimeError) as error:
-            full = no_space_left(error, self.dirname / filename)
+            full = no_space_left(error, path)
             if full is None:
                 raise
             raise NoSpaceLeftError(full.path) from None
