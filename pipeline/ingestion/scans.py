@@ -46,6 +46,7 @@ import SimpleITK as sitk
 
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.sequences import NIFTI_SUFFIXES, sequence_of_description, sequence_of_filename
+from pipeline.ingestion.volume_checks import check_nifti_header, unreadable_data
 
 logger = logging.getLogger(__name__)
 
@@ -380,25 +381,21 @@ def _check_nifti(path: Path) -> None:
     """Refuse a NIfTI file with less data than its header announces, or with NaN / Inf voxels.
 
     SimpleITK reads both silently (missing data and non-finite voxels become zeros), so the file itself is
-    checked: a float file's data is read with nibabel, any other file's stream is only decompressed.
+    checked: the header as the prepared-volume path checks it (:func:`check_nifti_header`); a float file's
+    data is read with nibabel, any other file's stream is only decompressed.
     """
     import gzip
     import zlib
 
-    import nibabel as nib
-
-    try:
-        loaded = nib.load(str(path))
-        header = loaded.header
-        dtype = header.get_data_dtype()
-        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * int(dtype.itemsize)
-    except Exception as err:  # nibabel raises several types for a broken header
-        raise LGGDataError(f"{path}: not a readable NIfTI file ({_reason(err)})") from None
+    loaded = check_nifti_header(path)
+    header = loaded.header
+    dtype = header.get_data_dtype()
+    expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * int(dtype.itemsize)
     if np.issubdtype(dtype, np.floating):
         try:
             data = np.asanyarray(loaded.dataobj)
         except (EOFError, OSError, ValueError, zlib.error) as err:
-            raise LGGDataError(f"{path}: truncated or corrupt file ({_reason(err)})") from None
+            raise unreadable_data(path, err) from None
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise LGGDataError(f"{path}: {bad} voxels are NaN or Inf; the scan cannot be segmented")
@@ -410,7 +407,7 @@ def _check_nifti(path: Path) -> None:
                 while chunk := stream.read(1 << 22):
                     total += len(chunk)
         except (EOFError, OSError, zlib.error) as err:
-            raise LGGDataError(f"{path}: truncated or corrupt file ({_reason(err)})") from None
+            raise unreadable_data(path, err) from None
     else:
         total = path.stat().st_size
     if total < expected:

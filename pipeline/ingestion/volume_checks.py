@@ -18,6 +18,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,11 +86,14 @@ def _reason(error: BaseException, path: Path) -> str:
     return text or type(error).__name__
 
 
-def check_nifti_header(path: str | os.PathLike) -> None:
+def check_nifti_header(path: str | os.PathLike) -> Any:
     """Refuse a file that is not a NIfTI image nibabel can open (reads the header only).
 
     Args:
         path: a regular ``.nii`` / ``.nii.gz`` file (:func:`check_regular_file` first).
+
+    Returns:
+        the nibabel image (its data not read yet).
 
     Raises:
         LGGDataError: an empty file, a wrong compression for its name, an unreadable header.
@@ -100,7 +104,7 @@ def check_nifti_header(path: str | os.PathLike) -> None:
     if path.stat().st_size == 0:
         raise LGGDataError(f"{path}: empty file (0 bytes), not a NIfTI image")
     try:
-        nib.load(path)
+        return nib.load(path)
     except Exception as error:  # nibabel raises several types for a broken header
         raise LGGDataError(
             f"{path}: not a readable NIfTI file ({_reason(error, path)}){_gzip_hint(path)}"
