@@ -333,6 +333,19 @@ def test_cv_replaces_its_own_fold_reports_when_run_again(world, tmp_path):
         assert (report / "metrics.json").is_file() and (tmp_path / "cv" / "metrics.json").is_file()
 
 
+def test_pooled_cv_report_never_replaces_a_users_file_and_says_so_before_evaluating(tmp_path):
+    from pipeline.workflows.cross_validation import evaluate_folds
+
+    pooled = tmp_path / "cv"
+    pooled.mkdir()
+    (pooled / "metrics.json").write_text("the user's")
+    missing = tmp_path / "fold0" / "checkpoints" / "best_model.pt"  # never read: the clash is said first
+    with pytest.raises(ValueError, match="did not write") as raised:
+        evaluate_folds({0: missing}, pooled, overrides={"device": "cpu"})
+    assert str(pooled) in str(raised.value) and "\n" not in str(raised.value)
+    assert (pooled / "metrics.json").read_text() == "the user's"
+
+
 def test_disk_full_in_prepare_blames_the_disk_not_the_patients(tmp_path, monkeypatch, capsys):
     """A full disk while prepare writes a patient is one line for the run, no patient listed as bad, and
     the output folder is left as it was (the staging folder goes with the error)."""

@@ -10,9 +10,10 @@ from typing import Any
 
 from pipeline.config import RunConfig, validate_config
 from pipeline.ingestion.datalist import load_datalist
+from pipeline.safety import OutputTransaction
 from pipeline.training.checkpoints import BEST_NAME, find_last_checkpoint
 from pipeline.workflows.builders import datalist_path
-from pipeline.workflows.prediction import evaluate
+from pipeline.workflows.prediction import REPORT_FILES, evaluate
 from pipeline.workflows.training import DONE_NAME, train
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,18 @@ def evaluate_folds(
 
     Returns:
         ``{"records": per-patient dicts of every fold, "paths": files of the pooled report}``.
+
+    Raises:
+        ValueError: before any fold is evaluated, when ``output`` holds a file lggseg did not write under a
+            name of the report (an earlier pooled report of lggseg is replaced).
     """
     from pipeline.evaluation.metrics import SliceMetricsAccumulator
     from pipeline.evaluation.report import write_report
+
+    pooled_report = OutputTransaction(
+        output, "cv", overwrite=True, inputs=list(checkpoints.values()), results="a pooled report"
+    )
+    pooled_report.check(REPORT_FILES)  # before hours of evaluation
 
     records: list[dict[str, Any]] = []
     pooled = SliceMetricsAccumulator()
@@ -81,6 +91,8 @@ def evaluate_folds(
         )
         records += result["records"]
         volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
+    pooled_report.check(REPORT_FILES)  # a file that appeared meanwhile is kept
+    pooled_report.claim(REPORT_FILES)
     paths = write_report(
         records,
         pooled.compute(),
