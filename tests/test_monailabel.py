@@ -306,8 +306,12 @@ def _free_port() -> int:
 class Server:
     """A MONAI Label server process serving ``apps/lggseg`` on 127.0.0.1."""
 
-    def __init__(self, studies: Path, conf: dict[str, str], log: Path) -> None:
+    def __init__(self, studies: Path, conf: dict[str, str], log: Path, tmp: Path | None = None) -> None:
+        """Args: ``tmp``, the server's ``TMPDIR`` (default: ``server-tmp`` beside ``log``), so that nothing
+        it writes there (MONAI Label's uploads, its logging config) is left in the machine's ``/tmp``."""
         self.port = _free_port()
+        self.tmp = tmp or log.parent / "server-tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self.studies, self.conf, self.log = studies, conf, log
         command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR)]
@@ -315,7 +319,7 @@ class Server:
         for key, value in conf.items():
             command += ["--conf", key, value]
         self._log_handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=self._log_handle, stderr=subprocess.STDOUT
         )

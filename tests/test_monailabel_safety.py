@@ -95,9 +95,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory):
         "max_upload_mb": str(MAX_UPLOAD_MB),
         "max_voxels": str(MAX_VOXELS),
     }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TMPDIR", str(tmp))  # the server's temporary folder
-        server = Server(studies, conf, root / "server.log")
+    server = Server(studies, conf, root / "server.log", tmp=tmp)  # tmp: the server's temporary folder
     try:
         server.wait_ready(START_DEADLINE_S)
         yield {
