@@ -53,13 +53,12 @@ def _training(tmp_path: Path, **changes) -> dict:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     values = {
-        "data_list_file_path": str(_datalist(data)),
-        "fold": 0,
-        "val_fold": None,
+        "splits": bundle_checks.datalist_splits(_datalist(data), 0, None),
         "device": "cpu",
         "ckpt_dir": str(tmp_path / "models" / "fold0"),
         "output_dir": str(tmp_path / "eval" / "fold0"),
         "run_config": _run_config(),
+        "dataset_dir": str(data),
     }
     return {**values, **changes}
 
@@ -79,15 +78,31 @@ def test_training_checks_pass_a_good_configuration_and_create_nothing(capsys, tm
     assert not (tmp_path / "models").exists() and not (tmp_path / "eval").exists()
 
 
+def test_a_bad_datalist_is_one_line(capsys, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    path = _datalist(data)
+    problems = [
+        ((tmp_path / "none.json", 0, None), "none.json does not exist"),
+        ((path, 7, None), "the test split of fold=7"),
+        ((path, 1, 1), "validation fold 1 is the test fold"),
+    ]
+    for args, words in problems:
+        with pytest.raises(SystemExit) as raised:
+            bundle_checks.datalist_splits(*args)
+        lines = capsys.readouterr().err.splitlines()
+        assert raised.value.code == 2 and len(lines) == 1 and words in lines[0], (args, lines)
+    splits = bundle_checks.datalist_splits(path, 1, None)
+    assert [e["patient"] for e in splits["test"]] == ["P10", "P11"] and splits["val_fold"] == 2
+
+
 def test_training_checks_say_each_problem_in_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     good = _training(tmp_path)
     bad_config = {**good["run_config"], "epochs": 0}
     (tmp_path / "file").write_text("a file")
     problems = [
-        ({"data_list_file_path": str(tmp_path / "none.json")}, "none.json does not exist"),
-        ({"fold": 7}, "the test split of fold=7"),
-        ({"fold": 1, "val_fold": 1}, "validation fold 1 is the test fold"),
+        ({"splits": {"train": [], "val": [{"image": "x"}]}}, "the train split is empty"),
         ({"device": "cuda"}, "cuda"),
         ({"run_config": bad_config}, "epochs"),
         ({"ckpt_dir": str(tmp_path / "data" / "models")}, "inside"),
@@ -96,6 +111,9 @@ def test_training_checks_say_each_problem_in_one_line(monkeypatch, capsys, tmp_p
     for change, words in problems:
         line = _say(capsys, bundle_checks.check_training, {**good, **change})
         assert words in line, (change, line)
+    # the MONAI Label trainer gives its splits itself and no data folder: nothing else is read
+    given = {"train": [{"image": "a"}], "val": [{"image": "a"}]}
+    bundle_checks.check_training(**{**good, "splits": given, "dataset_dir": None})
 
 
 def test_training_refuses_to_replace_a_model(capsys, tmp_path):
@@ -121,8 +139,8 @@ def test_evaluation_checks_the_weights_and_claims_the_report(capsys, tmp_path):
     values = _evaluation(tmp_path)
     line = _say(capsys, bundle_checks.check_evaluation, {**values, "ckpt_path": str(tmp_path / "no.pt")})
     assert "no.pt: model file not found" in line
-    line = _say(capsys, bundle_checks.check_evaluation, {**values, "fold": 5})
-    assert "fold=5" in line
+    line = _say(capsys, bundle_checks.check_evaluation, {**values, "splits": {"test": []}})
+    assert "the test split is empty" in line
     bundle_checks.check_evaluation(**values)  # good: passes and claims the report's names
     report = Path(values["output_dir"]) / "metrics.json"
     report.write_text("{}")  # what the run writes

@@ -130,29 +130,44 @@ def check_weights_file(path: str | os.PathLike) -> None:
 
 
 def _datalist_split(data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None) -> dict:
-    """The datalist read and split as ``train.json`` splits it (one-line errors)."""
     return split_folds(load_datalist(data_list_file_path), fold, val_fold)
 
 
+def datalist_splits(data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None) -> dict:
+    """``train.json``'s ``splits``: the datalist read and split by patient folds
+    (:func:`pipeline.ingestion.datalist.split_folds`); a missing or bad datalist, or an empty split, is one
+    line and ``SystemExit(2)``. A caller that gives ``splits`` itself (the MONAI Label trainer) reads none.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...], "val_fold": int}``.
+    """
+    return exit_on_bad_input(_datalist_split, data_list_file_path, fold, val_fold)
+
+
+def _check_parts(splits: Mapping[str, Any], parts: tuple[str, ...]) -> None:
+    for part in parts:
+        if not splits.get(part):
+            what = "evaluate" if part == "test" else "train on"
+            raise ValueError(f"splits: the {part} split is empty; nothing to {what}")
+
+
 def training_problems(
-    data_list_file_path: str | os.PathLike,
-    fold: int,
-    val_fold: int | None,
+    splits: Mapping[str, Any],
     device: str,
     ckpt_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     run_config: Mapping[str, Any],
+    dataset_dir: str | os.PathLike | None = None,
 ) -> None:
     """The checks of ``lggseg train`` on the values of ``train.json``, raising the first problem.
 
     Args:
-        data_list_file_path: the ``datalist.json`` of ``lggseg prepare``.
-        fold: the test fold; ``val_fold`` the validation fold (default: the next one).
-        val_fold: the validation fold.
+        splits: ``train.json``'s ``splits`` (:func:`datalist_splits`, which checked the datalist).
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         ckpt_dir: where ``model.pt`` goes (an existing one is never replaced).
         output_dir: where TensorBoard events and the cache go.
         run_config: ``train.json``'s ``run_config`` (:class:`~pipeline.config.RunConfig` fields).
+        dataset_dir: the data folder (no output may be inside it).
 
     Raises:
         ValueError: one line naming the option, file or folder and the problem.
@@ -161,8 +176,8 @@ def training_problems(
 
     validate_config(RunConfig.from_dict(dict(run_config)))
     resolve_device(device)
-    _datalist_split(data_list_file_path, fold, val_fold)
-    inputs = [Path(data_list_file_path).parent]
+    _check_parts(splits, ("train", "val"))
+    inputs = [dataset_dir] if dataset_dir else []
     for folder in (ckpt_dir, output_dir):
         check_output_location(folder, inputs)
     refuse_existing_model(Path(ckpt_dir) / "model.pt")
@@ -174,28 +189,26 @@ def check_training(*args: Any, **kwargs: Any) -> None:
 
 
 def evaluation_problems(
-    data_list_file_path: str | os.PathLike,
-    fold: int,
-    val_fold: int | None,
+    splits: Mapping[str, Any],
     device: str,
     ckpt_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     overwrite: bool,
     run_config: Mapping[str, Any],
+    dataset_dir: str | os.PathLike | None = None,
 ) -> None:
     """The checks of ``lggseg evaluate`` on the values of ``evaluate.json``, raising the first problem;
     then the report's file names are claimed in the output's manifest (a later run may replace them with
     ``overwrite``; a file of the same name that lggseg did not write is never replaced).
 
     Args:
-        data_list_file_path: the ``datalist.json``; the patients of ``fold`` are evaluated.
-        fold: the test fold.
-        val_fold: the validation fold (only checked).
+        splits: ``train.json``'s ``splits``; the ``test`` patients are evaluated.
         device: ``auto``, ``cpu`` or ``cuda[:i]``.
         ckpt_path: the weights to evaluate (:func:`check_weights_file`).
         output_dir: the report folder (an earlier report is replaced only with ``overwrite``).
         overwrite: replace an earlier report that lggseg wrote there.
         run_config: ``train.json``'s ``run_config``.
+        dataset_dir: the data folder (the report may not be inside it).
 
     Raises:
         ValueError: one line naming the option, file or folder and the problem.
@@ -205,18 +218,16 @@ def evaluation_problems(
     validate_config(RunConfig.from_dict(dict(run_config)))
     resolve_device(device)
     check_weights_file(ckpt_path)
-    _datalist_split(data_list_file_path, fold, val_fold)
+    _check_parts(splits, ("test",))
     transaction = OutputTransaction(
         output_dir,
         "bundle evaluate",
         bool(overwrite),
-        [Path(data_list_file_path).parent, ckpt_path],
+        [*([dataset_dir] if dataset_dir else []), ckpt_path],
         results="an evaluation report",
         foreign_needs_overwrite=False,  # train.json's TensorBoard events and cache live there too
     )
-    transaction.check(
-        REPORT_FILES, earlier=[name for name in REPORT_FILES if (Path(output_dir) / name).exists()]
-    )
+    transaction.check(REPORT_FILES)
     transaction.claim(REPORT_FILES)
 
 
