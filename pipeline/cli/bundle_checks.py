@@ -8,10 +8,11 @@ is built or read; on bad input it prints the CLI's one line (``lggseg: error: <f
 <problem>``) and exits with 2 (:func:`pipeline.cli.errors.exit_on_bad_input`).
 
 ``train.json`` starts with :func:`check_training` and ``evaluate.json`` with :func:`check_evaluation` (the
-options, the device, the datalist and its folds, where the model and the report go) under the same rule.
+options, the device, the splits, the weights, where the model and the report go) under the same rule.
 
 Only ``initialize`` runs the checks: a config parsed in Python (``ConfigParser.get_parsed_content``) builds
-its objects as before and raises ordinary exceptions.
+its objects as before and raises ordinary exceptions, with one exception: ``train.json``'s ``splits``
+(:func:`datalist_splits`) says a bad datalist in one line and exits with 2 wherever it is resolved.
 """
 
 from __future__ import annotations
