@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import platform
 import statistics
 import sys
 from collections.abc import Sequence
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_card import replace_block  # noqa: E402
+from model_card import hardware, patient_dice, replace_block  # noqa: E402
 from training_progress import parse_log  # noqa: E402
 
 from pipeline.config import network_in_channels  # noqa: E402
@@ -118,12 +116,6 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
 
 
 @functools.cache  # the reference is read once, not once per run
-def patient_dice(run: Path) -> dict[str, float]:
-    """``{patient: Dice}`` of the pooled test report ``RUN/cv``."""
-    report = json.loads((run / "cv" / "metrics.json").read_text())
-    return {p["patient_id"]: float(p["dice"]) for p in report["patients"]}
-
-
 def paired_with(row: dict[str, Any], run: Path, reference: Path) -> None:
     """Add the paired comparison of ``run`` with ``reference`` on their common test patients to ``row``.
 
@@ -150,19 +142,6 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         cells = ["-" if row.get(n) is None else fmt.format(row[n]) for n, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def hardware() -> str:
-    """This machine in words (CPU, cores, torch threads)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():  # Linux: the model name, not just the architecture
-        lines = cpuinfo.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

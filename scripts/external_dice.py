@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             dice_text = f"Dice {row['dice']:.3f}" if "dice" in row else "Dice   -  "
             print(f"{row['case']:45s} {dice_text}  predicted {row['pred_ml']:.1f} mL  {truth_text}")
     rule = {"thin_below_mm": model_grid.THIN_BELOW_MM, "slice_mm": model_grid.SLICE_MM}
-    write_figures({"checkpoint": str(args.checkpoint), **rule, "cases": rows}, args.output)
+    figures = {"checkpoint": str(args.checkpoint), "tta": args.tta, **rule, "cases": rows}
+    write_figures(figures, args.output)
     return 0
 
 

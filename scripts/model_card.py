@@ -7,15 +7,18 @@ Every number comes from the files of a finished cross-validation (no hand-edited
 - each ``RUN/fold<k>/evaluation*/metrics.json`` for the per-fold table;
 - the training logs (``scripts/training_progress.py``; folds trained side by side may have their own) for
   epochs, best validation Dice and time-to-quality;
-- the model file for its SHA-256, size and members.
+- the model file for its SHA-256, size and members;
+- optionally (``--reference``) the pooled test report of an earlier run, paired patient by patient;
+- optionally (``--external``) the figures of ``scripts/external_dice.py`` on the external development scans.
 
 It copies the Dice distribution plot and the best / median / worst overlays to ``BUNDLE/docs/images``,
 sets ``eval_metrics`` in ``BUNDLE/configs/metadata.json`` and replaces the text between
 ``<!-- cv-results:start -->`` and ``<!-- cv-results:end -->`` in each ``--markdown`` file. Files are written
 under a temporary name, then renamed.
 
-    python scripts/model_card.py --run runs/unext_r1 --log runs/unext_r1.log --model bundle/models/model.pt \
-        [--bundle bundle] [--markdown bundle/docs/README.md README.md]
+    python scripts/model_card.py --run runs/unext_r2 --log runs/unext_r2.log --model bundle/models/model.pt \
+        [--reference runs/unext_r1] [--external runs/unext_r2/external.json] [--bundle bundle] \
+        [--markdown bundle/docs/README.md README.md]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import sys
 from collections.abc import Sequence
@@ -52,6 +56,25 @@ def _stat(report: dict[str, Any], name: str, kind: str) -> float | None:
     """A pooled figure (``None`` when no patient defines it, e.g. HD95 with empty predictions)."""
     value = report["summary"]["overall"]["metrics"][name][kind]
     return None if value is None else float(value)
+
+
+def patient_dice(run: Path) -> dict[str, float]:
+    """``{patient: Dice}`` of the pooled test report ``RUN/cv``."""
+    report = json.loads((run / "cv" / "metrics.json").read_text())
+    return {p["patient_id"]: float(p["dice"]) for p in report["patients"]}
+
+
+def hardware() -> str:
+    """This machine in words (CPU, cores, torch threads)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # Linux: the model name, not just the architecture
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -101,9 +124,107 @@ def _trained_on_all(run: Path) -> bool:
     return any(bool(c.get("train_on_all")) for c in configs)
 
 
-def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: str) -> str:
+def _fold_configs(run: Path) -> dict[int, dict[str, Any]]:
+    """Each fold's ``config.json`` (the options it trained with), by fold number."""
+    configs = {}
+    for path in sorted(run.glob("fold*/config.json")):
+        config = json.loads(path.read_text())
+        configs[int(config.get("fold", path.parent.name.removeprefix("fold")))] = config
+    return configs
+
+
+def _test_folds(report: dict[str, Any]) -> dict[str, int]:
+    """``{patient: test fold}`` of a pooled cross-validation report."""
+    return {p["patient_id"]: int(p["fold"]) for p in report["patients"] if p.get("fold") is not None}
+
+
+def paired_lines(run: Path, reference: Path) -> list[str]:
+    """Markdown: the run against ``reference`` on their common test patients, pooled and per test fold.
+
+    Both runs' pooled test reports (``RUN/cv``, no post-processing) are compared patient by patient:
+    mean Dice difference, patients better / worse, two-sided Wilcoxon signed-rank p.
+    """
+    from scipy.stats import wilcoxon
+
+    ours, theirs = patient_dice(run), patient_dice(reference)
+    folds = _test_folds(_metrics(run / "cv"))
+    common = sorted(ours.keys() & theirs.keys())
+    groups = {"all": common} | {
+        f"fold {k}": [p for p in common if folds.get(p) == k] for k in sorted(set(folds.values()))
+    }
+    lines = [
+        f"Paired with the earlier recipe `{reference.name}` on the same test patients (both without "
+        "post-processing or TTA; Wilcoxon signed-rank, two-sided):",
+        "",
+        f"| test patients | n | Dice mean `{run.name}` | Dice mean `{reference.name}` | mean difference | "
+        "better / worse | Wilcoxon p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, patients in groups.items():
+        if not patients:
+            continue
+        diff = [ours[p] - theirs[p] for p in patients]
+        p_value = float(wilcoxon(diff).pvalue) if any(diff) and len(diff) > 1 else 1.0
+        better, worse = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
+        lines.append(
+            f"| {name} | {len(patients)} | {sum(ours[p] for p in patients) / len(patients):.3f} | "
+            f"{sum(theirs[p] for p in patients) / len(patients):.3f} | {sum(diff) / len(diff):+.3f} | "
+            f"{better} / {worse} | {p_value:.3f} |"
+        )
+    return lines
+
+
+def external_lines(figures: dict[str, Any], test_folds: dict[str, int]) -> list[str]:
+    """Markdown: the external development scans (``scripts/external_dice.py``'s JSON), each patient's
+    place in the cross-validation said (those in a test fold were in the training folds of the others)."""
+    lines = [
+        "External development scans (`../shared/data/external`, through the own-scans path of `lggseg "
+        f"infer`, each on its own grid; model `{Path(figures['checkpoint']).name}`, TTA "
+        f"{figures.get('tta') or 'as stored in the model'}): the raw TCIA series against its Kaggle mask "
+        "carried onto the raw grid, the BraTS-preprocessed volumes (skull-stripped, 1 mm) against the "
+        "BraTS algorithms' fusion (whole tumour; a reference, not an expert mask).",
+        "",
+        "| case | Dice | predicted mL | truth mL | in the development folds |",
+        "|---|---|---|---|---|",
+    ]
+    for row in figures["cases"]:
+        fold = test_folds.get(Path(row["case"]).name)  # the case folders are named after the patient
+        where = (
+            f"yes: test fold {fold}, training data of the other folds' models" if fold is not None else "no"
+        )
+        dice = "-" if row.get("dice") is None else f"{row['dice']:.3f}"
+        truth = "no truth" if row.get("truth_ml") is None else f"{row['truth_ml']:.1f}"
+        lines.append(f"| `{row['case']}` | {dice} | {row['pred_ml']:.1f} | {truth} | {where} |")
+    scored = [row["dice"] for row in figures["cases"] if row.get("dice") is not None]
+    if scored:
+        lines += ["", f"Mean Dice of the {len(scored)} scored cases: {sum(scored) / len(scored):.3f}."]
+    return lines
+
+
+def results_block(
+    run: Path,
+    logs: Sequence[Path],
+    model: Path,
+    image_prefix: str,
+    reference: Path | None = None,
+    external: dict[str, Any] | None = None,
+    machine: str | None = None,
+) -> str:
     """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
-    the model file's identity and the figures."""
+    the model file's identity and the figures.
+
+    Args:
+        run: the cross-validation run folder.
+        logs: its training logs (time-to-quality).
+        model: the shipped model file.
+        image_prefix: path from the Markdown file to the copied figures, ending with ``/``.
+        reference: an earlier run to pair with, patient by patient (optional).
+        external: ``scripts/external_dice.py``'s figures (optional).
+        machine: the hardware the run trained on, in words (default: this machine).
+
+    Returns:
+        the section, markers included.
+    """
     raw, chosen_report = _metrics(run / "cv"), _metrics(run / "cv_postprocessed")
     choice_path = run / "postprocessing.json"
     if not choice_path.is_file():
@@ -120,6 +241,17 @@ def results_block(run: Path, logs: Sequence[Path], model: Path, image_prefix: st
         report = fold_dir / "evaluation_postprocessed"
         if (report / "metrics.json").is_file():
             lines.append(_row(fold_dir.name, _metrics(report)))
+    if reference is not None:
+        lines += ["", *paired_lines(run, reference)]
+    configs = _fold_configs(run)
+    seeds = sorted({c.get("seed") for c in configs.values()}, key=str)
+    lines += [
+        "",
+        f"Folds trained: {', '.join(str(k) for k in sorted(configs))}; seed "
+        f"{', '.join(str(s) for s in seeds)}; hardware: {machine or hardware()}.",
+    ]
+    if external is not None:
+        lines += ["", *external_lines(external, _test_folds(raw))]
     nested = "nested" in choice.get("chosen_on", "")
     where = (
         "on the cross-validation's own predictions (a `train_on_all` run has no validation patients); "
@@ -207,6 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--log", type=Path, nargs="*", default=[], help="the CV training logs (time-to-quality)"
     )
     parser.add_argument("--bundle", type=Path, default=Path("bundle"), help="bundle folder (default: bundle)")
+    parser.add_argument("--reference", type=Path, help="an earlier run to pair with, patient by patient")
+    parser.add_argument("--external", type=Path, help="scripts/external_dice.py --output JSON of the model")
+    parser.add_argument(
+        "--hardware", help="the machine the run trained on, in words (default: this machine's CPU)"
+    )
     parser.add_argument(
         "--markdown",
         type=Path,
@@ -215,6 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     report = _metrics(args.run / "cv_postprocessed")  # before anything is written
+    if args.reference is not None:
+        _metrics(args.reference / "cv")
+    external = None
+    if args.external is not None:
+        if not args.external.is_file():
+            raise SystemExit(f"model_card: error: {args.external}: not found; run scripts/external_dice.py")
+        external = json.loads(args.external.read_text())
     images = args.bundle / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     for key, name in FIGURES.items():
@@ -225,7 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(meta_path, json.dumps(meta, indent=4) + "\n")
     for path in args.markdown or [args.bundle / "docs" / "README.md"]:
         prefix = Path(os.path.relpath(images.resolve(), path.resolve().parent)).as_posix()
-        block = results_block(args.run, args.log, args.model, f"{prefix}/")
+        block = results_block(
+            args.run, args.log, args.model, f"{prefix}/", args.reference, external, args.hardware
+        )
         atomic_write_text(path, replace_block(path.read_text(), block, path))
         print(f"{path}: cross-validation section written")
     print(f"{meta_path}: eval_metrics {json.dumps(meta['eval_metrics'])}")

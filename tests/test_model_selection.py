@@ -348,3 +348,47 @@ def test_model_card_knows_a_train_on_all_run(tmp_path, load_script):
     assert module._trained_on_all(tmp_path / "run")
     (tmp_path / "run" / "fold1" / "config.json").write_text(json.dumps({"fold": 1}))
     assert not module._trained_on_all(tmp_path / "run")
+
+
+def _pooled_report(run: Path, dice: dict[str, tuple[float, int]]) -> Path:
+    (run / "cv").mkdir(parents=True)
+    patients = [{"patient_id": p, "dice": d, "fold": k} for p, (d, k) in dice.items()]
+    (run / "cv" / "metrics.json").write_text(json.dumps({"patients": patients}))
+    return run
+
+
+def test_model_card_pairs_the_run_with_a_reference_pooled_and_per_fold(tmp_path, load_script):
+    module = load_script("model_card")
+    ours = _pooled_report(tmp_path / "new", {"a": (0.8, 0), "b": (0.6, 0), "c": (0.9, 1), "d": (0.5, 1)})
+    ref = _pooled_report(
+        tmp_path / "old", {"a": (0.7, 0), "b": (0.7, 0), "c": (0.8, 1), "d": (0.4, 1), "e": (1, 2)}
+    )
+    lines = module.paired_lines(ours, ref)
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in lines
+        if "| " in line
+    }
+    # all: differences +0.1, -0.1, +0.1, +0.1 (patient e is not in the new run)
+    assert rows["all"][:5] == ["4", "0.700", "0.650", "+0.050", "3 / 1"]
+    assert rows["fold 0"][:5] == ["2", "0.700", "0.700", "+0.000", "1 / 1"]
+    assert rows["fold 1"][:5] == ["2", "0.700", "0.600", "+0.100", "2 / 0"]
+    assert 0.0 < float(rows["all"][5]) <= 1.0
+
+
+def test_model_card_says_which_external_patients_were_in_the_development_folds(load_script):
+    module = load_script("model_card")
+    figures = {
+        "checkpoint": "runs/x/model.pt",
+        "tta": "flip",
+        "cases": [
+            {"case": "tcia_raw/TCGA_FG_6692_20020606", "pred_ml": 19.9, "dice": 0.8, "truth_ml": 23.8},
+            {"case": "brats_style/TCGA_DU_7294_19890104", "pred_ml": 25.4, "dice": 0.9, "truth_ml": 24.2},
+            {"case": "brats2023_example/BraTS-GLI-00001-000", "pred_ml": 127.0},
+        ],
+    }
+    text = "\n".join(module.external_lines(figures, {"TCGA_FG_6692_20020606": 0, "TCGA_DU_7294_19890104": 3}))
+    assert "| `tcia_raw/TCGA_FG_6692_20020606` | 0.800 | 19.9 | 23.8 | yes: test fold 0," in text
+    assert "| `brats_style/TCGA_DU_7294_19890104` | 0.900 | 25.4 | 24.2 | yes: test fold 3," in text
+    assert "| `brats2023_example/BraTS-GLI-00001-000` | - | 127.0 | no truth | no |" in text
+    assert "Mean Dice of the 2 scored cases: 0.850." in text and "TTA flip" in text
