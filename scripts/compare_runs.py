@@ -16,7 +16,6 @@ the Wilcoxon signed-rank p-value (paired). Nothing is typed by hand.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import sys
@@ -115,7 +114,6 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
     }
 
 
-@functools.cache  # the reference is read once, not once per run
 def paired_with(row: dict[str, Any], run: Path, reference: Path) -> None:
     """Add the paired comparison of ``run`` with ``reference`` on their common test patients to ``row``.
 

@@ -24,6 +24,7 @@ under a temporary name, then renamed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -58,6 +59,7 @@ def _stat(report: dict[str, Any], name: str, kind: str) -> float | None:
     return None if value is None else float(value)
 
 
+@functools.cache  # compare_runs reads the reference once, not once per run
 def patient_dice(run: Path) -> dict[str, float]:
     """``{patient: Dice}`` of the pooled test report ``RUN/cv``."""
     report = json.loads((run / "cv" / "metrics.json").read_text())
