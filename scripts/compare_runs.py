@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_card import hardware, patient_dice, replace_block  # noqa: E402
+from model_card import hardware, paired_difference, patient_dice, replace_block  # noqa: E402
 from training_progress import parse_log  # noqa: E402
 
 from pipeline.config import network_in_channels  # noqa: E402
@@ -121,16 +121,13 @@ def paired_with(row: dict[str, Any], run: Path, reference: Path) -> None:
     two-sided Wilcoxon signed-rank p-value (not corrected for the number of runs compared); both ``None``
     when the runs share no patient or are the reference itself.
     """
-    from scipy.stats import wilcoxon
-
     ours, theirs = patient_dice(run), patient_dice(reference)
     common = sorted(ours.keys() & theirs.keys())
     row["dice_diff_vs_ref"] = row["wilcoxon_p_vs_ref"] = None
     if not common or run.resolve() == reference.resolve():
         return
-    diff = [ours[p] - theirs[p] for p in common]
-    row["dice_diff_vs_ref"] = statistics.fmean(diff)
-    row["wilcoxon_p_vs_ref"] = float(wilcoxon(diff).pvalue) if any(diff) else 1.0
+    pair = paired_difference(ours, theirs, common)
+    row["dice_diff_vs_ref"], row["wilcoxon_p_vs_ref"] = pair["mean_diff"], pair["p"]
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:

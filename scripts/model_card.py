@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,6 +65,20 @@ def patient_dice(run: Path) -> dict[str, float]:
     """``{patient: Dice}`` of the pooled test report ``RUN/cv``."""
     report = json.loads((run / "cv" / "metrics.json").read_text())
     return {p["patient_id"]: float(p["dice"]) for p in report["patients"]}
+
+
+def paired_difference(ours: dict[str, float], theirs: dict[str, float], patients: Sequence[str]) -> dict:
+    """Paired per-patient Dice of two runs on ``patients``: ``mean_diff`` (ours minus theirs), ``better``,
+    ``worse`` and the two-sided Wilcoxon signed-rank ``p`` (1.0 when no difference or one patient)."""
+    from scipy.stats import wilcoxon
+
+    diff = [ours[p] - theirs[p] for p in patients]
+    return {
+        "mean_diff": statistics.fmean(diff),
+        "better": sum(d > 0 for d in diff),
+        "worse": sum(d < 0 for d in diff),
+        "p": float(wilcoxon(diff).pvalue) if any(diff) and len(diff) > 1 else 1.0,
+    }
 
 
 def hardware() -> str:
@@ -146,8 +161,6 @@ def paired_lines(run: Path, reference: Path) -> list[str]:
     Both runs' pooled test reports (``RUN/cv``, no post-processing) are compared patient by patient:
     mean Dice difference, patients better / worse, two-sided Wilcoxon signed-rank p.
     """
-    from scipy.stats import wilcoxon
-
     ours, theirs = patient_dice(run), patient_dice(reference)
     folds = _test_folds(_metrics(run / "cv"))
     common = sorted(ours.keys() & theirs.keys())
@@ -165,13 +178,11 @@ def paired_lines(run: Path, reference: Path) -> list[str]:
     for name, patients in groups.items():
         if not patients:
             continue
-        diff = [ours[p] - theirs[p] for p in patients]
-        p_value = float(wilcoxon(diff).pvalue) if any(diff) and len(diff) > 1 else 1.0
-        better, worse = sum(d > 0 for d in diff), sum(d < 0 for d in diff)
+        pair = paired_difference(ours, theirs, patients)
         lines.append(
-            f"| {name} | {len(patients)} | {sum(ours[p] for p in patients) / len(patients):.3f} | "
-            f"{sum(theirs[p] for p in patients) / len(patients):.3f} | {sum(diff) / len(diff):+.3f} | "
-            f"{better} / {worse} | {p_value:.3f} |"
+            f"| {name} | {len(patients)} | {statistics.fmean(ours[p] for p in patients):.3f} | "
+            f"{statistics.fmean(theirs[p] for p in patients):.3f} | {pair['mean_diff']:+.3f} | "
+            f"{pair['better']} / {pair['worse']} | {pair['p']:.3f} |"
         )
     return lines
 
