@@ -139,29 +139,24 @@ def test_configs_have_every_required_property(synthetic, tmp_path):
     assert not (REPO / "eval").exists()
 
 
-@pytest.mark.slow
-def test_bundle_training_equals_cli_training(synthetic, tmp_path):
-    """One short epoch through `monai.bundle run` and through `lggseg train`: identical weights."""
-    result = _run(
-        _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    # the CLI in its own process with the same environment (thread count included: float sums differ), given
-    # train.json's recipe as a --config file
+def _cli_train(data: Path, output: Path, tmp_path: Path, **overrides) -> Path:
+    """``lggseg train`` in its own process with the bundle's environment (thread count included: float sums
+    differ), given train.json's recipe (and ``overrides``) as a --config file; returns the model file."""
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps(_literal_scalars()))
+    recipe.write_text(json.dumps({**_literal_scalars(), **overrides}))
     cli_args = [
         "train",
         "--data",
-        str(synthetic / "prepared"),
+        str(data),
         "--output",
-        str(tmp_path / "cli"),
+        str(output),
         "--no-progress",
         "--config",
         str(recipe),
     ]
     for key, value in SHORT.items():
-        cli_args += [f"--{key.replace('_', '-')}", str(value)]
+        if key not in overrides:
+            cli_args += [f"--{key.replace('_', '-')}", str(value)]
     cli = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *cli_args],
         env=_env(),
@@ -170,12 +165,25 @@ def test_bundle_training_equals_cli_training(synthetic, tmp_path):
         cwd=REPO,
     )
     assert cli.returncode == 0, cli.stderr[-3000:]
-    run_dir = tmp_path / "cli" / "lggseg" / "fold0"
+    return output / "lggseg" / "fold0" / "checkpoints" / "best_model.pt"
+
+
+def _same_weights(first: Path, second: Path) -> bool:
+    a, b = (torch.load(p, weights_only=True)["model"] for p in (first, second))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_bundle_training_equals_cli_training(synthetic, tmp_path):
+    """One short epoch through `monai.bundle run` and through `lggseg train`: identical weights."""
+    result = _run(
+        _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = _cli_train(synthetic / "prepared", tmp_path / "cli", tmp_path)
     bundle = torch.load(tmp_path / "b" / "models" / "fold0" / "model.pt", weights_only=True)
-    ours = torch.load(run_dir / "checkpoints" / "best_model.pt", weights_only=True)
     assert set(bundle) >= {"model", "config"}
-    assert bundle["model"].keys() == ours["model"].keys()
-    assert all(torch.equal(bundle["model"][k], ours["model"][k]) for k in ours["model"])
+    assert _same_weights(tmp_path / "b" / "models" / "fold0" / "model.pt", ours)
     # the command-line overrides took effect: one epoch, on the CPU
     assert "Epoch[1] Complete" in result.stdout and "Epoch[2]" not in result.stdout
     assert bundle["config"]["epochs"] == 1
@@ -195,6 +203,30 @@ def test_bundle_training_equals_cli_training(synthetic, tmp_path):
         _bundle("train.json"), bundle_root=tmp_path / "b", dataset_dir=synthetic / "prepared", **SHORT
     )
     assert again.returncode != 0 and "exists and training would replace it" in again.stderr + again.stdout
+
+
+@pytest.mark.slow
+def test_bundle_train_on_all_equals_cli_train_on_all(synthetic, tmp_path):
+    """``--train_on_all true`` (nnU-Net style, the shipped recipe): the bundle trains on every fold but the
+    test fold and keeps the last epoch's model, as ``lggseg train --train-on-all`` does (same weights)."""
+    short = {**SHORT, "epochs": 2, "val_interval": 1}
+    result = _run(
+        _bundle("train.json"),
+        bundle_root=tmp_path / "b",
+        dataset_dir=synthetic / "prepared",
+        train_on_all=True,
+        **short,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = tmp_path / "b" / "models" / "fold0" / "model.pt"
+    assert sorted(p.name for p in model.parent.iterdir()) == ["model.pt"]
+    assert load_checkpoint(model)["config"]["train_on_all"] is True
+    recipe = {"train_on_all": True, "epochs": 2, "val_interval": 1}
+    ours = _cli_train(synthetic / "prepared", tmp_path / "cli", tmp_path, **recipe)
+    assert _same_weights(model, ours)
+    # and not the weights of the plain split: a different training set gives different weights
+    plain = _cli_train(synthetic / "prepared", tmp_path / "plain", tmp_path, epochs=2, val_interval=1)
+    assert not _same_weights(model, plain)
 
 
 def _affine_and_shape(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:

@@ -164,3 +164,24 @@ def test_resumes_a_best_model_recorded_under_ignites_own_name(tmp_path):
     engine.run([0], max_epochs=2)
     assert torch.load(tmp_path / "best_model.pt")["weight"].eq(2).all()
     assert best.state_dict() == {"key_metric": {"_saved": [(0.7, "best_model.pt")]}}
+
+
+def test_final_model_is_saved_when_the_run_completes_and_never_after_an_exception(tmp_path):
+    """``save_final`` (what ``train_on_all`` keeps): the last epoch's weights, once; a run that stops on an
+    exception leaves no such file (MONAI's ``save_final`` would save one, as if finished)."""
+    net = torch.nn.Linear(2, 1)
+    final = AtomicCheckpointSaver(tmp_path, {"model": net}, save_final=True, final_filename="model.pt")
+    engine = _engine([0.9, 0.1, 0.2])  # the scores do not matter: the last epoch is kept
+    final.attach(engine)
+    engine.add_event_handler(Events.EPOCH_STARTED, _mark_weights, net)
+    engine.run([0], max_epochs=3)
+    assert _files(tmp_path) == {"model.pt"}
+    assert torch.load(tmp_path / "model.pt")["weight"].eq(3).all()
+
+    broken_dir = tmp_path / "broken"
+    broken = AtomicCheckpointSaver(broken_dir, {"model": net}, save_final=True, final_filename="model.pt")
+    failing = Engine(lambda e, batch: (_ for _ in ()).throw(RuntimeError("interrupted")))
+    broken.attach(failing)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        failing.run([0], max_epochs=2)
+    assert not (broken_dir / "model.pt").exists()

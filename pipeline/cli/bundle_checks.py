@@ -130,19 +130,24 @@ def check_weights_file(path: str | os.PathLike) -> None:
     check_finite_weights(weights, path)
 
 
-def _datalist_split(data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None) -> dict:
-    return split_folds(load_datalist(data_list_file_path), fold, val_fold)
+def _datalist_split(
+    data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None, train_on_all: bool
+) -> dict:
+    return split_folds(load_datalist(data_list_file_path), fold, val_fold, train_on_all)
 
 
-def datalist_splits(data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None) -> dict:
+def datalist_splits(
+    data_list_file_path: str | os.PathLike, fold: int, val_fold: int | None, train_on_all: bool = False
+) -> dict:
     """``train.json``'s ``splits``: the datalist read and split by patient folds
-    (:func:`pipeline.ingestion.datalist.split_folds`); a missing or bad datalist, or an empty split, is one
-    line and ``SystemExit(2)``. A caller that gives ``splits`` itself (the MONAI Label trainer) reads none.
+    (:func:`pipeline.ingestion.datalist.split_folds`, ``train_on_all`` as there); a missing or bad datalist,
+    or an empty split, is one line and ``SystemExit(2)``. A caller that gives ``splits`` itself (the MONAI
+    Label trainer) reads none.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...], "val_fold": int}``.
     """
-    return exit_on_bad_input(_datalist_split, data_list_file_path, fold, val_fold)
+    return exit_on_bad_input(_datalist_split, data_list_file_path, fold, val_fold, train_on_all)
 
 
 def _check_parts(splits: Mapping[str, Any], parts: tuple[str, ...]) -> None:

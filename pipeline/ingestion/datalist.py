@@ -274,7 +274,7 @@ def load_datalist(
 
 
 def split_folds(
-    entries: Sequence[Mapping[str, Any]], fold: int, val_fold: int | None = None
+    entries: Sequence[Mapping[str, Any]], fold: int, val_fold: int | None = None, train_on_all: bool = False
 ) -> dict[str, list[dict]]:
     """Patient-level split of datalist entries: ``fold`` is the test fold, ``val_fold`` (default: the next
     fold present) the validation fold, every other fold trains.
@@ -283,6 +283,8 @@ def split_folds(
         entries: entries with a ``fold`` (from :func:`load_datalist`).
         fold: the test fold.
         val_fold: the validation fold (must differ from ``fold``).
+        train_on_all: nnU-Net style: the validation fold trains too, and ``"val"`` is the test fold, only
+            watched (never used to choose a model; the last one is kept).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...], "val_fold": int}``.
@@ -308,4 +310,6 @@ def split_folds(
             raise ValueError(
                 f"the {name} split of fold={fold}, val_fold={val_fold} is empty (folds present: {folds})"
             )
+    if train_on_all:
+        parts = {"train": parts["train"] + parts["val"], "val": parts["test"], "test": parts["test"]}
     return {**parts, "val_fold": val_fold}

@@ -233,6 +233,10 @@ class AtomicCheckpointSaver:
         epoch_level: ``save_interval`` counts epochs (``True``) or iterations.
         save_interval: save every N epochs (or iterations); 0: no interval checkpoints.
         n_saved: interval files kept (``None``: all).
+        save_final: save once when the engine's run completes (what ``train_on_all`` keeps, as nnU-Net
+            keeps its final checkpoint). Unlike MONAI's ``save_final``, nothing is saved when the run
+            stops on an exception: an interrupted training leaves no file that looks finished.
+        final_filename: the name of that file.
 
     Raises:
         ValueError: ``key_metric_filename`` with ``key_metric_n_saved`` > 1, or nothing to save.
@@ -253,6 +257,8 @@ class AtomicCheckpointSaver:
         epoch_level: bool = True,
         save_interval: int = 0,
         n_saved: int | None = None,
+        save_final: bool = False,
+        final_filename: str = "model.pt",
     ) -> None:
         if not save_dict:
             raise ValueError("AtomicCheckpointSaver needs objects to save (save_dict)")
@@ -287,6 +293,12 @@ class AtomicCheckpointSaver:
                 score_name="epoch" if epoch_level else "iteration",
                 n_saved=n_saved,
             )
+        if save_final:
+            self.checkpoints["final"] = Checkpoint(
+                to_save=save_dict,
+                save_handler=_FixedNameDiskSaver(self.save_dir),
+                filename_pattern=final_filename.replace("{", "{{").replace("}", "}}"),
+            )
 
     def _key_metric_score(self, engine: Engine) -> float:
         name = self.key_metric_name or getattr(engine.state, "key_metric_name", None)
@@ -302,7 +314,8 @@ class AtomicCheckpointSaver:
         return engine.state.epoch if self.epoch_level else engine.state.iteration
 
     def attach(self, engine: Engine) -> None:
-        """Save the best model after every epoch of ``engine`` and the interval checkpoints every N epochs."""
+        """Save the best model after every epoch of ``engine``, the interval checkpoints every N epochs and
+        the final model when the run completes."""
         if self.name is None:
             self.logger = engine.logger
         if "key_metric" in self.checkpoints:
@@ -310,6 +323,20 @@ class AtomicCheckpointSaver:
         if "interval" in self.checkpoints:
             event = Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED
             engine.add_event_handler(event(every=self.save_interval), self._save_interval)
+        if "final" in self.checkpoints:
+            engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def save_final(self, engine: Engine) -> Path:
+        """Save the final model of ``engine`` now (also called directly, e.g. by a resumed run that had
+        already finished its epochs).
+
+        Returns:
+            the path written.
+        """
+        self.checkpoints["final"](engine)
+        path = Path(self.checkpoints["final"].last_checkpoint)
+        self.logger.info("saved the final model of epoch %d as %s", engine.state.epoch, path)
+        return path
 
     def _save_interval(self, engine: Engine) -> None:
         self.checkpoints["interval"](engine)

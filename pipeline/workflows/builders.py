@@ -76,13 +76,10 @@ def split_datalist(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     datalist = datalist_path(cfg.data)
     entries = load_datalist(datalist)
     try:
-        parts = split_folds(entries, cfg.fold, cfg.val_fold)
+        parts = split_folds(entries, cfg.fold, cfg.val_fold, cfg.train_on_all)
     except ValueError as err:
         raise ValueError(f"{datalist}: {err}") from err
-    train, val, test = parts["train"], parts["val"], parts["test"]
-    if cfg.train_on_all:  # nnU-Net style: the validation fold trains too; the test fold is only watched
-        return train + val, test, test
-    return train, val, test
+    return parts["train"], parts["val"], parts["test"]
 
 
 def _cache_dir(cfg: RunConfig, tag: str) -> Path:

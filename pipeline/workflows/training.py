@@ -53,7 +53,6 @@ from pipeline.workflows.builders import (
 logger = logging.getLogger(__name__)
 
 DONE_NAME = "training_done.json"
-FINAL_MARK = "final_epoch"  # the "score" of the model train_on_all keeps: its epoch
 CONFIG_NAME = "config.json"
 
 
@@ -256,16 +255,11 @@ def save_final_model(run: Mapping[str, Any]) -> Path:
     saver = AtomicCheckpointSaver(
         save_dir=str(run["ckpt_dir"]),
         save_dict={MODEL_KEY: run["network"], "config": run["to_save"]["config"]},
-        save_key_metric=True,
-        key_metric_name=FINAL_MARK,
-        key_metric_filename=BEST_NAME,
+        save_final=True,
+        final_filename=BEST_NAME,
+        name=logger.name,
     )
-    trainer = run["trainer"]
-    trainer.state.metrics[FINAL_MARK] = float(trainer.state.epoch)
-    saver.checkpoints["key_metric"](trainer)
-    path = Path(run["ckpt_dir"]) / BEST_NAME
-    logger.info("train_on_all: kept the model of epoch %d as %s", trainer.state.epoch, path)
-    return path
+    return saver.save_final(run["trainer"])
 
 
 def train(
