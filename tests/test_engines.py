@@ -178,6 +178,9 @@ def test_two_epoch_run_writes_checkpoints_tensorboard_and_a_report(synthetic_dat
     assert len(report["records"]) == len(test_patients)
     for record in report["records"]:
         assert 0.0 <= record["dice"] <= 1.0 and record["eval_s"] > 0 and record["load_s"] >= 0
+    # each patient's datalist fields reach the report (MONAI leaves the decollated batch in the state)
+    truth = {e["patient"]: (e["fold"], e["institution"]) for e in test_patients}
+    assert {r["patient_id"]: (r["fold"], r["institution"]) for r in report["records"]} == truth
     for name in ("metrics_per_patient.csv", "metrics.json", "dice_per_institution.png", "overlay_worst.png"):
         assert (tmp_path / "eval" / name).is_file()
     pid = report["records"][0]["patient_id"]
@@ -257,9 +260,11 @@ def test_same_seed_same_metrics(synthetic_data, tmp_path):
 def test_cross_validation_pools_every_patient(synthetic_data, tmp_path):
     cfg = _tiny(synthetic_data, tmp_path, epochs=1, overlay_images=0)
     result = cross_validate(cfg)
-    assert sorted(r["patient_id"] for r in result["records"]) == sorted(
-        e["patient"] for e in json.loads((synthetic_data / "datalist.json").read_text())["training"]
-    )
+    datalist = json.loads((synthetic_data / "datalist.json").read_text())["training"]
+    assert sorted(r["patient_id"] for r in result["records"]) == sorted(e["patient"] for e in datalist)
+    # the pooled report says which fold's model tested each patient (the model card groups by it)
+    tested_by = {r["patient_id"]: r["fold"] for r in result["records"]}
+    assert tested_by == {e["patient"]: e["fold"] for e in datalist}
     assert (tmp_path / "lggseg" / "cv" / "metrics.json").is_file()
     # finished folds are not trained again
     stamp = (tmp_path / "lggseg" / "fold0" / "checkpoints" / "checkpoint_epoch=1.pt").stat().st_mtime_ns

@@ -89,7 +89,7 @@ class PatientReportHandler:
         batch = engine.state.batch
         for index, item in enumerate(engine.state.output):
             start = time.perf_counter()
-            entry = {k: _item(batch[k], index) for k in ("patient", "institution", "fold") if k in batch}
+            entry = _entry_of(batch, index)
             pid = str(entry.get("patient") or patient_of(item))
             pred = (torch.as_tensor(item["pred"]).detach().cpu()[0] > 0).numpy()
             truth = (torch.as_tensor(item["label"]).detach().cpu()[0] > 0).numpy()
@@ -170,6 +170,16 @@ class PatientReportHandler:
         pred = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)
         truth = loaded["label"].numpy()[0] if "label" in loaded else None
         return loaded["image"].numpy(), truth, pred
+
+
+def _entry_of(batch: Any, index: int) -> dict[str, Any]:
+    """The ``patient``, ``institution`` and ``fold`` of item ``index`` of ``engine.state.batch``: a collated
+    mapping, or the list of per-item mappings MONAI's workflows leave there once they decollate."""
+    keys = ("patient", "institution", "fold")
+    if isinstance(batch, (list, tuple)):
+        item = batch[index] if index < len(batch) else {}
+        return {k: item[k] for k in keys if isinstance(item, Mapping) and k in item}
+    return {k: _item(batch[k], index) for k in keys if k in batch}
 
 
 def _item(value: Any, index: int) -> Any:
