@@ -83,6 +83,8 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
         raise FileNotFoundError(f"{report_path}: not found; run `lggseg cv` for this run to the end")
     metrics = json.loads(report_path.read_text())["summary"]["overall"]["metrics"]
     dones = [json.loads((m.parent.parent / "training_done.json").read_text()) for m in models.values()]
+    # a run taken apart from a shipped ensemble (scripts/ensemble_members.py) has no training record
+    best = [float(d["best_metric"]) for d in dones if "best_metric" in d]
     timings = []
     for model in models.values():
         fold_report = model.parent.parent / "evaluation" / "metrics.json"
@@ -104,7 +106,7 @@ def run_row(run: Path, logs: Sequence[Path] = ()) -> dict[str, Any]:
         "folds": len(models),
         "epochs": int(config["epochs"]),
         "samples_per_volume_epoch": int(config.get("volume_repeats", 1)) * int(config.get("num_samples", 1)),
-        "best_val_dice": statistics.fmean(float(d["best_metric"]) for d in dones),
+        "best_val_dice": statistics.fmean(best) if best else None,
         "dice_mean": metrics["dice"]["mean"],
         "dice_median": metrics["dice"]["median"],
         "hd95_mean_mm": metrics["hd95_mm"]["mean"],

@@ -4,6 +4,7 @@ on validation folds (``lggseg choose-postprocessing``)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -241,6 +242,13 @@ def test_compare_runs_reads_every_figure_from_the_run(cv_run, tmp_path, capsys, 
         sum(p.numel() for p in build_network("unext", 2, 3, 1).parameters()) / 1e6
     )
     assert row["train_min_per_fold"] == pytest.approx(2.0)  # folds 0 and 1 logged: (1 + 3) / 2 minutes
+    # a run taken apart from an ensemble (scripts/ensemble_members.py) has no best_metric: left empty
+    members = tmp_path / "members"
+    shutil.copytree(cv_run, members)
+    for done in members.glob("fold*/training_done.json"):
+        done.write_text(json.dumps({"from_ensemble": "model.pt", "fold": int(done.parent.name[4:])}))
+    member_row = module.run_row(members, [])
+    assert member_row["best_val_dice"] is None and member_row["dice_mean"] == pytest.approx(row["dice_mean"])
     # the table goes into the marked section of each --markdown file; a file without one stops it first
     readme, plain = tmp_path / "README.md", tmp_path / "plain.md"
     readme.write_text(f"# x\n{module.START}\nold\n{module.END}\nend\n")
