@@ -7,9 +7,10 @@ checks them against each other before any work starts.
 The defaults are the UNeXt training script's. The bundle's ``train.json`` uses the same names (a few spelt as
 the MONAI Model Zoo does, :data:`BUNDLE_NAMES`) and the same defaults, except where the recipe of the shipped
 model chose otherwise: ``scripts/install_model.py`` writes that recipe into ``train.json`` from the model
-file, so that ``monai.bundle run`` trains what the bundle ships (today: 40 epochs, validation every 2, 2.5D
-context 1, deep supervision, batch Dice, AdamW with weight decay 1e-2, 2 warm-up epochs). A test checks that
-every difference is the shipped model's recipe.
+file, so that ``monai.bundle run`` trains what the bundle ships (today, recipe r2: 30 epochs, the test fold
+watched every 5, ``train_on_all``, 2.5D context 1, deep supervision, batch Dice, AdamW with weight decay 1e-2,
+2 warm-up epochs, and the robustness augmentations: skull-stripped views, sequence dropout, zoom, bias field,
+histogram shift, smoothing, noise). A test checks that every difference is the shipped model's recipe.
 """
 
 from __future__ import annotations
