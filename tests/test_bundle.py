@@ -225,7 +225,9 @@ def test_bundle_train_on_all_equals_cli_train_on_all(synthetic, tmp_path):
     ours = _cli_train(synthetic / "prepared", tmp_path / "cli", tmp_path, **recipe)
     assert _same_weights(model, ours)
     # and not the weights of the plain split: a different training set gives different weights
-    plain = _cli_train(synthetic / "prepared", tmp_path / "plain", tmp_path, epochs=2, val_interval=1)
+    plain = _cli_train(
+        synthetic / "prepared", tmp_path / "plain", tmp_path, epochs=2, val_interval=1, train_on_all=False
+    )
     assert not _same_weights(model, plain)
 
 
