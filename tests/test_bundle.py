@@ -349,8 +349,10 @@ def test_verify_net_in_out_and_torchscript_export(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo(synthetic, tmp_path):
-    """DDP on two CPU processes: different samples per rank, identical weights, one checkpoint."""
+@pytest.mark.parametrize("train_on_all", [True, False])
+def test_torchrun_two_processes_gloo(synthetic, tmp_path, train_on_all):
+    """DDP on two CPU processes: different samples per rank, identical weights, one checkpoint (the final
+    model with ``train_on_all``, the shipped recipe; the best one by validation otherwise)."""
     probe = tmp_path / "probe.json"
     probe.write_text(
         json.dumps(
@@ -378,16 +380,17 @@ def test_torchrun_two_processes_gloo(synthetic, tmp_path):
         "batch_size": 4,
         "num_samples": 2,
         "volume_repeats": 2,
+        "train_on_all": train_on_all,
     }.items():
         cmd += [f"--{key}", str(value)]
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert ranks[0]["samples"] != ranks[1]["samples"]  # each rank its own share of one permutation
-    assert (
-        len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == 2
-    )  # 2 training volumes x 2 visits / 2 ranks
-    assert sorted(ranks[0]["samples"] + ranks[1]["samples"]) == [0, 0, 1, 1]
+    # training volumes (train_on_all: every fold but test fold 0, 4; else 2) x 2 visits / 2 ranks
+    volumes = 4 if train_on_all else 2
+    assert len(ranks[0]["samples"]) == len(ranks[1]["samples"]) == volumes
+    assert sorted(ranks[0]["samples"] + ranks[1]["samples"]) == sorted(2 * list(range(volumes)))
     assert all(torch.equal(ranks[0]["weights"][k], ranks[1]["weights"][k]) for k in ranks[0]["weights"])
     models = list((tmp_path / "ddp").rglob("model.pt"))
     assert len(models) == 1
