@@ -97,6 +97,7 @@ class RunConfig(TransformSettings):
     cache_dir: str | None = None
     val_interval: int = 1
     amp: bool = True
+    amp_cpu: bool = False
     grad_clip: float = 0.0
     device: str = "auto"
     resume: bool = False
@@ -173,7 +174,14 @@ OPTION_HELP: dict[str, str] = {
     "cache": "memory (CacheDataset), disk (PersistentDataset) or none",
     "cache_dir": "folder of the disk cache (default OUTPUT/NAME/cache)",
     "val_interval": "validate every N epochs (and after the last)",
-    "amp": "mixed precision on CUDA",
+    "amp": "mixed precision on CUDA (MONAI's float16 autocast and gradient scaling); the CPU: --amp-cpu",
+    "amp_cpu": "training on the CPU: bf16 autocast and channels-last (AVX512-BF16/AMX CPUs; float32 "
+    "where unsupported, said in one log line); float32 weights, model files as without it; CUDA: --amp",
+    "crop_size": "2D training: crop each sampled slice to H W before the augmentations, tumour-centred in "
+    "tumour slices (default: whole slices; inference always runs on whole slices)",
+    "prob_edge_negative": "2D training: fraction of the tumour-free slice draws taken from the outermost "
+    "--edge-slices slices at each end of the volume (vertex, skull base: hard negatives)",
+    "edge_slices": "slices at each end of the volume that --prob-edge-negative draws from",
     "grad_clip": "clip the gradient norm (0: off)",
     "device": "auto (CUDA when present), cpu or cuda[:i]",
     "resume": "continue the run in OUTPUT/NAME/fold<k> from its last checkpoint_epoch=N.pt",
@@ -441,6 +449,14 @@ def validate_config(cfg: RunConfig) -> None:
         )
     if cfg.spatial_dims == 3 and cfg.context:
         raise ValueError("context (2.5D) applies to 2D networks only; use spatial_dims=2 or context=0")
+    if cfg.spatial_dims == 3 and (cfg.crop_size is not None or cfg.prob_edge_negative > 0):
+        raise ValueError(
+            "crop_size and prob_edge_negative apply to 2D training (slices); 3D trains on patch_size"
+        )
+    if cfg.crop_size is not None and min(cfg.crop_size) < 1:
+        raise ValueError(f"crop_size must be positive, got {tuple(cfg.crop_size)}")
+    if cfg.edge_slices < 1:
+        raise ValueError(f"edge_slices must be >= 1, got {cfg.edge_slices}")
     if cfg.spatial_dims == 3 and cfg.input_size is not None:
         raise ValueError(
             "input_size applies to 2D networks only (3D inference runs at the native size); "

@@ -32,6 +32,7 @@ from torch.utils.data import DistributedSampler, RandomSampler, Sampler, Subset
 
 from pipeline.inference.inferers import VolumePrepareBatch
 from pipeline.safety import atomic_write_json
+from pipeline.training.autocast import AutocastInferer, cpu_bf16_supported, to_channels_last
 
 KEY_METRIC = "val_mean_dice"
 FAILURES_FILENAME = "failures.json"
@@ -207,15 +208,28 @@ def build_trainer(
     loss_function: Any,
     inferer: Inferer | None = None,
     amp: bool = False,
+    amp_cpu: bool = False,
     train_handlers: Sequence[Any] | None = None,
 ) -> SupervisedTrainer:
     """MONAI's ``SupervisedTrainer`` (batched output, gradients set to ``None``).
 
     Args:
         device, max_epochs, train_data_loader, network, optimizer, loss_function, inferer: as in MONAI.
-        amp: mixed precision (only honoured on CUDA).
+        amp: mixed precision on CUDA (MONAI's float16 autocast and gradient scaling); ignored on the CPU.
+        amp_cpu: on the CPU, bf16 autocast of the forward pass with channels-last 2D networks
+            (:class:`pipeline.training.autocast.AutocastInferer` around ``inferer``; the network is converted
+            in place) where the CPU runs bf16 natively, float32 otherwise (one log line says so); ignored
+            on CUDA.
         train_handlers: ``attach(engine)`` objects, attached in order (put the epoch checkpoint last).
     """
+    inferer = inferer or SimpleInferer()
+    if amp_cpu and torch.device(device).type == "cpu":
+        if cpu_bf16_supported():
+            inferer = AutocastInferer(inferer, channels_last=to_channels_last(network))
+        else:
+            logging.getLogger(__name__).warning(
+                "amp_cpu: this CPU has no native bf16 (AVX512-BF16 / AMX); training in float32"
+            )
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=max_epochs,
@@ -223,7 +237,7 @@ def build_trainer(
         network=network,
         optimizer=optimizer,
         loss_function=loss_function,
-        inferer=inferer or SimpleInferer(),
+        inferer=inferer,
         amp=amp and torch.device(device).type == "cuda",
         decollate=False,
         optim_set_to_none=True,

@@ -192,8 +192,16 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
 
     Each of the ``num_samples`` slices is positive (holds tumour) with probability ``pos / (pos + neg)``
     and negative (tumour-free) otherwise; when a volume has no slice of the drawn kind, any slice of the
-    other kind is taken. The image becomes ``(C * (2k + 1), H, W)`` (see :func:`gather_slices`), the label
-    the centre slice ``(1, H, W)``; other keys are copied, and ``slice_index`` records the slice.
+    other kind is taken. A fraction ``prob_edge_negative`` of the negative draws comes from the outermost
+    ``edge_slices`` slices at each end of the volume (vertex, skull base: hard negatives that uniform
+    sampling rarely shows; any negative slice when none lies there). The image becomes
+    ``(C * (2k + 1), H, W)`` (see :func:`gather_slices`), the label the centre slice ``(1, H, W)``; other keys
+    are copied, and ``slice_index`` records the slice.
+
+    With ``crop_size`` each sampled slice is then cropped to ``(h, w)`` (padded first where smaller) by
+    MONAI's ``RandCropByPosNegLabeld``: centred on a tumour pixel of a positive slice, on a brain pixel
+    (any channel non-zero after :class:`BrainNormalize`) of a negative one, shifted to stay inside the
+    slice. The augmentations that follow then run on the crop; inference still sees whole slices.
 
     Args:
         keys: image keys to slice with context (the label key is sliced without context).
@@ -203,7 +211,13 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         neg: weight of negative slices.
         context: neighbouring slices on each side as extra channels (2.5D).
         dtype: dtype of the sampled image and label (the cached volume may be stored as float16).
+        crop_size: in-plane crop ``(h, w)`` of every sample (``None``: whole slices).
+        prob_edge_negative: probability that a negative draw is taken from the edge slices.
+        edge_slices: number of slices at each end of the volume that count as edge slices.
     """
+
+    # where each sample hands the crop its candidate centres (MONAI pops them)
+    FG_INDICES_KEY, BG_INDICES_KEY = "crop_fg_indices", "crop_bg_indices"
 
     def __init__(
         self,
@@ -214,27 +228,80 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
         neg: float = 1.0,
         context: int = 0,
         dtype: torch.dtype = torch.float32,
+        crop_size: Sequence[int] | None = None,
+        prob_edge_negative: float = 0.0,
+        edge_slices: int = 3,
     ) -> None:
         super().__init__(keys)
         if pos < 0 or neg < 0 or pos + neg == 0:
             raise ValueError(f"pos and neg must be >= 0 and not both 0, got pos={pos}, neg={neg}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if not 0.0 <= prob_edge_negative <= 1.0:
+            raise ValueError(f"prob_edge_negative must be in [0, 1], got {prob_edge_negative}")
+        if edge_slices < 1:
+            raise ValueError(f"edge_slices must be >= 1, got {edge_slices}")
+        if crop_size is not None and (len(crop_size) != 2 or min(crop_size) < 1):
+            raise ValueError(f"crop_size must be two positive sizes (h, w), got {tuple(crop_size)}")
         self.label_key, self.num_samples, self.context, self.dtype = label_key, num_samples, context, dtype
         self.pos_ratio = pos / (pos + neg)
+        self.prob_edge_negative, self.edge_slices = prob_edge_negative, edge_slices
         self._indices = torch.zeros(0, dtype=torch.long)
+        self.crop_size = None if crop_size is None else tuple(int(c) for c in crop_size)
+        self.cropper: RandCropByPosNegLabeld | None = None
+        if self.crop_size is not None:
+            crop_keys = [*self.keys, label_key]
+            self.pad = SpatialPadd(crop_keys, spatial_size=self.crop_size)
+            self.cropper = RandCropByPosNegLabeld(
+                crop_keys,
+                label_key,
+                spatial_size=self.crop_size,
+                pos=1.0,  # a positive slice: centred on tumour (the slice draw set the pos:neg ratio)
+                neg=0.0,  # a negative slice has no tumour pixel: MONAI takes a background centre
+                num_samples=1,
+                fg_indices_key=self.FG_INDICES_KEY,
+                bg_indices_key=self.BG_INDICES_KEY,
+            )
+            self.cropper.set_random_state(state=self.R)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        """Seed the slice draws; the crop draws share the same generator."""
+        super().set_random_state(seed, state)
+        if self.cropper is not None:
+            self.cropper.set_random_state(state=self.R)
+        return self
 
     def randomize(self, positive: torch.Tensor) -> None:
         """Draw the slice indices given the boolean tumour flag of every slice."""
         positive = positive.bool()
         pos_idx = torch.nonzero(positive).flatten()
         neg_idx = torch.nonzero(~positive).flatten()
+        edge_idx = neg_idx
+        if self.prob_edge_negative > 0:
+            depth = len(positive)
+            edge_idx = neg_idx[(neg_idx < self.edge_slices) | (neg_idx >= depth - self.edge_slices)]
         chosen = []
         for _ in range(self.num_samples):
             want_pos = self.R.rand() < self.pos_ratio
             pool = pos_idx if (want_pos and len(pos_idx)) or not len(neg_idx) else neg_idx
+            # an extra draw only when the option is on: the default draws stay those of earlier versions
+            if pool is neg_idx and self.prob_edge_negative > 0 and self.R.rand() < self.prob_edge_negative:
+                pool = edge_idx if len(edge_idx) else neg_idx
             chosen.append(int(pool[self.R.randint(len(pool))]))
         self._indices = torch.tensor(chosen, dtype=torch.long)
+
+    def _crop(self, sample: dict[Hashable, Any]) -> dict[Hashable, Any]:
+        """Crop one sampled slice (see the class docstring)."""
+        assert self.cropper is not None
+        sample = self.pad(sample)
+        label = torch.as_tensor(sample[self.label_key])[0] > 0
+        brain = (torch.as_tensor(sample[self.first_key(sample)]) != 0).any(dim=0)
+        outside = ~label & brain if bool((~label & brain).any()) else ~label
+        sample[self.FG_INDICES_KEY] = torch.nonzero(label.flatten()).flatten()
+        sample[self.BG_INDICES_KEY] = torch.nonzero(outside.flatten()).flatten()
+        with warnings.catch_warnings():  # a negative slice has no foreground: MONAI says so each time
+            warnings.filterwarnings("ignore", message="Num foregrounds", category=UserWarning)
+            return self.cropper(sample)[0]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
         d = dict(data)
@@ -250,10 +317,11 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
             sample = {k: v for k, v in d.items() if k not in sliced}
             sample.update({k: v[..., i].contiguous() for k, v in sliced.items()})
             sample["slice_index"] = z
-            samples.append(sample)
+            samples.append(sample if self.cropper is None else self._crop(sample))
         return samples
 
 
+@dataclass
 class RemoveSmallComponents(Transform):
     """Drop the connected components of a binary mask that have fewer than ``min_size`` voxels, channel by
     channel. MONAI's ``RemoveSmallObjects`` would do, but its threshold follows scikit-image's: from
@@ -336,6 +404,10 @@ class TransformSettings:
         prob_zoom, zoom_range: probability and in-plane scale range (the pixel size differs per patient).
         prob_bias_field, prob_histogram_shift, prob_smooth, prob_noise: probabilities of MONAI's bias
             field, histogram shift (contrast), Gaussian smoothing (resolution) and Gaussian noise.
+        crop_size: 2D training: crop every sampled slice to ``(h, w)`` before the augmentations, centred on
+            tumour in a positive slice (``None``: whole slices; inference always runs on whole slices).
+        prob_edge_negative, edge_slices: 2D training: the fraction of the negative slice draws taken from
+            the outermost ``edge_slices`` slices at each end of the volume (see :class:`RandSliceByPosNegd`).
     """
 
     spatial_dims: int = 2
@@ -367,6 +439,9 @@ class TransformSettings:
     prob_histogram_shift: float = 0.0
     prob_smooth: float = 0.0
     prob_noise: float = 0.0
+    crop_size: tuple[int, int] | None = None
+    prob_edge_negative: float = 0.0
+    edge_slices: int = 3
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TransformSettings:
@@ -608,7 +683,19 @@ def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] 
     if s.augment and s.prob_sequence_dropout > 0:
         xf.append(RandSequenceDropoutd(IMAGE_KEY, prob=s.prob_sequence_dropout))
     if s.spatial_dims == 2:
-        xf.append(RandSliceByPosNegd(IMAGE_KEY, LABEL_KEY, s.num_samples, s.pos, s.neg, s.context))
+        xf.append(
+            RandSliceByPosNegd(
+                IMAGE_KEY,
+                LABEL_KEY,
+                s.num_samples,
+                s.pos,
+                s.neg,
+                s.context,
+                crop_size=s.crop_size,
+                prob_edge_negative=s.prob_edge_negative,
+                edge_slices=s.edge_slices,
+            )
+        )
         if s.divisible > 1:
             xf.append(DivisiblePadd(keys, k=s.divisible))
     else:

@@ -6,8 +6,10 @@ what a resumable run saves beside its model.
 - :mod:`~pipeline.training.handlers`: epoch line, TensorBoard, gradient clipping, atomic checkpoints,
   interval validation.
 - :mod:`~pipeline.training.checkpoints`: epoch checkpoints and :class:`RNGState`.
+- :mod:`~pipeline.training.autocast`: bf16 autocast of the forward pass on the CPU (``--amp-cpu``).
 """
 
+from pipeline.training.autocast import AutocastInferer, cpu_bf16_supported, to_channels_last
 from pipeline.training.handlers import (
     AtomicCheckpointSaver,
     EpochSummaryHandler,
@@ -20,6 +22,7 @@ from pipeline.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "AutocastInferer",
     "EpochSummaryHandler",
     "GradientClipHandler",
     "IntervalValidationHandler",
@@ -27,4 +30,6 @@ __all__ = [
     "build_loss",
     "build_optimizer",
     "build_scheduler",
+    "cpu_bf16_supported",
+    "to_channels_last",
 ]

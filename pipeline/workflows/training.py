@@ -192,6 +192,7 @@ def prepare_run(cfg: RunConfig) -> dict[str, Any]:
         optimizer=optimizer,
         loss_function=loss_function,
         amp=cfg.amp,
+        amp_cpu=cfg.amp_cpu,
         train_handlers=train_handlers,
     )
     trainer.lr_scheduler = scheduler
