@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.cli.data_commands
-import pipeline.cli.studies_command
+import pipeline.ingestion.prepare
+import pipeline.ingestion.studies
 import pipeline.workflows.prediction
 import pipeline.workflows.training
 from pipeline.cli import build_parser, main
@@ -24,12 +24,12 @@ JOBS = {
     "infer": (["infer", "--input", "x", "--output", "{tmp}/out"], pipeline.workflows.prediction, "infer"),
     "prepare": (
         ["prepare", "--input", "{tmp}/kaggle_3m", "--output", "{tmp}/out"],
-        pipeline.cli.data_commands,
+        pipeline.ingestion.prepare,  # imported by the command when it runs
         "prepare_dataset",
     ),
     "studies": (
         ["studies", "--input", "{tmp}/kaggle_3m", "--output", "{tmp}/out"],
-        pipeline.cli.studies_command,
+        pipeline.ingestion.studies,
         "write_studies",
     ),
 }
@@ -49,6 +49,13 @@ EVERY_COMMAND = {
     "networks": ["networks"],
     "studies": ["studies", "--input", "in", "--output", "{tmp}/out"],
 }
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative paths (``train``'s default ``--output runs``) resolve in the test's folder, never the
+    working tree's."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _argv(argv: list[str], tmp_path: Path) -> list[str]:

@@ -2,7 +2,13 @@
 
 Every command module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its
 sub-commands with :func:`pipeline.cli.parsing.add_command` (the job, and what Ctrl-C leaves behind);
-:func:`main` runs the chosen one under the error rule of :mod:`pipeline.cli.errors`.
+:func:`main` runs the chosen one under the error rule of :mod:`pipeline.cli.errors`, with the libraries'
+noise silenced (:mod:`pipeline.cli.quiet`).
+
+A command pays only for its own imports: the command modules import PyTorch, MONAI, matplotlib and the
+readers inside the functions that run a command, and options described by heavy modules are added only to
+the sub-command being parsed (:class:`pipeline.cli.parsing.CommandParser`), so ``lggseg --help`` starts
+no deep-learning library.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.cli.errors import run_command
-from pipeline.cli.parsing import common_options
+from pipeline.cli.parsing import CommandParser, common_options
+from pipeline.cli.quiet import silence_library_noise
 
 COMMAND_MODULES = (
     "pipeline.cli.data_commands",
@@ -38,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common_options()],
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=CommandParser
+    )
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(subparsers)
     return parser
@@ -54,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         the process exit code: 0 on success, 2 for bad usage or input, 1 when cases failed or on an
         unexpected error, 130 on Ctrl-C (see :mod:`pipeline.cli.errors`).
     """
+    silence_library_noise()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -13,14 +13,8 @@ import logging
 import os
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.cli.errors import report_failures
 from pipeline.cli.parsing import add_command, add_spacing_option
-from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.export import export_kaggle
-from pipeline.ingestion.prepare import prepare_dataset
-from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import check_output_location, staging_folder, write_manifest
 
 logger = logging.getLogger("lggseg")
@@ -107,6 +101,10 @@ def prepare_failure_line(args: argparse.Namespace, patient: str, problem: str) -
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run ``lggseg prepare``."""
+    from tqdm import tqdm
+
+    from pipeline.ingestion.prepare import prepare_dataset
+
     result = prepare_dataset(
         args.input,
         args.output,
@@ -126,6 +124,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_export_kaggle(args: argparse.Namespace) -> int:
     """Run ``lggseg export-kaggle``."""
+    from pipeline.ingestion.export import export_kaggle
+
     files = export_kaggle(args.label, args.output, patient_id=args.patient, overwrite=args.overwrite)
     logger.info("wrote %d mask files to %s", len(files), args.output)
     return 0
@@ -133,6 +133,9 @@ def run_export_kaggle(args: argparse.Namespace) -> int:
 
 def run_synthesize(args: argparse.Namespace) -> int:
     """Run ``lggseg synthesize``: into a new or empty folder only, staged and moved into place at the end."""
+    from pipeline.ingestion.errors import LGGDataError
+    from pipeline.ingestion.synthetic import write_synthetic_kaggle
+
     if args.patients < 1:
         raise LGGDataError(f"--patients {args.patients}: expected at least 1; e.g. --patients 10")
     if args.size < 16:

@@ -31,8 +31,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from pipeline.engines import CasesFailed
-from pipeline.ingestion.errors import LGGDataError
 from pipeline.safety import NoSpaceLeftError
 
 BAD_INPUT: tuple[type[Exception], ...] = (
@@ -87,13 +85,24 @@ def default_failure_line(args: argparse.Namespace, case: str, problem: str) -> s
     return f"{case}: {problem}"
 
 
+def _is_error(error: BaseException, module: str, name: str) -> bool:
+    """``isinstance(error, module.name)`` without importing ``module`` (PyTorch and MONAI for
+    :class:`~pipeline.engines.CasesFailed`): no error can be of a class whose module was never imported."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(error, getattr(loaded, name))
+
+
+def _is_data_error(error: BaseException) -> bool:
+    return _is_error(error, "pipeline.ingestion.errors", "LGGDataError")
+
+
 def _message(error: BaseException) -> str:
-    if isinstance(error, LGGDataError):  # every problem names its file or folder
+    if _is_data_error(error):  # every problem names its file or folder
         return (f"patient {error.patient}: " if error.patient else "") + "; ".join(error.problems)
     return one_line(str(error))
 
 
-def _report_data_failures(args: argparse.Namespace, error: LGGDataError) -> int:
+def _report_data_failures(args: argparse.Namespace, error: Any) -> int:
     line: FailureLine = getattr(args, "failure_line", None) or default_failure_line
     extra = [p for p in error.problems if not any(p.startswith(f"patient {c}:") for c in error.failures)]
     return report_failures(error.failures, lambda case, problem: line(args, case, problem), extra)
@@ -157,9 +166,10 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as error:
         if debug:
             raise
-        if isinstance(error, LGGDataError) and error.failures:
+        if _is_data_error(error) and error.failures:
             return _report_data_failures(args, error)
-        if isinstance(error, (CasesFailed, NoSpaceLeftError)):  # their messages say it all
+        cases_failed = _is_error(error, "pipeline.engines", "CasesFailed")
+        if cases_failed or isinstance(error, NoSpaceLeftError):  # their messages say it all
             say(_message(error))
             return EXIT_FAILED
         if isinstance(error, BAD_INPUT):

@@ -1,5 +1,10 @@
 """The parser pieces every ``lggseg`` command shares: ``--debug`` (defined once), the registration of a
 sub-command with its Ctrl-C message (:func:`add_command`), and options that several commands take alike.
+
+A sub-command's options that need heavy modules to be described (the training options come from
+:class:`pipeline.config.RunConfig`, which imports PyTorch and MONAI) are added when that sub-command is
+parsed or its help is shown (:class:`CommandParser`), so ``lggseg --help`` and the light commands never pay
+for them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,42 @@ from typing import Any
 from pipeline.cli.errors import FailureLine
 
 DEBUG_HELP = "show the full traceback of errors instead of a one-line message"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser that adds some of its options only when it is first used: parsed, or its usage
+    or help formatted (``add_options_later``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._later: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def add_options_later(self, add: Callable[[argparse.ArgumentParser], None]) -> None:
+        """Call ``add(self)`` before this parser is first used.
+
+        Args:
+            add: adds options to the parser it is given.
+        """
+        self._later.append(add)
+
+    def _complete(self) -> None:
+        while self._later:
+            self._later.pop(0)(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """``argparse``'s, with every option added first."""
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        """``argparse``'s, with every option added first."""
+        self._complete()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        """``argparse``'s, with every option added first."""
+        self._complete()
+        return super().format_help()
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -34,6 +75,7 @@ def add_command(
     *,
     interrupted: str,
     failure_line: FailureLine | None = None,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
     """Add the sub-command ``name``, with ``--debug``, run by :func:`pipeline.cli.errors.run_command`.
@@ -44,6 +86,8 @@ def add_command(
         run: ``run(args)``, returning the exit code (``None``: 0) or raising (see :mod:`pipeline.cli.errors`).
         interrupted: what Ctrl-C leaves behind and how to go on, formatted with the options (``{output}``).
         failure_line: ``(args, case, problem) -> line`` for a failed case (default ``<case>: <problem>``).
+        options: ``options(parser)`` adds the options whose description needs heavy imports; it is called
+            only when this command is parsed or its help shown (``subparsers`` of :class:`CommandParser`).
         kwargs: ``help``, ``description`` and other arguments of ``add_parser``.
 
     Returns:
@@ -51,6 +95,11 @@ def add_command(
     """
     parser = subparsers.add_parser(name, parents=[common_options()], **kwargs)
     parser.set_defaults(func=run, interrupted=interrupted, failure_line=failure_line)
+    if options is not None:
+        if isinstance(parser, CommandParser):
+            parser.add_options_later(options)
+        else:  # sub-parsers of another class: the options now
+            options(parser)
     return parser
 
 

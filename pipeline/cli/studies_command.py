@@ -12,11 +12,8 @@ import functools
 import logging
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.cli.errors import report_failures
 from pipeline.cli.parsing import add_command, add_spacing_option
-from pipeline.ingestion.studies import write_studies
 
 logger = logging.getLogger("lggseg")
 
@@ -66,6 +63,10 @@ def _skipped_line(source: Path, name: str, problem: str) -> str:
 
 def run_studies(args: argparse.Namespace) -> int:
     """Run ``lggseg studies``; returns the exit code (0 all written, 1 some patients failed, 2 bad input)."""
+    from tqdm import tqdm
+
+    from pipeline.ingestion.studies import write_studies
+
     result = write_studies(
         args.input,
         args.output,
