@@ -189,3 +189,39 @@ def test_disk_cache_follows_the_files_content(world, tmp_path):
     assert not np.array_equal(np.asarray(first["label"]), np.asarray(second["label"]))
     assert np.array_equal(np.asarray(second["label"])[0], flipped)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_evaluate_says_which_patients_the_model_trained_on(world, tmp_path, caplog):
+    """The model of fold 0 trained on fold 2 (fold 1 validated it): evaluated on its test fold none was seen;
+    on fold 2 every patient was, said in one log line and in metrics.json, pointing to an unbiased figure."""
+    datalist = json.loads((world["prepared"] / "datalist.json").read_text())["training"]
+    folds = {fold: sorted(e["patient"] for e in datalist if e["fold"] == fold) for fold in (0, 1, 2)}
+    caplog.set_level("INFO")
+    base = ["evaluate", "--checkpoint", str(world["model"]), "--device", "cpu"]
+    for fold, seen in ((0, []), (1, []), (2, folds[2])):
+        out = tmp_path / f"fold{fold}"
+        caplog.clear()
+        assert main([*base, "--folds", str(fold), "--output", str(out)]) == 0
+        report = json.loads((out / "metrics.json").read_text())
+        assert report["seen_in_training"] == f"{len(seen)} of {len(folds[fold])} patients"
+        assert report["seen_in_training_detail"]["patients"] == seen
+        said = [r.getMessage() for r in caplog.records if "training patient" in r.getMessage()]
+        assert len(said) == 1 and "\n" not in said[0]
+        if seen:
+            assert said[0].startswith(f"{len(seen)} of {len(seen)} patients evaluated were training patients")
+            assert "optimistic" in said[0] and "lggseg cv" in said[0]
+        assert report["patients"] and {p["patient_id"] for p in report["patients"]} == set(folds[fold])
+
+
+def test_the_shipped_ensemble_trained_each_patient_in_four_of_its_five_networks():
+    from pipeline.cli.seen_in_training import training_patients
+    from pipeline.model_files import SHIPPED_MODEL, load_checkpoint
+
+    saved = load_checkpoint(SHIPPED_MODEL)
+    member_folds = [m["fold"] for m in saved["members"]]
+    assert sorted(member_folds) == [0, 1, 2, 3, 4]
+    entries = [{"patient": f"p{i}", "fold": i % 5} for i in range(20)]
+    assert training_patients(saved["config"], member_folds, entries) == {f"p{i}": 4 for i in range(20)}
+    # one network of fold 0 with a validation fold: only the other three folds trained it
+    single = {"fold": 0, "val_fold": None, "train_on_all": False}
+    assert set(training_patients(single, None, entries)) == {f"p{i}" for i in range(20) if i % 5 in (2, 3, 4)}

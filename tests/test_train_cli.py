@@ -96,11 +96,38 @@ def test_train_evaluate_infer_commands(prepared, tmp_path, capsys):
         (["train", "--data", "{data}", "--resume", "--output", "{tmp}", *TINY], "no checkpoint_epoch"),
     ],
 )
-def test_bad_input_exits_with_a_clear_message(prepared, tmp_path, capsys, argv, message):
+def test_bad_input_exits_with_a_clear_message(prepared, tmp_path, monkeypatch, capsys, argv, message):
+    # relative paths (the default --output runs) resolve in the test's own folder, never the working tree's
+    monkeypatch.chdir(tmp_path)
     argv = [a.format(data=prepared, tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists(), "nothing written"
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--flair", "{tmp}/missing_fla.nii.gz"], "{tmp}/missing_fla.nii.gz: not found (--flair)"),
+        (["--flair", "{flair}", "--t1", "{tmp}/no_t1.nii.gz"], "{tmp}/no_t1.nii.gz: not found (--t1)"),
+        (["--flair", "{flair}", "--t1c", "{tmp}/no_t1c"], "{tmp}/no_t1c: not found (--t1c)"),
+    ],
+)
+def test_infer_refuses_a_missing_file_before_any_work(tmp_path, monkeypatch, capsys, argv, problem):
+    """A missing --flair, --t1 or --t1c is one line and exit code 2 before the model is read: no other case
+    is segmented, nothing is written (no failures.json)."""
+    monkeypatch.chdir(tmp_path)
+    flair = tmp_path / "case_fla.nii.gz"
+    flair.write_bytes(b"not read: the check comes first")
+    started = []
+    monkeypatch.setattr("pipeline.workflows.prediction.infer", lambda *a, **k: started.append(a))
+    argv = [a.format(tmp=tmp_path, flair=flair) for a in argv]
+    assert main(["infer", *argv, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    line = f"lggseg: error: {problem.format(tmp=tmp_path)}; give an existing file or folder"
+    assert err.splitlines() == [line]
+    assert not (tmp_path / "out").exists() and not started
 
 
 def test_help_lists_the_unext_config_keys(capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +14,49 @@ from pipeline.safety import OutputTransaction
 from pipeline.training.checkpoints import BEST_NAME, find_last_checkpoint
 from pipeline.workflows.builders import datalist_path
 from pipeline.workflows.prediction import REPORT_FILES, evaluate
-from pipeline.workflows.training import DONE_NAME, train
+from pipeline.workflows.training import DONE_NAME, resumed_config, train
 
 logger = logging.getLogger(__name__)
 
 
-def cross_validate(cfg: RunConfig | Mapping[str, Any], folds: Sequence[int] | None = None) -> dict[str, Any]:
+def cross_validate(
+    cfg: RunConfig | Mapping[str, Any],
+    folds: Sequence[int] | None = None,
+    given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train and evaluate every fold, then write the pooled per-patient report to ``output/name/cv``.
 
-    A fold whose training finished is not retrained; an interrupted one resumes from its last checkpoint.
+    A fold whose training finished is not retrained; an interrupted one resumes from its last checkpoint, with
+    its own settings (:func:`pipeline.workflows.training.resumed_config`). An option given that differs from
+    the settings of a fold already there (finished or not) is refused before any fold trains.
+
+    Args:
+        cfg: the configuration of every fold (``fold`` and ``val_fold`` are set per fold).
+        folds: the folds to run (default: every fold of the datalist).
+        given: the options given explicitly (the command line); default: every option of ``cfg``.
+
+    Returns:
+        ``{"records": per-patient dicts of every fold, "paths": files of the pooled report}``.
+
+    Raises:
+        ValueError: before any work, when an option given differs from a fold's own settings.
     """
     base = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     validate_config(base)
     if folds is None:
         folds = sorted({e["fold"] for e in load_datalist(datalist_path(base.data))})
-    checkpoints: dict[int, Path] = {}
-    for fold in folds:
+    given = {f.name: getattr(base, f.name) for f in fields(base)} if given is None else dict(given)
+    per_fold = {k: v for k, v in given.items() if k not in ("val_fold", "resume", "overwrite")}
+    plans: dict[int, RunConfig] = {}
+    for fold in folds:  # every fold checked before any trains
         fold_cfg = RunConfig.from_dict({**asdict(base), "fold": fold, "val_fold": None})
         run_dir = fold_cfg.run_dir()
+        started = (run_dir / DONE_NAME).is_file() or find_last_checkpoint(run_dir / "checkpoints")
+        plans[fold] = resumed_config({**per_fold, "fold": fold}) if started else fold_cfg
+    checkpoints: dict[int, Path] = {}
+    for fold, fold_cfg in plans.items():
+        run_dir = fold_cfg.run_dir()
         if not (run_dir / DONE_NAME).is_file():
-            fold_cfg.resume = find_last_checkpoint(run_dir / "checkpoints") is not None
-            fold_cfg.overwrite = fold_cfg.overwrite and not fold_cfg.resume
             train(fold_cfg)
         checkpoints[fold] = run_dir / "checkpoints" / BEST_NAME
     overrides = {"num_workers": base.num_workers, "progress": base.progress}
@@ -90,6 +112,14 @@ def evaluate_folds(
             overwrite=True,  # the fold's own report, replaced when cv runs again (never the user's files)
         )
         records += result["records"]
+        fold_dice = [float(r["dice"]) for r in result["records"]]
+        logger.info(
+            "fold %s: %d patients, Dice mean %.4f; report in %s",
+            fold,
+            len(fold_dice),
+            sum(fold_dice) / max(1, len(fold_dice)),
+            result["paths"].get("json", ""),
+        )
         volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
     pooled_report.check(REPORT_FILES)  # a file that appeared meanwhile is kept
     pooled_report.claim(REPORT_FILES)

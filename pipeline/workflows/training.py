@@ -2,14 +2,19 @@
 
 Folds: ``fold`` is held out for testing (``evaluate``); ``val_fold`` (default ``fold + 1``) selects the
 best checkpoint and drives early stopping; training uses every other fold.
+
+A resumed run keeps its own settings, those of its ``config.json`` (:func:`resumed_config`): an option given
+that differs is refused, except the ones that change nothing the run computes (:data:`SAFE_ON_RESUME`, said
+in the log). A finished run (its ``training_done.json``) is not trained again and its files stay unchanged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +25,7 @@ from monai.handlers import LrScheduleHandler
 from monai.utils import set_determinism
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from pipeline.config import RunConfig, resolve_device, validate_config
+from pipeline.config import RunConfig, read_config_file, resolve_device, validate_config
 from pipeline.engines import (
     KEY_METRIC,
     build_evaluator,
@@ -54,6 +59,109 @@ logger = logging.getLogger(__name__)
 
 DONE_NAME = "training_done.json"
 CONFIG_NAME = "config.json"
+RUN_LOCATION = ("output", "name", "fold")
+"""The options that name a run's folder (``OUTPUT/NAME/fold<k>``): they find the run to resume."""
+SAFE_ON_RESUME = ("device", "num_workers", "progress")
+"""The options a resumed run may change: where it computes, how its data is loaded, what it shows."""
+_NOT_SETTINGS = ("resume", "overwrite")  # what to do with the run folder, not how the run trains
+_PATH_OPTIONS = ("data", "output", "cache_dir")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return " ".join(_shown(v) for v in value)
+    return json.dumps(value) if isinstance(value, (dict, bool)) or value is None else str(value)
+
+
+def _same(name: str, a: Any, b: Any) -> bool:
+    """Whether two checked values of the option ``name`` mean the same (paths resolved, numbers compared)."""
+    if name in _PATH_OPTIONS and a is not None and b is not None:
+        return Path(a).resolve() == Path(b).resolve()
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(name, x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a training run saved in ``run_dir/config.json``.
+
+    Args:
+        run_dir: the run's folder (``OUTPUT/NAME/fold<k>``).
+
+    Returns:
+        the run's :class:`RunConfig`.
+
+    Raises:
+        FileNotFoundError: no ``config.json``.
+        ValueError: one line naming the file, when it is not a configuration of this version.
+    """
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the run's configuration is missing, so the run cannot be resumed with its own "
+            "settings; start it again with --overwrite"
+        )
+    return RunConfig.from_dict(read_config_file(path), source=path)
+
+
+def resumed_config(given: Mapping[str, Any], safe: Iterable[str] = SAFE_ON_RESUME) -> RunConfig:
+    """The configuration that continues a run (``--resume``): the run's own ``config.json``.
+
+    The run is found from ``output``, ``name`` and ``fold`` (given, or their defaults). Every other option
+    given must equal the run's, except ``safe`` ones, which replace the run's and are said in the log.
+
+    Args:
+        given: the options given explicitly (command line, ``--config``), checked
+            (:func:`pipeline.config.checked_options`); options left at their defaults are not in it.
+        safe: the options that may differ from the run's.
+
+    Returns:
+        the run's configuration with ``resume`` set and the safe options given.
+
+    Raises:
+        FileNotFoundError: the folder holds no run to resume (no epoch checkpoint and no finished run).
+        ValueError: one line naming every option given that differs from the run's, and what to do.
+    """
+    run_dir = RunConfig.from_dict({k: v for k, v in given.items() if k in RUN_LOCATION}).run_dir()
+    ckpt_dir = run_dir / "checkpoints"
+    if find_last_checkpoint(ckpt_dir) is None and not (run_dir / DONE_NAME).is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint_epoch=N.pt to resume from (--resume)")
+    saved = read_run_config(run_dir)
+    differing, changed = [], []
+    for name, value in given.items():
+        if name in RUN_LOCATION or name in _NOT_SETTINGS or _same(name, value, getattr(saved, name)):
+            continue
+        words = f"{_flag(name)} {_shown(value)} (the run's: {_shown(getattr(saved, name))})"
+        (changed if name in safe else differing).append(words)
+    if differing:
+        raise ValueError(
+            f"{run_dir}: {', '.join(differing)}: a resumed run keeps its own settings ({CONFIG_NAME}); "
+            "resume without these options, or start again with --overwrite or another --name"
+        )
+    if changed:
+        logger.info("%s: resuming with %s", run_dir, ", ".join(changed))
+    values = {**asdict(saved), **{k: given[k] for k in safe if k in given}}
+    return RunConfig.from_dict({**values, "resume": True, "overwrite": bool(given.get("overwrite", False))})
+
+
+def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to resume the run in ``run_dir`` with settings other than its own.
+
+    Args:
+        cfg: the configuration to resume with (every option counts as given).
+        run_dir: the run's folder, with its ``config.json``.
+
+    Raises:
+        ValueError: an option other than :data:`SAFE_ON_RESUME` differs from the run's ``config.json``.
+    """
+    if (run_dir / CONFIG_NAME).is_file():
+        resumed_config({f.name: getattr(cfg, f.name) for f in fields(cfg)})
 
 
 def run_files(run_dir: Path) -> list[Path]:
@@ -263,13 +371,45 @@ def save_final_model(run: Mapping[str, Any]) -> Path:
     return saver.save_final(run["trainer"])
 
 
+def finished_run(run_dir: Path) -> dict[str, Any] | None:
+    """The result of a run that finished (its ``training_done.json``), said in one log line; ``None`` when the
+    run has not finished. Nothing is read but that file, nothing is written.
+
+    Args:
+        run_dir: the run's folder.
+
+    Returns:
+        the saved result with ``"finished": True``, or ``None``.
+    """
+    done = run_dir / DONE_NAME
+    if not done.is_file():
+        return None
+    try:
+        result = json.loads(done.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        result = {}
+    result = {**(result if isinstance(result, dict) else {}), "run_dir": str(run_dir), "finished": True}
+    logger.info(
+        "%s: finished (%s epochs; best %s %s at epoch %s); nothing to resume, its files are unchanged: "
+        "evaluate it, or train it again with --overwrite",
+        run_dir,
+        result.get("epochs", "?"),
+        KEY_METRIC,
+        f"{result['best_metric']:.4f}" if isinstance(result.get("best_metric"), float) else "?",
+        result.get("best_metric_epoch", "?"),
+    )
+    return result
+
+
 def train(
     cfg: RunConfig | Mapping[str, Any], on_built: Callable[[dict[str, Any]], None] | None = None
 ) -> dict:
     """Train one fold; returns ``{"best_metric", "best_metric_epoch", "run_dir", "epochs"}``.
 
     A folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (remove that
-    run's files, nothing else, and start again).
+    run's files, nothing else, and start again). A resumed run must be given its own settings (see
+    :func:`resumed_config`, which makes them from the options a user gave) and keeps its ``config.json``; a
+    finished one is not trained again (its saved result is returned, with ``"finished": True``).
 
     Args:
         cfg: the run configuration.
@@ -284,12 +424,18 @@ def train(
         )
     check_output_location(cfg.run_dir(), [cfg.data])
     _guard_run_dir(cfg, cfg.run_dir())
+    if cfg.resume:
+        check_resumable(cfg, cfg.run_dir())
+        finished = finished_run(cfg.run_dir())
+        if finished is not None:
+            return finished
     run = prepare_run(cfg)
     text = json.dumps(asdict(cfg), indent=2, default=str)
     logger.info("resolved configuration:\n%s", text)
     trainer = run["trainer"]
     resumed_after = resume_run(run) if cfg.resume else 0
-    atomic_write_json(run["run_dir"] / CONFIG_NAME, asdict(cfg))
+    if not (cfg.resume and (run["run_dir"] / CONFIG_NAME).is_file()):  # a resumed run keeps its own
+        atomic_write_json(run["run_dir"] / CONFIG_NAME, asdict(cfg))
     if resumed_after >= cfg.epochs:
         logger.info("nothing to resume: the run already finished its %d epochs", cfg.epochs)
     else:
