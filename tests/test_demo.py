@@ -1,14 +1,42 @@
-"""The README's main command, ``lggseg demo``, end to end on the built-in synthetic data."""
+"""The README's main command, ``lggseg demo``, end to end: the example scan segmented by the shipped model
+first (mask on the FLAIR's own grid, QC picture, summary row, Dice when the Kaggle data set is here), then the
+round trip on the built-in synthetic data."""
 
 from __future__ import annotations
 
+import argparse
+import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
+
+from pipeline.cli import demo_command, main
+
+CASE = demo_command.EXAMPLE.name
+
+
+def assert_example_outputs(example: Path) -> None:
+    """The example's mask is on its FLAIR's grid (shape and affine as nibabel reads the FLAIR), uint8 0/1
+    with a tumour, beside its QC picture, and ``summary.csv`` has its row."""
+    flair = nib.load(next(demo_command.EXAMPLE.glob("*_fla.nii.gz")))
+    mask = nib.load(example / CASE / f"{CASE}_seg.nii.gz")
+    assert mask.shape == flair.shape
+    assert np.allclose(mask.affine, flair.affine, atol=1e-4)
+    values = np.asarray(mask.dataobj)
+    assert values.dtype == np.uint8 and set(np.unique(values)) == {0, 1}
+    assert (example / CASE / f"{CASE}_qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(example / "summary.csv", newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {CASE}
+    assert int(rows[CASE]["tumour_voxels"]) == int(values.sum()) > 0
+    assert Path(rows[CASE]["seg_nifti"]) == example / CASE / f"{CASE}_seg.nii.gz"
 
 
 @pytest.mark.slow
@@ -24,6 +52,24 @@ def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "demo finished" in completed.stderr
+    # first the real example scan with the shipped model: where its files are, and its Dice (or why none)
+    out = completed.stdout
+    assert out.index(f"example scan {CASE}") < out.index("synthetic round trip")
+    assert_example_outputs(output / "example")
+    assert f"mask:       {output / 'example' / CASE / f'{CASE}_seg.nii.gz'}" in out
+    assert f"QC picture: {output / 'example' / CASE / f'{CASE}_qc.png'}" in out
+    (dice_line,) = [line for line in out.splitlines() if line.strip().startswith("Dice:")]
+    if (demo_command.KAGGLE_3M / CASE).is_dir():
+        assert 0.6 < float(re.search(r"Dice:\s+([0-9.]+) ", dice_line).group(1)) <= 1.0, dice_line
+        assert "training patient" in dice_line and "cross-validated" in dice_line
+    else:
+        assert "none: the Kaggle mask of this patient" in dice_line
+    # the last line names the synthetic run's report where it is (no staging folder, no doubled path)
+    report = output / "synthetic" / "fold0" / "evaluation" / "metrics.json"
+    assert out.rstrip().splitlines()[-1].startswith(f"synthetic round trip: evaluation report {report},")
+    assert ".lggseg-staging-" not in completed.stderr + out
+    for noise in ("Setting affine", "nvImageCodec"):
+        assert noise not in completed.stderr, noise
     datalist = output / "prepared" / "datalist.json"
     entries = load_decathlon_datalist(str(datalist), True, "training")
     assert len(entries) == 10 and all(
@@ -31,7 +77,7 @@ def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert json.loads(datalist.read_text())["num_folds"] == 5
     # trained, evaluated per patient on the held-out fold, and every raw patient segmented
-    fold_dir = output / "runs" / "demo" / "fold0"
+    fold_dir = output / "synthetic" / "fold0"
     assert (fold_dir / "checkpoints" / "best_model.pt").is_file() and (fold_dir / "config.json").is_file()
     assert list((fold_dir / "tensorboard").glob("events.out.tfevents.*"))
     report = json.loads((fold_dir / "evaluation" / "metrics.json").read_text())
@@ -62,3 +108,18 @@ def test_readme_main_command_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2 and "my_notes.txt" in refused.stderr
     assert (output / "my_notes.txt").read_text() == "mine" and datalist.is_file()
+
+
+@pytest.mark.slow
+def test_example_step_without_the_kaggle_data_says_there_is_no_dice(tmp_path, monkeypatch, capsys):
+    """Without ``../shared`` the example is segmented all the same; one line says why there is no Dice."""
+    monkeypatch.setattr(demo_command, "KAGGLE_3M", tmp_path / "no_shared" / "kaggle_3m")
+    args = argparse.Namespace(output=tmp_path / "demo", overwrite=False)
+    step = demo_command.example_step(args)
+    assert step is not None and main(["infer", *step[1:], "--device", "cpu"]) == 0
+    demo_command.report_example(args, seconds=1.0)
+    lines = capsys.readouterr().out.splitlines()
+    dice = [line for line in lines if line.strip().startswith("Dice:")]
+    missing = tmp_path / "no_shared" / "kaggle_3m" / CASE
+    assert dice == [f"  Dice:       none: the Kaggle mask of this patient ({missing}) is not on this machine"]
+    assert_example_outputs(tmp_path / "demo" / "example")
