@@ -176,12 +176,13 @@ def run_infer(args: argparse.Namespace) -> int:
         path = getattr(args, flag)
         if path is not None and not Path(path).exists():
             raise FileNotFoundError(f"{path}: not found (--{flag}); give an existing file or folder")
-    from pipeline.ingestion.cases import case_name
-    from pipeline.ingestion.scan_cases import make_scan_case
     from pipeline.workflows.prediction import infer
 
     inputs: list = list(args.input)
     if args.flair is not None:
+        from pipeline.ingestion.cases import case_name
+        from pipeline.ingestion.scan_cases import make_scan_case
+
         name = args.case or case_name(args.flair)
         inputs.append(make_scan_case(name, args.flair, args.t1, args.t1c))
     elif args.t1 or args.t1c or args.case:
