@@ -370,22 +370,41 @@ def test_uploaded_files_keep_the_usual_permissions(guarded) -> None:
 
 # ------------------------------------------------------------------------------------------ item 20
 @pytest.mark.slow
-def test_failed_training_shows_its_cause(guarded) -> None:
-    """Last: it damages a study (the training's data) on disk."""
+def test_a_damaged_study_is_skipped_and_the_failure_names_each_cause(guarded) -> None:
+    """Last: it damages studies (the training's data) on disk. A study the training cannot read is skipped
+    with one line naming it and its cause (a truncated gzip stream), and the others train; when no study is
+    left, the training fails and its status names each one's cause, not MONAI's wrapper."""
     studies, ids = guarded["studies"], guarded["ids"]
     _wait_for_training(guarded)
     damaged = studies / f"{ids[2]}.nii.gz"
     damaged.write_bytes(damaged.read_bytes()[:2000])  # truncated: the training cannot read it
+    answer = _request(guarded, "POST", "/train/lggseg", json={"max_epochs": 1, "volume_repeats": 1})
+    assert answer.status_code == 200, answer.text
+    status = _wait_for_training(guarded)
+    assert status["status"] == "DONE", status
+    stats = _request(guarded, "GET", "/info/").json()["train_stats"]["lggseg"]
+    lines = [line for line in stats["skipped"] if line.startswith(f"{ids[2]}: ")]
+    assert len(lines) == 1 and "Compressed file ended" in lines[0] and "\n" not in lines[0], stats
+    assert stats["studies"] >= 1 and stats["epochs"] == 1
+
+    # every labelled study unusable: the training fails, naming each one
+    objects = _request(guarded, "GET", "/datastore/?output=all").json()["objects"]
+    labelled = [i for i, obj in objects.items() if "final" in obj.get("labels", {})]
+    for image_id in labelled:
+        study = studies / f"{image_id}.nii.gz"
+        if study.is_file() and not study.is_symlink():
+            study.write_bytes(study.read_bytes()[:2000])
     answer = _request(guarded, "POST", "/train/lggseg", json={"max_epochs": 1})
     assert answer.status_code == 200, answer.text
     status = _wait_for_training(guarded)
     assert status["status"] == "ERROR", status
     # the training process's last error line (the status shows the last 20 lines of its output; a warning
-    # at interpreter exit may follow) names the cause, a truncated gzip stream, not MONAI's wrapper
-    # "Failed to instantiate component ..."
+    # at interpreter exit may follow)
     errors = [line for line in status["details"] if line.startswith("monailabel.interfaces.exception.")]
     assert errors, status["details"]
-    assert "Compressed file ended" in errors[-1] and "Failed to instantiate" not in errors[-1], errors
+    assert "no study could be used for fine-tuning" in errors[-1] and "Compressed file ended" in errors[-1]
+    assert all(f"{image_id}: " in errors[-1] for image_id in labelled), errors[-1]
+    assert "Failed to instantiate" not in errors[-1]
 
 
 def test_limits_come_from_the_conf(tmp_path: Path) -> None:

@@ -3,14 +3,16 @@
 A scan case folder (one NIfTI file or DICOM series per sequence) copied into the studies folder is one study,
 id = the folder's name: listed by the datastore, segmented by the app's inference task through the
 pipeline's own chain (the label on the FLAIR's grid), its submitted label checked against that grid and
-saved as ``labels/final/<id>.nii.gz``; the server never writes into or removes the folder. The in-process
-tests use the app's ``lib`` (as ``tests/test_monailabel.py`` does); one slow test makes the REST calls of
-3D Slicer against a real server.
+saved as ``labels/final/<id>.nii.gz``; the server never writes into or removes the folder. Fine-tuning trains
+on folder studies and on a FLAIR alone with the input the inference uses (issue "Slicer: Train fails after
+the walkthrough"). The in-process tests use the app's ``lib`` (as ``tests/test_monailabel.py`` does); one
+slow test makes the REST calls of 3D Slicer against a real server.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -95,6 +97,7 @@ def app_lib():
         import lib.model_files
         import lib.scan_studies
         import lib.trainers
+        import lib.training_inputs
 
         yield lib
     finally:
@@ -242,26 +245,103 @@ def test_folder_studies_are_segmented_on_their_flair_grid(app_lib, studies: Path
     nib.save(label, label_path)
     assert store.save_label(DICOM_CASE, str(label_path), "final", {}) == DICOM_CASE
     assert (studies / "labels" / "final" / f"{DICOM_CASE}.nii.gz").is_file()
-    # a viewer gets the FLAIR as NIfTI: the file itself, or a copy of the DICOM series in scratch
-    assert store.viewable_flair(CASE, tmp_path) == (studies / CASE / f"{CASE}_fla.nii.gz", False)
-    copy, temporary = store.viewable_flair(DICOM_CASE, tmp_path)
-    assert temporary and copy.parent == tmp_path and nib.load(copy).shape == shape
+    # a viewer gets the FLAIR as NIfTI in its scratch folder: a copy of the file, or of the DICOM series
+    (tmp_path / "v1").mkdir()
+    copy = store.viewable_image(CASE, tmp_path / "v1")
+    assert tmp_path / "v1" in copy.parents
+    assert copy.read_bytes() == (studies / CASE / f"{CASE}_fla.nii.gz").read_bytes()
+    (tmp_path / "v2").mkdir()
+    copy = store.viewable_image(DICOM_CASE, tmp_path / "v2")
+    assert tmp_path / "v2" in copy.parents and nib.load(copy).shape == shape
     assert [_digests(studies / CASE), _digests(dicom)] == before  # the scans are never written
 
 
-def test_training_skips_folder_studies(app_lib, studies: Path, tmp_path: Path, caplog) -> None:
+def _labelled_studies(app_lib, studies: Path, tmp_path: Path):
+    """The ``studies`` fixture's folder study and FLAIR alone with a final label, plus ``BROKEN``: a folder
+    study whose FLAIR is truncated (listed: its name says FLAIR), labelled too."""
+    broken = studies / "BROKEN"
+    write_scan_case(broken)
+    fla = broken / "BROKEN_fla.nii.gz"
+    fla.write_bytes(fla.read_bytes()[:3000])
     store = _store(app_lib, studies)
+    assert {CASE, FILE_STUDY, "BROKEN"} <= set(store.list_images())
     flair = nib.load(studies / CASE / f"{CASE}_fla.nii.gz")
-    store.save_label(CASE, str(_label_file(tmp_path / "l.nii.gz", flair.shape, flair.affine)), "final", {})
-    usable, skipped = app_lib.trainers.trainable(store.datalist())
-    assert usable == [] and skipped == [str((studies / CASE).resolve())]
+    for image_id in (CASE, FILE_STUDY):
+        label = _label_file(tmp_path / f"{image_id}_label.nii.gz", flair.shape, flair.affine)
+        assert store.save_label(image_id, str(label), "final", {}) == image_id
+    label = _label_file(tmp_path / "broken_label.nii.gz", flair.shape, flair.affine)
+    (studies / "labels" / "final" / "BROKEN.nii.gz").write_bytes(label.read_bytes())
+    store.refresh()
+    assert sorted(store.get_labeled_images()) == sorted([CASE, FILE_STUDY, "BROKEN"])
+    return store
+
+
+def test_training_inputs_are_the_inference_inputs(app_lib, studies: Path, tmp_path: Path) -> None:
+    """A FLAIR alone and a folder study give the input the inference builds (the FLAIR standing in for T1
+    and T1c), on the model's grid, with the label on that grid; an unusable study is skipped in one line."""
+    store = _labelled_studies(app_lib, studies, tmp_path)
+    before = _digests(studies)
+    inputs = app_lib.training_inputs.training_inputs(store, tmp_path / "scratch")
+    assert len(inputs.skipped) == 1 and inputs.skipped[0].startswith("BROKEN: ")
+    assert "BROKEN_fla.nii.gz" in inputs.skipped[0] and "\n" not in inputs.skipped[0]
+    assert sorted(d["case"] for d in inputs.datalist) == sorted([CASE, FILE_STUDY])
     paths = app_lib.model_files.AppPaths(REPO_ROOT / "bundle", tmp_path / "none.pt", tmp_path / "finetuned")
+    preprocessing = app_lib.infers.LGGSegInfer(paths, "cpu").bundle_item("preprocessing")
+    from pipeline.ingestion.cases import find_cases
+
+    for entry in inputs.datalist:
+        image, label = nib.load(entry["image"]), nib.load(entry["label"])
+        data = np.asarray(image.dataobj)
+        mask = np.asarray(label.dataobj)
+        assert data.ndim == 4 and data.shape[-1] == 3 and data.dtype == np.float32
+        assert mask.shape == data.shape[:3] and set(np.unique(mask).tolist()) == {0, 1}
+        assert np.allclose(label.affine, image.affine)
+        # the inference's own input of that study: same grid (shape and affine)
+        source = studies / CASE if entry["case"] == CASE else studies / f"{FILE_STUDY}.nii.gz"
+        seen = preprocessing(find_cases(source)[0])["image"]
+        assert tuple(seen.shape) == (3, *data.shape[:3])
+        assert np.allclose(np.asarray(seen.affine), image.affine, atol=1e-4)
+        if entry["case"] == FILE_STUDY:  # a FLAIR alone: the FLAIR stands in for T1 and T1c
+            assert np.array_equal(data[..., 0], data[..., 1]) and np.array_equal(data[..., 2], data[..., 1])
+        else:  # a folder study: its own T1 and T1c
+            assert not np.array_equal(data[..., 0], data[..., 1])
+    assert _digests(studies) == before  # the studies are read, never written
+
+
+@pytest.mark.slow
+def test_training_uses_a_flair_alone_and_a_folder_study(app_lib, studies: Path, tmp_path: Path) -> None:
+    """The walkthrough's Train after Submit on one's own FLAIR: training finishes, both studies used, the
+    unusable one skipped with its line in the figures."""
+    store = _labelled_studies(app_lib, studies, tmp_path)
+    model = _write_model(tmp_path / "base.pt")
+    paths = app_lib.model_files.AppPaths(REPO_ROOT / "bundle", model, tmp_path / "finetuned")
+    request = {"max_epochs": 1, "volume_repeats": 1, "batch_size": 4, "num_samples": 2}
+    stats = app_lib.trainers.LGGSegTrain(paths, "cpu")(request, store)
+    assert stats["studies"] == 2 and stats["epochs"] == 1
+    assert len(stats["skipped"]) == 1 and stats["skipped"][0].startswith("BROKEN: ")
+    published = tmp_path / "finetuned" / "model.pt"
+    assert published.is_file()
+    assert (
+        json.loads((tmp_path / "finetuned" / "train_stats.json").read_text())["skipped"] == stats["skipped"]
+    )
+    assert not [p for p in (tmp_path / "finetuned").iterdir() if p.name.startswith(".")], "scratch removed"
+
+
+def test_training_with_no_usable_study_names_each_cause(app_lib, studies: Path, tmp_path: Path) -> None:
     from monailabel.interfaces.exception import MONAILabelException
 
+    store = _labelled_studies(app_lib, studies, tmp_path)
+    for image_id in (CASE, FILE_STUDY):
+        (studies / "labels" / "final" / f"{image_id}.nii.gz").unlink()
+    store.refresh()
+    model = _write_model(tmp_path / "base.pt")
+    paths = app_lib.model_files.AppPaths(REPO_ROOT / "bundle", model, tmp_path / "finetuned")
     with pytest.raises(MONAILabelException) as caught:
-        app_lib.trainers.LGGSegTrain(paths, "cpu")({}, store)
-    assert "folder stud" in caught.value.msg and CASE in caught.value.msg
-    assert not (tmp_path / "finetuned").exists()
+        app_lib.trainers.LGGSegTrain(paths, "cpu")({"max_epochs": 1}, store)
+    message = caught.value.msg
+    assert message.startswith("no study could be used for fine-tuning: BROKEN: ") and "\n" not in message
+    assert "BROKEN_fla.nii.gz" in message
+    assert not (tmp_path / "finetuned" / "model.pt").exists()
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ files, writes them in place (a crash leaves a half-written file) and answers its
 with HTTP 500. :class:`CheckedDatastore` answers instead:
 
 - 400: an image id or label tag that is not a plain name (letters, digits, ``.``, ``_``, ``-``);
-- 403: a removal whose file lies outside the studies folder (a ``labels/<tag>`` folder that is a link);
+- 403: a removal whose file lies outside the studies folder (a ``labels/<tag>`` folder that is a link); a
+  read of a study or a label that leads outside the studies folder (below);
 - 404: an unknown image (saving a label, removing, updating its info);
 - 409: an upload whose id is already a study (remove it first; nothing is replaced); a removal whose entry
   is a folder, among them a folder study (below);
@@ -34,28 +35,37 @@ scans (:mod:`lib.scan_studies`: a scan case folder, id = its name, listed when t
 listing of the datastore). A folder study's label is checked against its FLAIR's grid and stored like any
 other (``labels/<tag>/<id>.nii.gz``); the server never writes into the folder nor removes it (409: remove
 the folder yourself; its labels are removed with ``DELETE /datastore/label``).
+
+Every read of a study or a label (inference, the downloads, the dataset archive, fine-tuning, the grid a
+submitted label is checked against) reads a private copy made by :mod:`lib.confined`
+(:meth:`CheckedDatastore.readable_study`, :meth:`CheckedDatastore.readable_label`): a file that leads
+outside the studies folder, through a link there at start or added or swapped in later (a study, a label, a
+sub-folder or a DICOM file of a folder study), is refused with 403 and never read.
+
+MONAI Label's private state is reached only through :class:`lib.monailabel_adapter.LocalDatastoreAdapter`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import json
 import logging
 import os
-import re
 import shutil
-import threading
+import tempfile
 import time
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from fastapi import HTTPException
-from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.datastore.local import ImageLabelModel
+from monailabel.interfaces.datastore import DefaultLabelTag
 
+from lib.confined import OutsideStudiesError, snapshot
+from lib.monailabel_adapter import LocalDatastoreAdapter, new_image_entry, new_label_entry
 from lib.scan_studies import (
     FOLDER_EXT,
     flair_file,
@@ -64,189 +74,93 @@ from lib.scan_studies import (
     is_folder_study,
     write_flair_nifti,
 )
-from lib.server import ServerLimits, discard_upload
-from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.scans import SCAN_KIND, CaseError
-from pipeline.ingestion.studies import STUDY_ID
-from pipeline.safety import atomic_write_text, is_inside
+from lib.server import ServerLimits, discard_upload, temp_folder
+from lib.study_files import (
+    Grid,
+    atomic_copy,
+    check_id,
+    check_image_file,
+    check_label_file,
+    check_tag,
+    info_object,
+    nifti_ext,
+)
+from pipeline.ingestion.errors import CaseError, LGGDataError
+from pipeline.ingestion.scan_cases import SCAN_KIND
+from pipeline.ingestion.sequences import NIFTI_SUFFIXES
+from pipeline.ingestion.studies import STUDY_SUFFIX
+from pipeline.ingestion.volume_checks import check_nifti_header
+from pipeline.safety import is_inside
+
+__all__ = [
+    "CheckedDatastore",
+    "check_id",
+    "check_image_file",
+    "check_label_file",
+    "check_tag",
+    "read_errors",
+    "scratch_folder",
+]
 
 logger = logging.getLogger(__name__)
 
-LABEL_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-NIFTI_EXTENSIONS = (".nii.gz", ".nii")
-LABEL_EXT = ".nii.gz"
-AFFINE_TOLERANCE_MM = 1e-3
+LABEL_EXT = STUDY_SUFFIX  # labels are stored as lggseg studies writes them
 
 
-def nifti_ext(filename: str) -> str | None:
-    """``".nii.gz"`` or ``".nii"`` when ``filename`` ends with it, else ``None``."""
-    lowered = filename.lower()
-    return next((ext for ext in NIFTI_EXTENSIONS if lowered.endswith(ext)), None)
-
-
-def check_id(image_id: Any) -> str:
-    """Refuse (400) an image id that is not a plain file-name stem."""
-    if not isinstance(image_id, str) or not STUDY_ID.match(image_id):
-        raise HTTPException(
-            status_code=400,
-            detail=f"image id {image_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-        )
-    return image_id
-
-
-def check_tag(tag: Any) -> str:
-    """Refuse (400) a label tag that is not a plain folder name."""
-    if not isinstance(tag, str) or not LABEL_TAG.match(tag):
-        raise HTTPException(
-            status_code=400,
-            detail=f"label tag {tag!r} is not allowed: use 1-64 letters, digits, '_' or '-' (e.g. final)",
-        )
-    return tag
-
-
-def _read_nifti(
-    path: str | os.PathLike, what: str, limits: ServerLimits | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    if nifti_ext(os.path.basename(path)) is None:
-        raise HTTPException(
-            status_code=415,
-            detail=f"the {what} must be a NIfTI file (.nii.gz or .nii), got {Path(path).name}",
-        )
-    limits = limits or ServerLimits()
-    try:
-        image = nib.load(path)  # the header only
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types for damaged files
-        raise HTTPException(
-            status_code=422,
-            detail=f"the {what} is not a readable NIfTI file ({type(error).__name__}: {error})",
-        ) from None
-    limits.check_voxels(image.shape, what)
-    try:
-        data = np.asanyarray(image.dataobj)  # reads everything: a truncated file fails here
-    except Exception as error:  # noqa: BLE001 - nibabel raises many types for damaged files
-        raise HTTPException(
-            status_code=422,
-            detail=f"the {what} is not a readable NIfTI file ({type(error).__name__}: {error})",
-        ) from None
-    return data, image.affine
-
-
-def check_image_file(
-    path: str | os.PathLike, limits: ServerLimits | None = None
-) -> tuple[tuple[int, ...], np.ndarray]:
-    """Read a study image completely; it must be ``(H, W, D, 3)`` (a prepared study) or ``(H, W, D)`` (a FLAIR
-    alone, as 3D Slicer uploads a user's own scan; the other sequences then take the FLAIR's place).
+@contextlib.contextmanager
+def read_errors(what: str) -> Iterator[None]:
+    """Answer the errors of a confined read (:mod:`lib.confined`) in one line: 403 a file leading outside
+    the studies folder, 404 a file that is gone, 422 one that cannot be read.
 
     Args:
-        path: the image file.
-        limits: the voxel budget (default: :class:`lib.server.ServerLimits`'s).
-
-    Returns:
-        its spatial shape ``(H, W, D)`` and affine.
-
-    Raises:
-        HTTPException: 413 over the voxel budget, 415 not NIfTI, 422 unreadable, another shape, or NaN or
-            infinite values (they would give an empty mask).
+        what: the study or label named in the message (``"study 'x'"``).
     """
-    data, affine = _read_nifti(path, "image", limits)
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    prepared = data.ndim == 4 and data.shape[-1] == 3
-    if not (prepared or data.ndim == 3) or min(data.shape) < 2:
-        raise HTTPException(
-            status_code=422,
-            detail=f"the image has shape {data.shape}; expected a FLAIR volume (H, W, D) or a prepared study "
-            "(H, W, D, 3) with the channels pre-contrast, FLAIR, post-contrast (see `lggseg studies`)",
-        )
-    if data.dtype.kind in "fc":
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            raise HTTPException(
-                status_code=422,
-                detail=f"the image holds {bad} NaN or infinite values; the model needs numbers",
-            )
-    return data.shape[:3], affine
-
-
-def check_label_file(
-    path: str | os.PathLike,
-    image_path: str | os.PathLike | None,
-    limits: ServerLimits | None = None,
-    grid: tuple[tuple[int, ...], np.ndarray] | None = None,
-) -> None:
-    """Check a submitted label against its image: same ``(H, W, D)``, same affine, values 0/1 only.
-
-    Trailing axes of size 1 are accepted (``(H, W, D, 1)``).
-
-    Args:
-        path: the label file.
-        image_path: the study's NIfTI file (its header gives the grid), or ``None`` when ``grid`` is given.
-        limits: the voxel budget.
-        grid: the study's ``(H, W, D)`` and affine (a folder study: its FLAIR's,
-            :func:`lib.scan_studies.flair_grid`).
-
-    Raises:
-        HTTPException: 413 over the voxel budget, 415 not NIfTI, 422 unreadable, wrong shape, values or
-            geometry.
-    """
-    data, affine = _read_nifti(path, "label", limits)
-    if grid is None:
-        image = nib.load(image_path)
-        grid = tuple(image.shape[:3]), image.affine
-    shape, image_affine = tuple(grid[0]), grid[1]
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.shape != shape:
-        raise HTTPException(
-            status_code=422, detail=f"the label has shape {data.shape}; its image has (H, W, D) = {shape}"
-        )
-    values = np.unique(data)
-    if not np.isin(values, (0, 1)).all():
-        shown = ", ".join(f"{v:g}" for v in values[:8].tolist())
-        raise HTTPException(
-            status_code=422,
-            detail=f"the label holds the values {{{shown}}}; only 0 (background) and 1 (flair_abnormality) "
-            "are allowed",
-        )
-    if not np.allclose(affine, image_affine, atol=AFFINE_TOLERANCE_MM):
-        raise HTTPException(
-            status_code=422,
-            detail="the label's geometry (affine) differs from its image's: export it on the image's grid",
-        )
-
-
-def _atomic_copy(source: str | os.PathLike, target: Path, compress: bool = False) -> None:
-    """Copy ``source`` to ``target`` through a hidden ``.partial`` file in the same folder, then rename; the
-    file gets the usual permissions (``0666`` less the umask), not ``mkstemp``'s ``0600``."""
-    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            if compress:
-                out.write(gzip.compress(src.read()))
-            else:
-                shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
+        yield
+    except OutsideStudiesError as error:
+        raise HTTPException(status_code=403, detail=f"{what}: {error}") from None
+    except FileNotFoundError as error:
+        raise HTTPException(status_code=404, detail=f"{what}: {error.strerror or error}") from None
+    except (LGGDataError, CaseError) as error:
+        raise HTTPException(status_code=422, detail=f"{what}: {' '.join(str(error).split())}") from None
+
+
+@contextlib.contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A new private folder in the server's temporary folder (:func:`lib.server.temp_folder`), removed
+    with everything in it at the end."""
+    folder = Path(tempfile.mkdtemp(prefix="read-", dir=temp_folder()))
+    try:
+        yield folder
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def _info(info: Any, field: str) -> dict[str, Any]:
-    """Client-supplied info (``params`` of an upload, ``info`` of an update) must be a JSON object (422)."""
-    if info is None:
-        return {}
-    if not isinstance(info, dict):
-        kind = type(info).__name__
-        raise HTTPException(status_code=422, detail=f"{field} must be a JSON object, got {kind}")
-    return info
+def _inside_or_400(path: Path, folder: Path) -> Path:
+    if not is_inside(path, folder):
+        raise HTTPException(status_code=400, detail=f"{path.name}: would be written outside the studies")
+    return path
 
 
-class CheckedDatastore(LocalDatastore):
-    """``LocalDatastore`` that validates names and files and writes atomically (module docstring).
+def _removable_entry(root: Path, folder: Path, name: str) -> Path:
+    """The entry ``name`` of a folder of the studies, for removal: the folder must resolve inside the
+    studies folder (403) and the entry must not be a folder (409); a symlink is the link itself."""
+    parent = Path(os.path.realpath(folder))
+    if not is_inside(parent, root):
+        raise HTTPException(
+            status_code=403,
+            detail=f"{name}: its folder {parent} is outside the studies folder; the server removes "
+            "nothing there",
+        )
+    entry = parent / name
+    if entry.is_dir() and not entry.is_symlink():
+        raise HTTPException(status_code=409, detail=f"{name} is a folder, not a study file: not removed")
+    return entry
+
+
+class CheckedDatastore(LocalDatastoreAdapter):
+    """``LocalDatastore`` that validates names and files, writes atomically and reads only inside the studies
+    folder (module docstring).
 
     Args:
         datastore_path: the studies folder.
@@ -255,120 +169,249 @@ class CheckedDatastore(LocalDatastore):
     """
 
     def __init__(self, datastore_path: str, limits: ServerLimits | None = None, **kwargs: Any) -> None:
-        self._root = Path(os.path.realpath(datastore_path))
-        self._relist = bool(kwargs.get("auto_reload")) and not kwargs.get("read_only")
-        # one reconciliation at a time: the file watcher's thread and the requests' both refresh, and
-        # LocalDatastore's passes iterate over the objects that another pass changes
-        self._reconcile_lock = threading.RLock()
+        self.root = Path(os.path.realpath(datastore_path))
+        self.relist = bool(kwargs.get("auto_reload")) and not kwargs.get("read_only")
         self.limits = limits or ServerLimits()
         super().__init__(datastore_path, **kwargs)
 
-    def _inside(self, path: Path, folder: Path) -> Path:
-        if not is_inside(path, folder):
-            raise HTTPException(status_code=400, detail=f"{path.name}: would be written outside the studies")
-        return path
-
+    # ------------------------------------------------------------------------------------------ listing
     def is_folder_study(self, image_id: str) -> bool:
         """Whether ``image_id`` is a folder study (a user's scan case folder, :mod:`lib.scan_studies`)."""
-        obj = self._datastore.objects.get(image_id)
+        obj = self.objects.get(image_id)
         return obj is not None and obj.image.ext == FOLDER_EXT
 
     def study_folder(self, image_id: str) -> Path:
         """The folder of a folder study (404 unknown, 409 a file study)."""
-        self._image(image_id)
+        self.entry(image_id)
         if not self.is_folder_study(image_id):
             raise HTTPException(status_code=409, detail=f"image {image_id!r} is a file, not a folder study")
-        return self._root / image_id
+        return self.root / image_id
 
-    def _add_non_existing_images(self) -> int:
-        """LocalDatastore's NIfTI files, then the folder studies (:func:`lib.scan_studies.folder_studies`);
-        a file study keeps its id when a folder has the same name."""
-        invalidate = super()._add_non_existing_images()
-        objects = self._datastore.objects
-        for image_id, folder in folder_studies(self._root, {self._datastore.labels_dir}).items():
+    def add_extra_images(self) -> int:
+        """The folder studies (:func:`lib.scan_studies.folder_studies`), after MONAI Label's NIfTI files; a
+        file study keeps its id when a folder has the same name."""
+        invalidate = 0
+        objects = self.objects
+        for image_id, folder in folder_studies(self.root, {self.labels_dir_name()}).items():
             if image_id in objects:
                 if objects[image_id].image.ext != FOLDER_EXT:
                     logger.warning("%s: the study %r is a file already: folder not listed", folder, image_id)
                 continue
             logger.info("Adding folder study: %s => %s", image_id, folder)
             info = {"ts": int(time.time()), "name": image_id, "kind": SCAN_KIND}
-            objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=FOLDER_EXT))
+            objects[image_id] = new_image_entry(info, FOLDER_EXT)
             invalidate += 1
         return invalidate
 
-    def _remove_non_existing(self) -> int:
-        """LocalDatastore's check, plus: a folder study that is gone, became a link, lost its FLAIR-like
-        files or gained a link out of the studies folder is no longer listed (its files stay)."""
-        invalidate = super()._remove_non_existing()
-        objects = self._datastore.objects
+    def remove_invalid_images(self) -> int:
+        """After MONAI Label's check: a folder study that is gone, became a link, lost its FLAIR-like files or
+        gained a link out of the studies folder is no longer listed (its files stay)."""
+        invalidate = 0
+        objects = self.objects
         for image_id in [k for k, v in objects.items() if v.image.ext == FOLDER_EXT]:
-            if not is_folder_study(self._root, self._root / image_id):
+            if not is_folder_study(self.root, self.root / image_id):
                 logger.info("Removing folder study no longer valid: %s", image_id)
                 del objects[image_id]
                 invalidate += 1
         return invalidate
 
-    def _reconcile_datastore(self) -> None:
-        """LocalDatastore's reconciliation of the object list with the files, one at a time."""
-        with self._reconcile_lock:
-            super()._reconcile_datastore()
-
     def json(self) -> dict[str, Any]:
         """The datastore (``GET /datastore/?output=all``), after looking for folders copied in meanwhile
         (the file watcher sees only files directly in the studies folder)."""
-        with self._reconcile_lock:
-            if self._relist:
+        with self.reconcile_lock:
+            if self.relist:
                 self.refresh()
             return super().json()
 
     def status(self) -> dict[str, Any]:
         """Counts of studies and labels (``GET /datastore/``, ``/info/``), after looking for new folders."""
-        with self._reconcile_lock:
-            if self._relist:
+        with self.reconcile_lock:
+            if self.relist:
                 self.refresh()
             return super().status()
 
-    def _image(self, image_id: str) -> ImageLabelModel:
-        obj = self._datastore.objects.get(image_id)
+    def entry(self, image_id: str) -> ImageLabelModel:
+        """The table entry of a study; 404 when unknown."""
+        obj = self.objects.get(image_id)
         if obj is None:
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
         return obj
 
+    # -------------------------------------------------------------------------------------- reading
+    def readable_study(self, image_id: str, scratch: Path) -> Path:
+        """A private copy of a study in ``scratch``, made without ever reading outside the studies folder
+        (:func:`lib.confined.snapshot`): ``<id><ext>`` for a file study, the folder ``<id>`` (what the scan
+        reader looks at) for a folder study.
+
+        Args:
+            image_id: the study.
+            scratch: a private folder of the caller (:func:`scratch_folder`).
+
+        Returns:
+            the copy.
+
+        Raises:
+            HTTPException: 404 unknown or gone, 403 a file leading outside the studies folder, 422 not a
+                regular file.
+        """
+        obj = self.entry(image_id)
+        name = f"{image_id}{obj.image.ext}"
+        with read_errors(f"study {image_id!r}"):
+            return snapshot(self.root, self.images_folder() / name, scratch, name)
+
+    def readable_label(self, image_id: str, tag: str, scratch: Path) -> Path:
+        """A private copy of a study's label in ``scratch`` (as :meth:`readable_study`).
+
+        Returns:
+            the copy, ``<scratch>/<tag>-<id><ext>``.
+
+        Raises:
+            HTTPException: 404 no such label or gone, 403 leading outside, 422 not a regular file.
+        """
+        label = self.entry(image_id).labels.get(tag) if isinstance(tag, str) else None
+        if label is None:
+            raise HTTPException(status_code=404, detail=f"no label {tag!r} for image {image_id!r}")
+        name = f"{image_id}{label.ext}"
+        with read_errors(f"label {tag!r} of {image_id!r}"):
+            return snapshot(self.root, self.label_folder(tag) / name, scratch, f"{tag}-{name}")
+
+    def viewable_image(self, image_id: str, scratch: Path) -> Path:
+        """The NIfTI file a viewer (3D Slicer) opens for a study, in ``scratch``: a file study's copy; a
+        folder study's FLAIR (its file, or a NIfTI copy of a DICOM series).
+
+        Raises:
+            HTTPException: 404 unknown, 403 leading outside the studies folder, 422 no readable FLAIR.
+        """
+        copy = self.readable_study(image_id, scratch)
+        if not self.is_folder_study(image_id):
+            return copy
+        with read_errors(f"study {image_id!r}"):
+            flair = flair_file(copy)
+            if flair is not None:
+                return flair
+            return write_flair_nifti(copy, scratch / f"{image_id}{LABEL_EXT}")
+
+    def study_grid(self, image_id: str) -> Grid:
+        """The grid a study's label lies on: the image's ``(H, W, D)`` and affine (a folder study: its
+        FLAIR's, :func:`lib.scan_studies.flair_grid`).
+
+        Raises:
+            HTTPException: 404 unknown, 403 leading outside the studies folder, 422 unreadable.
+        """
+        with scratch_folder() as scratch:
+            copy = self.readable_study(image_id, scratch)
+            with read_errors(f"study {image_id!r}"):
+                if self.is_folder_study(image_id):
+                    return flair_grid(copy)
+                image = check_nifti_header(copy)
+                return tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine)
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """The image's info; for a folder study ``path`` and ``name`` are its FLAIR file's (3D Slicer's Next
+        Sample opens ``path`` when it exists on its machine), or empty and ``<id>.nii.gz`` for a DICOM
+        FLAIR or one that cannot be found or read inside the studies folder (Slicer then downloads
+        ``/datastore/image``)."""
+        info = super().get_image_info(image_id)
+        if self.is_folder_study(image_id):
+            flair = None
+            with scratch_folder() as scratch:
+                try:
+                    copy = self.readable_study(image_id, scratch)
+                    found = flair_file(copy)
+                    flair = self.root / image_id / found.relative_to(copy) if found is not None else None
+                except (HTTPException, CaseError, LGGDataError) as error:
+                    reason = getattr(error, "detail", error)
+                    logger.warning("study %r: no FLAIR file to show (%s)", image_id, reason)
+            info["path"] = str(flair) if flair is not None else ""
+            info["name"] = flair.name if flair is not None else f"{image_id}{LABEL_EXT}"
+        return info
+
+    def get_image(self, image_id: str, params: Any = None) -> bytes | None:
+        """A study file's bytes, read inside the studies folder (a folder study: ``None``)."""
+        if image_id not in self.objects or self.is_folder_study(image_id):
+            return None
+        with scratch_folder() as scratch:
+            return self.readable_study(image_id, scratch).read_bytes()
+
+    def get_label(self, label_id: str, label_tag: str, params: Any = None) -> bytes | None:
+        """A label's bytes, read inside the studies folder."""
+        if not self.has_label(label_id, label_tag):
+            return None
+        with scratch_folder() as scratch:
+            return self.readable_label(label_id, label_tag, scratch).read_bytes()
+
+    def get_dataset_archive(self, limit_cases: int | None) -> str:
+        """``GET /datastore/dataset``: a ZIP of the studies with a final label and their labels (a folder
+        study: its files that the scan reader looks at), read inside the studies folder (403 otherwise).
+
+        Returns:
+            the archive, a temporary file the endpoint sends.
+        """
+        ids = sorted(self.get_labeled_images())
+        if not ids:
+            raise HTTPException(
+                status_code=409, detail="no study has a final label: the archive would be empty"
+            )
+        if limit_cases and 0 < limit_cases < len(ids):
+            ids = ids[:limit_cases]
+        handle, archive_path = tempfile.mkstemp(suffix=".zip", dir=temp_folder())
+        os.close(handle)
+        try:
+            with scratch_folder() as scratch, zipfile.ZipFile(archive_path, mode="w") as archive:
+                for image_id in ids:
+                    image = self.readable_study(image_id, scratch)
+                    label = self.readable_label(image_id, DefaultLabelTag.FINAL, scratch)
+                    files = sorted(p for p in image.rglob("*") if p.is_file()) if image.is_dir() else [image]
+                    for path in files:
+                        archive.write(path, arcname=os.path.join("image", path.relative_to(scratch)))
+                    archive.write(label, arcname=os.path.join("label", f"{image_id}{LABEL_EXT}"))
+                archive.writestr("metadata.json", self.json_text())
+        except BaseException:
+            os.unlink(archive_path)
+            raise
+        return archive_path
+
+    def json_text(self) -> str:
+        """The datastore table as JSON text (what ``datastore_v2.json`` holds)."""
+        return json.dumps(super().json(), indent=2, default=str)
+
+    # -------------------------------------------------------------------------------------- writing
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Add an uploaded study: checked id (400), new id (409), size (413), NIfTI (415), readable
         ``(H, W, D)`` or ``(H, W, D, 3)`` (422). The uploaded file is removed from the server's temporary
         folder whatever the answer."""
         try:
-            return self._add_image(image_id, image_filename, image_info)
+            return self.store_image(image_id, image_filename, image_info)
         finally:
             discard_upload(image_filename)
 
-    def _add_image(self, image_id: str, image_filename: str, image_info: Any) -> str:
+    def store_image(self, image_id: str, image_filename: str, image_info: Any) -> str:
+        """:meth:`add_image` without removing the upload."""
         check_id(image_id)
-        info = _info(image_info, "params")
+        info = info_object(image_info, "params")
         ext = nifti_ext(os.path.basename(image_filename))
         if ext is None:
             raise HTTPException(
                 status_code=415,
                 detail=f"upload {image_id!r}: the image must be a NIfTI file (.nii.gz or .nii)",
             )
-        images = Path(self._datastore.image_path())
-        clash = [images / f"{image_id}{e}" for e in NIFTI_EXTENSIONS if (images / f"{image_id}{e}").exists()]
-        if image_id in self._datastore.objects or clash:
+        images = self.images_folder()
+        clash = [images / f"{image_id}{e}" for e in NIFTI_SUFFIXES if (images / f"{image_id}{e}").exists()]
+        if image_id in self.objects or clash:
             raise HTTPException(
                 status_code=409,
                 detail=f"image {image_id!r} exists already; remove it first or upload under another id",
             )
         self.limits.check_size(image_filename, "image")
         check_image_file(image_filename, self.limits)
-        dest = self._inside(images / f"{image_id}{ext}", self._root)
-        with FileLock(self._lock_file):
+        dest = _inside_or_400(images / f"{image_id}{ext}", self.root)
+        with self.table_lock():
             if dest.exists():
                 raise HTTPException(status_code=409, detail=f"image {image_id!r} exists already")
-            _atomic_copy(image_filename, dest)
+            atomic_copy(image_filename, dest)
             info = {**info, "ts": int(time.time()), "name": dest.name}
-            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
-            self._update_datastore_file(lock=False)
+            self.objects[image_id] = new_image_entry(info, ext)
+            self.save_table(lock=False)
         return image_id
 
     def save_label(
@@ -377,101 +420,48 @@ class CheckedDatastore(LocalDatastore):
         """Save a label as ``labels/<tag>/<id>.nii.gz`` after checking it against its image. The uploaded
         file is removed from the server's temporary folder whatever the answer."""
         try:
-            return self._save_label(image_id, label_filename, label_tag, label_info)
+            return self.store_label(image_id, label_filename, label_tag, label_info)
         finally:
             discard_upload(label_filename)
 
-    def _save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Any) -> str:
-        obj = self._image(image_id)
+    def store_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Any) -> str:
+        """:meth:`save_label` without removing the upload."""
+        obj = self.entry(image_id)
         check_tag(label_tag)
-        info = _info(label_info, "params")
+        info = info_object(label_info, "params")
         self.limits.check_size(label_filename, "label")
-        if obj.image.ext == FOLDER_EXT:
-            check_label_file(label_filename, None, self.limits, grid=self._folder_grid(image_id))
-        else:
-            check_label_file(label_filename, self.get_image_uri(image_id), self.limits)
-        folder = Path(self._datastore.label_path(label_tag))
-        dest = self._inside(folder / f"{image_id}{LABEL_EXT}", self._root / self._datastore.labels_dir)
-        with FileLock(self._lock_file):
+        check_label_file(label_filename, None, self.limits, grid=self.study_grid(image_id))
+        folder = self.label_folder(label_tag)
+        dest = _inside_or_400(folder / f"{image_id}{LABEL_EXT}", self.root / self.labels_dir_name())
+        with self.table_lock():
             folder.mkdir(parents=True, exist_ok=True)
-            _atomic_copy(label_filename, dest, compress=nifti_ext(os.path.basename(label_filename)) == ".nii")
+            atomic_copy(label_filename, dest, compress=nifti_ext(os.path.basename(label_filename)) == ".nii")
             info = {**info, "ts": int(time.time()), "name": dest.name}
-            obj.labels[label_tag] = DataModel(info=info, ext=LABEL_EXT)
-            self._update_datastore_file(lock=False)
+            obj.labels[label_tag] = new_label_entry(info, LABEL_EXT)
+            self.save_table(lock=False)
         return image_id
 
-    def get_image_info(self, image_id: str) -> dict[str, Any]:
-        """The image's info; for a folder study ``path`` and ``name`` are its FLAIR file's (3D Slicer's Next
-        Sample opens ``path`` when it exists on its machine), or empty and ``<id>.nii.gz`` for a DICOM
-        FLAIR or one that cannot be found (Slicer then downloads ``/datastore/image``)."""
-        info = super().get_image_info(image_id)
-        if self.is_folder_study(image_id):
-            try:
-                flair = flair_file(self._root / image_id)
-            except CaseError:
-                flair = None
-            info["path"] = str(flair) if flair is not None else ""
-            info["name"] = flair.name if flair is not None else f"{image_id}{LABEL_EXT}"
-        return info
-
-    def viewable_flair(self, image_id: str, scratch: Path) -> tuple[Path, bool]:
-        """A NIfTI file a viewer (3D Slicer) can open for a folder study: its FLAIR file, or for a DICOM
-        FLAIR a NIfTI copy written into ``scratch`` (the server's private temporary folder).
-
-        Returns:
-            the file and whether it is a temporary copy (the caller removes it).
-
-        Raises:
-            HTTPException: 404 unknown, 409 a file study, 422 no readable FLAIR.
-        """
-        folder = self.study_folder(image_id)
-        try:
-            flair = flair_file(folder)
-            if flair is not None:
-                return flair, False
-            target = scratch / f"{image_id}.{os.urandom(6).hex()}.nii.gz"
-            return write_flair_nifti(folder, target), True
-        except (CaseError, LGGDataError) as error:
-            raise HTTPException(status_code=422, detail=f"study {image_id!r}: {error}") from None
-
-    def _folder_grid(self, image_id: str) -> tuple[tuple[int, ...], np.ndarray]:
-        """A folder study's FLAIR grid; a folder whose FLAIR cannot be found or read is 422."""
-        try:
-            return flair_grid(self.study_folder(image_id))
-        except (CaseError, LGGDataError) as error:
-            raise HTTPException(status_code=422, detail=f"study {image_id!r}: {error}") from None
-
-    def _entry(self, folder: str, name: str) -> Path:
-        """The entry ``name`` of a folder of the studies, for removal: the folder must resolve inside the
-        studies folder (403) and the entry must not be a folder (409); a symlink is the link itself."""
-        parent = Path(os.path.realpath(folder))
-        if not is_inside(parent, self._root):
-            raise HTTPException(
-                status_code=403,
-                detail=f"{name}: its folder {parent} is outside the studies folder; the server removes "
-                "nothing there",
-            )
-        entry = parent / name
-        if entry.is_dir() and not entry.is_symlink():
-            raise HTTPException(status_code=409, detail=f"{name} is a folder, not a study file: not removed")
-        return entry
-
-    def _remove_entries(self, entries: list[Path]) -> None:
+    # ------------------------------------------------------------------------------------- removing
+    def remove_entries(self, entries: list[Path]) -> None:
+        """Remove these entries of the studies folder (a symlink: the link, never its target), then
+        refresh."""
         for entry in entries:
             with contextlib.suppress(FileNotFoundError):
-                entry.unlink()  # a symlink: the link, never its target
+                entry.unlink()
         self.refresh()
 
-    def _label_entries(self, image_id: str, tags: list[str]) -> list[Path]:
-        obj = self._image(image_id)
+    def label_entries(self, image_id: str, tags: list[str]) -> list[Path]:
+        """The label entries of a study for ``tags`` (checked as :func:`_removable_entry`)."""
+        obj = self.entry(image_id)
         return [
-            self._entry(self._datastore.label_path(tag), f"{image_id}{obj.labels[tag].ext}") for tag in tags
+            _removable_entry(self.root, self.label_folder(tag), f"{image_id}{obj.labels[tag].ext}")
+            for tag in tags
         ]
 
     def remove_image(self, image_id: str) -> None:
         """Remove a study and its labels (their entries in the studies folder, never a link's target);
         unknown image: 404; a folder study: 409; nothing is removed when any entry is refused (403, 409)."""
-        obj = self._image(image_id)
+        obj = self.entry(image_id)
         if obj.image.ext == FOLDER_EXT:
             raise HTTPException(
                 status_code=409,
@@ -479,38 +469,23 @@ class CheckedDatastore(LocalDatastore):
                 "not write; nothing was removed (remove the folder yourself; its labels with "
                 "DELETE /datastore/label)",
             )
-        entries = self._label_entries(image_id, list(obj.labels))
-        entries.append(self._entry(self._datastore.image_path(), f"{image_id}{obj.image.ext}"))
-        self._remove_entries(entries)
+        entries = self.label_entries(image_id, list(obj.labels))
+        entries.append(_removable_entry(self.root, self.images_folder(), f"{image_id}{obj.image.ext}"))
+        self.remove_entries(entries)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         """Remove one label (its entry, never a link's target); unknown image or tag: 404."""
-        if not self._datastore.label(label_id, label_tag):
+        if not self.has_label(label_id, label_tag):
             raise HTTPException(status_code=404, detail=f"no label {label_tag!r} for image {label_id!r}")
-        self._remove_entries(self._label_entries(label_id, [label_tag]))
+        self.remove_entries(self.label_entries(label_id, [label_tag]))
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         """Update an image's info; unknown image: 404, info not a JSON object: 422."""
-        self._image(image_id)
-        super().update_image_info(image_id, _info(info, "info"))
+        self.entry(image_id)
+        super().update_image_info(image_id, info_object(info, "info"))
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         """Update a label's info; unknown image or tag: 404, info not a JSON object: 422."""
-        if not self._datastore.label(label_id, label_tag):
+        if not self.has_label(label_id, label_tag):
             raise HTTPException(status_code=404, detail=f"no label {label_tag!r} for image {label_id!r}")
-        super().update_label_info(label_id, label_tag, _info(info, "info"))
-
-    def _update_datastore_file(self, lock: bool = True) -> None:
-        """Write ``datastore_v2.json`` atomically (a crash never leaves it half-written)."""
-
-        def write() -> None:
-            self._ignore_event_config = True
-            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            atomic_write_text(self._datastore_config_path, text)
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
-
-        if lock:
-            with FileLock(self._lock_file):
-                write()
-        else:
-            write()
+        super().update_label_info(label_id, label_tag, info_object(info, "info"))

@@ -12,6 +12,12 @@ MONAI Label's writer saves with the study's affine (NIfTI, or NRRD when the clie
 An empty mask is never the answer to an input or a model that cannot give one: NaN or infinite values in the
 preprocessed image (they spread through the normalisation to the whole volume) are the client's error (422),
 NaN or infinite values in the network's output the model's (503, like weights that cannot be loaded).
+
+A study is read from a private copy (:func:`lib.confined.snapshot`, made in the server's private temporary
+folder and removed once loaded): a study file, or any file of a folder study, that leads outside the studies
+folder, through a link present at start or swapped in later, is 403 and never read. The network comes from
+:class:`lib.model_files.CachedNetwork` (strict loading), never from MONAI Label's own loader
+(:class:`lib.monailabel_adapter.InferTaskAdapter`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,30 +33,40 @@ import torch
 from fastapi import HTTPException
 from monai.transforms import CastToTyped, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from lib.confined import snapshot
+from lib.datastore import read_errors, scratch_folder
 from lib.model_files import AppPaths, CachedNetwork, ModelFileError, read_bundle_config
+from lib.monailabel_adapter import InferTaskAdapter
+from lib.server import is_upload
 from pipeline.config import resolve_device
 from pipeline.engines import innermost_error
 from pipeline.ingestion.cases import find_cases
-from pipeline.ingestion.scans import find_scan_case
+from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.kaggle import CHANNEL_NAMES
+from pipeline.ingestion.scan_cases import find_scan_case
+from pipeline.ingestion.volume_checks import check_image_volume
 
 logger = logging.getLogger(__name__)
 
 LABELS = {"flair_abnormality": 1}
-NUM_CHANNELS = 3
 RESULT_EXTENSION = ".nii.gz"  # a folder study's label, unless the client asks for another type
 
 
-class LGGSegInfer(BasicInferTask):
+class LGGSegInfer(InferTaskAdapter):
     """Segment the FLAIR abnormality of a 3-channel LGG study with the bundle's network.
 
     Args:
         paths: the bundle and weight files (the fine-tuned weights are preferred when present).
         device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda[:i]"``; every request runs there.
+        studies: the studies folder: a study is read only inside it, from a private copy (module
+            docstring); ``None`` (a direct call, as in the tests) reads the path it is given.
     """
 
-    def __init__(self, paths: AppPaths, device: str = "auto") -> None:
+    def __init__(
+        self, paths: AppPaths, device: str = "auto", studies: str | os.PathLike | None = None
+    ) -> None:
+        resolved = resolve_device(device)
         super().__init__(
             path=[str(paths.base_model), str(paths.finetuned_model)],  # last existing one wins
             network=None,
@@ -58,14 +75,15 @@ class LGGSegInfer(BasicInferTask):
             dimension=3,
             description="FLAIR abnormality (lower-grade glioma) from pre-contrast, FLAIR and post-contrast "
             "MRI, with the lggseg bundle",
+            config={"device": [str(resolved)]},
             load_strict=True,
         )
         self.paths = paths
         self.device_name = device
-        self.device = resolve_device(device)
-        self._config["device"] = [str(self.device)]
-        self._parser_lock = threading.Lock()
-        self._parser: Any = None
+        self.device = resolved
+        self.studies = Path(os.path.realpath(studies)) if studies is not None else None
+        self.parser_lock = threading.Lock()
+        self.parser: Any = None
         self.network = None  # set by BasicInferTask; weights come from CachedNetwork only
         self.cached = CachedNetwork(lambda: self.bundle_item("network_def", lazy=False), paths)
 
@@ -79,10 +97,10 @@ class LGGSegInfer(BasicInferTask):
         Returns:
             the instantiated object.
         """
-        with self._parser_lock:
-            if self._parser is None:
-                self._parser = read_bundle_config(self.paths, "inference.json", self.device_name)
-            return self._parser.get_parsed_content(key, lazy=lazy)
+        with self.parser_lock:
+            if self.parser is None:
+                self.parser = read_bundle_config(self.paths, "inference.json", self.device_name)
+            return self.parser.get_parsed_content(key, lazy=lazy)
 
     def is_valid(self) -> bool:
         """Listed by ``/info/`` when a weight file exists."""
@@ -92,7 +110,26 @@ class LGGSegInfer(BasicInferTask):
         return [self.bundle_item("preprocessing")]
 
     def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:
-        """Run the bundle's preprocessing; an unreadable or wrong image is the client's error (422)."""
+        """Run the bundle's preprocessing on the study (a private copy of it, read inside the studies
+        folder: 403 otherwise) or on the uploaded file; an unreadable or wrong image is the client's error
+        (422)."""
+        image = data.get("image")
+        if not isinstance(image, str) or is_upload(image) or self.studies is None:
+            return self.load(data, transforms)
+        name = os.path.basename(image)
+        with scratch_folder() as scratch:
+            with read_errors(f"image {name!r}"):
+                copy = snapshot(self.studies, image, scratch, name)
+            return self.load({**data, "image": str(copy)}, transforms)
+
+    def load(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:
+        """The bundle's preprocessing on ``data["image"]``: a folder (a user's scan case folder), a prepared
+        study or a FLAIR alone (3D), read as ``lggseg infer`` reads them; then the input must be 3 channels
+        of numbers (:func:`pipeline.ingestion.volume_checks.check_image_volume`).
+
+        Raises:
+            HTTPException: 422 unreadable image, another shape, or NaN or infinite values.
+        """
         name = data.get("image_path") or data.get("image")
         try:
             image = data.get("image")
@@ -108,30 +145,22 @@ class LGGSegInfer(BasicInferTask):
             raise HTTPException(
                 status_code=422, detail=f"cannot read the image {name}: {type(cause).__name__}: {cause}"
             ) from error
-        image = data[self.input_key]
-        bad = int(image.numel() - torch.isfinite(torch.as_tensor(image)).sum())
-        if bad:
-            raise HTTPException(
-                status_code=422,
-                detail=f"the image {name} holds {bad} NaN or infinite values after preprocessing (NaN or "
-                "infinite voxels in the file); the model needs numbers",
-            )
-        if image.ndim != 4 or image.shape[0] != NUM_CHANNELS:
-            raise HTTPException(
-                status_code=422,
-                detail=f"the image {name} has shape {tuple(image.shape)} after loading; expected "
-                f"({NUM_CHANNELS}, H, W, D): pre-contrast, FLAIR, post-contrast (see `lggseg studies`)",
-            )
+        try:  # NaN or infinite values spread through the normalisation: the file held some
+            check_image_volume(data[self.input_key], f"the image {name} after preprocessing", CHANNEL_NAMES)
+        except LGGDataError as error:
+            raise HTTPException(status_code=422, detail=f"{error} (see `lggseg studies`)") from None
         return data
 
     def inferer(self, data: Any = None) -> Any:
         return self.bundle_item("inferer")
 
-    def _get_network(self, device: Any, data: Any) -> torch.nn.Module:
-        network, _ = self._network_and_info()
+    def network_for(self, device: Any) -> torch.nn.Module:
+        """The bundle's network with the current weights (:class:`lib.model_files.CachedNetwork`)."""
+        network, _ = self.network_and_info()
         return network
 
-    def _network_and_info(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def network_and_info(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The network on the app's device and ``{"model_file", "model_mtime"}``; 503 when unavailable."""
         try:
             return self.cached.get(self.device)
         except ModelFileError as error:
@@ -139,7 +168,7 @@ class LGGSegInfer(BasicInferTask):
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: Any = "cuda") -> dict:
         """The bundle's inferer on the whole volume, on the app's device (the request's device is ignored)."""
-        network, info = self._network_and_info()
+        network, info = self.network_and_info()
         image = data[self.input_key]
         with torch.no_grad():
             pred = self.inferer(data)(image[None].to(self.device), network)[0]

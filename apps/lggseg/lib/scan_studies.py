@@ -10,6 +10,11 @@ A folder is a study only when it is a real folder (not a symlink), its name is a
 (:data:`pipeline.ingestion.studies.STUDY_ID`, not ending in ``.nii`` / ``.nii.gz``), it is not the labels
 folder, and no entry in it or in its sub-folders is a symlink leading outside the studies folder; a folder
 that fails one of these is left out with a warning in the log. The server never writes into such a folder.
+
+Listing looks at the folder in place (after :func:`links_out`); everything else reads a private copy made
+by :func:`lib.confined.snapshot_folder` (a link swapped in later is never followed out of the studies
+folder): :func:`read_flair`, :func:`flair_grid`, :func:`flair_file` and :func:`write_flair_nifti` take that
+copy.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pipeline.ingestion.scan_loader import ras_affine
-from pipeline.ingestion.scans import find_scan_case, is_scan_case_folder, read_scan
+from pipeline.ingestion.scan_cases import find_scan_case, is_scan_case_folder
+from pipeline.ingestion.scan_reading import ras_affine, read_scan
+from pipeline.ingestion.sequences import NIFTI_SUFFIXES
 from pipeline.ingestion.studies import STUDY_ID
 from pipeline.safety import is_inside
 
 logger = logging.getLogger(__name__)
 
 FOLDER_EXT = ""  # a folder study's ``ext`` in the datastore: its entry is the folder itself
-NIFTI_NAMES = (".nii.gz", ".nii")
 
 
 def links_out(folder: Path, root: Path, depth: int = 2) -> list[Path]:
@@ -75,7 +80,7 @@ def folder_studies(root: Path, skip: set[str]) -> dict[str, Path]:
         return studies
     for entry in entries:
         name = entry.name
-        if name in skip or name.startswith(".") or name.lower().endswith(NIFTI_NAMES):
+        if name in skip or name.startswith(".") or name.lower().endswith(NIFTI_SUFFIXES):
             continue
         if not entry.is_dir(follow_symlinks=False):
             continue  # files are LocalDatastore's; a symlink to a folder is never followed
@@ -143,7 +148,7 @@ def flair_file(folder: str | os.PathLike) -> Path | None:
     """The FLAIR of a folder study as a file a viewer can open: the NIfTI file itself, ``None`` for a DICOM
     series (see :func:`write_flair_nifti`)."""
     flair = Path(scan_case(folder)["flair"])
-    return flair if flair.is_file() and flair.name.lower().endswith(NIFTI_NAMES) else None
+    return flair if flair.is_file() and flair.name.lower().endswith(NIFTI_SUFFIXES) else None
 
 
 def write_flair_nifti(folder: str | os.PathLike, target: Path) -> Path:

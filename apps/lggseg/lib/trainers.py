@@ -9,9 +9,10 @@ file when present, else the base model; loaded strictly) and publishes the final
 ``<model_dir>/model.pt`` (temporary file in that folder, then ``os.replace``): inference keeps serving the
 old file until the new one is complete, and reloads on its next request when the file changed.
 
-Folder studies (a user's scan case folder, :mod:`lib.scan_studies`) are not trained on: the bundle's
-training chain reads prepared ``(H, W, D, 3)`` volumes. Such a study with a final label is skipped with a
-line in the log (:func:`trainable`); when no other study has one, the request is refused with that reason.
+Every kind of study is trained on with the input the inference uses (:mod:`lib.training_inputs`): a prepared
+volume, a FLAIR alone (T1 and T1c take the FLAIR's place) or a folder of the user's scans, on the model's
+grid, its label on that grid. A study that cannot be used is skipped with one line in the log and in the
+figures (``skipped``); the training fails only when no study is left, naming each one's cause.
 
 MONAI Label runs this task in a separate process (``python -m monailabel.interfaces.utils.app -m train``).
 """
@@ -21,9 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from monai.bundle import ConfigWorkflow
@@ -31,7 +32,9 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
+from lib.datastore import CheckedDatastore
 from lib.model_files import AppPaths, ModelFileError, load_into, publish_weights, read_weights
+from lib.training_inputs import training_inputs
 from pipeline.engines import innermost_error
 from pipeline.model_files import CONFIG_KEY, MODEL_KEY, network_options
 from pipeline.safety import atomic_write_text
@@ -51,29 +54,15 @@ def refused_train_keys(request: dict[str, Any]) -> list[str]:
     return [key for key in REFUSED_KEYS if key in request]
 
 
-def trainable(datalist: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Split the datastore's final labels into what fine-tuning can use and the folder studies it skips.
-
-    Args:
-        datalist: ``[{"image", "label"}]`` (``Datastore.datalist()``).
-
-    Returns:
-        the usable entries, and the image paths of the folder studies left out.
-    """
-    usable = [d for d in datalist if not os.path.isdir(d["image"])]
-    skipped = [d["image"] for d in datalist if os.path.isdir(d["image"])]
-    return usable, skipped
+NO_LABEL = "no study has a final label yet: submit labels, then train"
 
 
-def no_trainable_study(skipped: list[str]) -> str:
-    """Why a training request has nothing to train on (empty ``trainable`` result)."""
+def no_study_left(skipped: list[str]) -> str:
+    """Why a training has nothing to train on: no final label, or each study's cause (one line)."""
     if not skipped:
-        return "no study has a final label yet: submit labels, then train"
-    names = ", ".join(os.path.basename(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-    return (
-        f"no study to train on: the studies with a final label are folder studies ({names}), which "
-        "fine-tuning does not use (prepare them with `lggseg studies` to train on them)"
-    )
+        return NO_LABEL
+    shown = "; ".join(skipped[:5]) + (f"; and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"no study could be used for fine-tuning: {shown}"
 
 
 def _cause(error: BaseException) -> BaseException:
@@ -110,10 +99,10 @@ class LGGSegTrain(TrainTask):
         super().__init__("Fine-tune the lggseg bundle's network on the studies with a final label")
         self.paths = paths
         self.device = device
-        self._defaults: dict[str, Any] = {"max_epochs": epochs, "learning_rate": learning_rate}
+        self.defaults: dict[str, Any] = {"max_epochs": epochs, "learning_rate": learning_rate}
 
     def config(self) -> dict[str, Any]:
-        return dict(self._defaults)
+        return dict(self.defaults)
 
     def stats(self) -> dict[str, Any]:
         """The last fine-tuning's figures (``<model_dir>/train_stats.json``), ``{}`` before the first."""
@@ -128,7 +117,7 @@ class LGGSegTrain(TrainTask):
         Raises:
             MONAILabelException: a value that is not a number, or not positive.
         """
-        options = dict(self._defaults)
+        options = dict(self.defaults)
         for key in (*INT_OPTIONS, *FLOAT_OPTIONS):
             if request.get(key) in (None, ""):
                 continue
@@ -147,19 +136,18 @@ class LGGSegTrain(TrainTask):
         """Fine-tune, publish ``<model_dir>/model.pt`` atomically, and return the figures.
 
         Raises:
-            MONAILabelException: no study has a final label, no usable starting weights, or the bundle's
-                workflow failed (the message names the innermost cause, not MONAI's wrapper: MONAI Label's
-                training status shows the last lines of the training process's output).
+            MONAILabelException: no study has a final label or none can be used (each one's cause), no usable
+                starting weights, or the bundle's workflow failed (the message names the innermost cause, not
+                MONAI's wrapper: MONAI Label's training status shows the last lines of the training
+                process's output).
         """
-        datalist, skipped = trainable(datastore.datalist())
-        if skipped:
-            logger.warning(
-                "fine-tuning skips %d folder studies (a user's scans; not used for training): %s",
-                len(skipped),
-                ", ".join(os.path.basename(p) for p in skipped),
+        if not isinstance(datastore, CheckedDatastore):
+            raise MONAILabelException(
+                MONAILabelError.APP_TRAIN_FAILED,
+                f"the lggseg trainer needs the app's datastore, got {type(datastore).__name__}",
             )
-        if not datalist:
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT, no_trainable_study(skipped))
+        if not datastore.get_labeled_images():
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, NO_LABEL)
         options = self.options(request)
         start_from = self.paths.current_model()
         if start_from is None:
@@ -176,6 +164,12 @@ class LGGSegTrain(TrainTask):
         begin = time.time()
         self.paths.model_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".finetune-", dir=self.paths.model_dir) as scratch:
+            inputs = training_inputs(datastore, Path(scratch) / "studies")
+            datalist = inputs.datalist
+            if not datalist:
+                message = no_study_left(inputs.skipped)
+                logger.error(message)
+                raise MONAILabelException(MONAILabelError.INVALID_INPUT, message)
             epochs = options["max_epochs"]
             override = {
                 "bundle_root": str(self.paths.bundle),
@@ -222,6 +216,7 @@ class LGGSegTrain(TrainTask):
             "model_file": str(self.paths.finetuned_model),
             "started_from": str(start_from),
             "studies": len(datalist),
+            "skipped": inputs.skipped,
             "epochs": epochs,
             "learning_rate": options["learning_rate"],
             "train_mean_dice": _number(evaluator.state.metrics.get("val_mean_dice")),
