@@ -23,7 +23,8 @@ Folders show the stages, as nnU-Net's do; floors say who may import whom (arrows
 Sub-packages load on first use (``pipeline.ingestion`` after ``import pipeline``), which is what the
 bundle's ``"$import pipeline"`` expressions rely on. The flat module paths of earlier versions
 (``pipeline.data``, ``pipeline.handlers``, ``pipeline.checkpoint``, ...) still import, as aliases of
-their new homes (:data:`MOVED_MODULES`), so bundle configs written for them keep working.
+their new homes (:data:`MOVED_MODULES`) that warn (``DeprecationWarning``) and go in
+:data:`REMOVED_IN`, so bundle configs written for them keep working meanwhile.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import types
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"  # the one home of the version (setup.cfg reads it)
@@ -47,14 +49,17 @@ _SUBPACKAGES = {
     "model_files",
     "nets",
     "networks",
+    "preprocessing",
     "safety",
     "training",
     "transforms",
     "workflows",
 }
 
-#: module paths of earlier versions -> their homes now (imported on first use, as aliases)
-MOVED_MODULES = {
+REMOVED_IN = "0.5.0"  # the package version that drops the old module paths below
+
+#: module paths of earlier versions -> their homes now (imported on first use, as aliases that warn)
+MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "data": "pipeline.ingestion",
     "cases": "pipeline.ingestion.cases",
     "studies": "pipeline.ingestion.studies",
@@ -67,6 +72,15 @@ MOVED_MODULES = {
     "report": "pipeline.evaluation.report",
     "overlays": "pipeline.evaluation.overlays",
     "model_selection": "pipeline.workflows.model_selection",
+    "augmentations": "pipeline.preprocessing.augmentations",
+    "ingestion.scans": (
+        "pipeline.ingestion.scan_cases",
+        "pipeline.ingestion.scan_reading",
+        "pipeline.ingestion.dicom_files",
+    ),
+    "ingestion.scan_loader": ("pipeline.preprocessing.scan_chain", "pipeline.ingestion.scan_reading"),
+    "ingestion.model_grid": "pipeline.preprocessing.model_grid",
+    "ingestion.registration": "pipeline.preprocessing.registration",
     **{
         name: f"pipeline.nets.{name}"
         for name in (
@@ -84,8 +98,14 @@ MOVED_MODULES = {
 }
 
 
+def _homes(old: str) -> tuple[str, ...]:
+    target = MOVED_MODULES[old]
+    return (target,) if isinstance(target, str) else tuple(target)
+
+
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Import ``pipeline.<old>`` as a module that forwards every attribute to its new home."""
+    """Import ``pipeline.<old>`` as a module that forwards every attribute to its new home(s), with a
+    ``DeprecationWarning`` naming the new path and the version that removes the old one."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         prefix, _, name = fullname.partition(".")
@@ -94,10 +114,24 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        target = importlib.import_module(MOVED_MODULES[spec.name.partition(".")[2]])
-        module = types.ModuleType(spec.name, f"Moved to :mod:`{target.__name__}`.")
-        module.__getattr__ = lambda attr: getattr(target, attr)  # type: ignore[method-assign]
-        module.__dir__ = lambda: dir(target)  # type: ignore[method-assign]
+        homes = _homes(spec.name.partition(".")[2])
+        warnings.warn(
+            f"{spec.name} is deprecated and will be removed in lggseg {REMOVED_IN}; import from "
+            f"{' / '.join(homes)}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        targets = [importlib.import_module(home) for home in homes]
+        module = types.ModuleType(spec.name, f"Moved to {', '.join(homes)}.")
+
+        def forward(attr: str) -> Any:
+            for target in targets:
+                if hasattr(target, attr):
+                    return getattr(target, attr)
+            raise AttributeError(f"module {spec.name!r} has no attribute {attr!r}")
+
+        module.__getattr__ = forward  # type: ignore[method-assign]
+        module.__dir__ = lambda: sorted({a for t in targets for a in dir(t)})  # type: ignore[method-assign]
         return module
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -109,6 +143,6 @@ if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBPACKAGES or name in MOVED_MODULES:
+    if name in _SUBPACKAGES or (name in MOVED_MODULES and "." not in name):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -46,7 +46,17 @@ BUNDLE_NAMES = {
     "scheduler": "scheduler_name",
 }
 # options of evaluation and inference that may differ from the training run's
-POSTPROCESSING_KEYS = ("threshold", "keep_largest", "min_size", "tta", "sw_batch_size", "num_workers")
+POSTPROCESSING_KEYS = (
+    "threshold",
+    "keep_largest",
+    "min_size",
+    "tta",
+    "sw_batch_size",
+    "num_workers",
+    "grid_pixel_mm",
+    "grid_slice_mm",
+    "grid_thin_below_mm",
+)
 
 
 def network_in_channels(spatial_dims: int = 2, context: int = 0) -> int:
@@ -199,6 +209,9 @@ OPTION_HELP: dict[str, str] = {
     "brain_threshold": "normalisation: a voxel is brain when any channel is above this value",
     "cache_float16": "keep cached normalised volumes as float16 (half the memory)",
     "augment": "training augmentation (the prob_* options)",
+    "grid_pixel_mm": "model grid: the in-plane pixel size (mm) of a scan in a scanner's geometry",
+    "grid_slice_mm": "model grid: the slice spacing (mm) slices thinner than --grid-thin-below-mm get",
+    "grid_thin_below_mm": "model grid: slices thinner than this (mm) are resampled; thicker ones are kept",
     "prob_flip": "probability of a left-right flip",
     "prob_rotate90": "probability of an in-plane 90-degree rotation",
     "prob_rotate": "probability of an in-plane rotation by up to --rotate-degrees",

@@ -1,26 +1,31 @@
-"""MONAI dictionary transforms for LGG volumes and the composed chains (floor 2).
+"""The chains of MONAI dictionary transforms, composed in one place (floor 2).
 
 One function, :func:`build_transforms`, composes every chain the project uses (training, validation,
-inference); the CLI, the engines and the bundle all call it, so there is a single copy of each chain.
+inference); the CLI, the engines, the bundle and the MONAI Label app all call it, so there is a single copy
+of each chain. The transforms themselves live in :mod:`pipeline.preprocessing` (loading by input form, the
+scan chain, the model grid, registration, normalisation, augmentations, components); the 2.5D slice
+sampling is here, beside the settings that drive it.
 
 Layout: images are channel-first volumes ``(C, H, W, D)`` (C = 3: pre-contrast, FLAIR, post-contrast;
 slice ``k`` along the last axis), labels ``(1, H, W, D)`` with values 0/1.
 
-- :class:`BrainNormalized`: per channel, clip to the ``[p_low, p_high]`` percentiles of the brain
-  voxels (any channel above a threshold), z-score on the brain voxels, non-brain set to 0.
+The inference chain, for any input form (:mod:`pipeline.ingestion.forms`):
+
+1. :class:`~pipeline.preprocessing.loading.LoadVolumed`: the loader of the case's form (a user's scans: the
+   scan chain of :mod:`pipeline.preprocessing.scan_chain`, read -> stand-in -> align -> zero background ->
+   stack);
+2. :class:`~pipeline.preprocessing.model_grid.ToModelGridd`: the model's grid in millimetres (invertible);
+3. :class:`~pipeline.preprocessing.intensity.BrainNormalized`: percentile clip and z-score on the brain.
+
 - :class:`SliceContext` / :func:`gather_slices`: 2.5D input, the ``k`` neighbouring slices of every
   channel as extra channels (``C * (2k + 1)`` channels, channel-major; zeros beyond the volume).
 - :class:`RandSliceByPosNegd`: tumour-weighted 2D slice sampling from a cached volume, with a
   configurable positive:negative ratio (positive = the slice holds tumour).
-- :class:`RemoveSmallComponentsd`: post-processing, drop components under ``min_size`` voxels (3D, full
-  connectivity; the largest components are kept by MONAI's ``KeepLargestConnectedComponentd``).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
-import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,117 +33,51 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
 from monai.transforms import (
     CastToTyped,
     Compose,
     DivisiblePadd,
     EnsureTyped,
-    LoadImage,
     MapTransform,
-    Rand2DElasticd,
-    Rand3DElasticd,
-    RandAdjustContrastd,
-    RandBiasFieldd,
     RandCropByPosNegLabeld,
-    RandFlipd,
-    RandGaussianNoised,
-    RandGaussianSmoothd,
-    RandHistogramShiftd,
     Randomizable,
-    RandRotate90d,
-    RandRotated,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    RandZoomd,
     Resized,
     SpatialPadd,
     Transform,
 )
 from monai.transforms.traits import MultiSampleTrait
-from scipy import ndimage
 
-from pipeline.augmentations import STRIPPED_SUFFIX, RandSequenceDropoutd, RandSkullStripd, SkullStrippedViewd
-from pipeline.ingestion.kaggle import CHANNEL_NAMES, read_patient_folder
-from pipeline.ingestion.model_grid import ToModelGridd
-from pipeline.ingestion.scan_loader import LoadScansd
-from pipeline.ingestion.scans import SCAN_KIND, parse_reference
-from pipeline.ingestion.volume_checks import (
-    check_image_volume,
-    check_nifti_header,
-    check_regular_file,
-    unreadable_data,
+from pipeline.preprocessing.augmentations import (
+    STRIPPED_SUFFIX,
+    RandSequenceDropoutd,
+    RandSkullStripd,
+    SkullStrippedViewd,
+    training_augmentations,
 )
+from pipeline.preprocessing.components import RemoveSmallComponents, RemoveSmallComponentsd
+from pipeline.preprocessing.intensity import BrainNormalize, BrainNormalized
+from pipeline.preprocessing.loading import IMAGE_KEY, LABEL_KEY, LoadLGGPatient, LoadLGGPatientd, LoadVolumed
+from pipeline.preprocessing.model_grid import GridPlan, ToModelGridd
 
-IMAGE_KEY = "image"
+__all__ = [
+    "DEFAULT_PATCH_SIZE",
+    "IMAGE_KEY",
+    "LABEL_KEY",
+    "BrainNormalize",
+    "BrainNormalized",
+    "LoadLGGPatient",
+    "LoadLGGPatientd",
+    "LoadVolumed",
+    "RandSliceByPosNegd",
+    "RemoveSmallComponents",
+    "RemoveSmallComponentsd",
+    "SliceContext",
+    "TransformSettings",
+    "build_transforms",
+    "gather_slices",
+]
+
 DEFAULT_PATCH_SIZE = (128, 128, 16)  # 3D training patch and sliding window (H, W, D): thick slices
-LABEL_KEY = "label"
-
-
-class BrainNormalize(Transform):
-    """Channel-wise percentile clip and z-score on brain voxels of a channel-first volume.
-
-    Args:
-        lower: lower percentile of the brain voxels to clip to (per channel).
-        upper: upper percentile of the brain voxels to clip to (per channel).
-        threshold: a voxel is brain when any channel is above this value.
-        dtype: output dtype.
-    """
-
-    def __init__(
-        self,
-        lower: float = 1.0,
-        upper: float = 99.0,
-        threshold: float = 0.0,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if not 0 <= lower < upper <= 100:
-            raise ValueError(f"need 0 <= lower < upper <= 100, got lower={lower}, upper={upper}")
-        self.lower, self.upper, self.threshold, self.dtype = lower, upper, threshold, dtype
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        data = torch.as_tensor(img).to(torch.float32)
-        brain = (data > self.threshold).any(dim=0)
-        out = torch.zeros_like(data)
-        if bool(brain.any()):
-            for c in range(data.shape[0]):
-                values = data[c][brain]
-                low, high = np.percentile(values.numpy(), [self.lower, self.upper])
-                values = values.clamp(float(low), float(high))
-                std = values.std(unbiased=False)
-                out[c][brain] = (values - values.mean()) / (std if std > 0 else 1.0)
-        out = out.to(self.dtype)
-        if isinstance(img, MetaTensor):
-            return MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
-        return out
-
-
-class BrainNormalized(MapTransform):
-    """Dictionary version of :class:`BrainNormalize`.
-
-    Args:
-        keys: keys of the images to normalise.
-        lower, upper, threshold, dtype: see :class:`BrainNormalize`.
-        allow_missing_keys: don't raise when a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        lower: float = 1.0,
-        upper: float = 99.0,
-        threshold: float = 0.0,
-        dtype: torch.dtype = torch.float32,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.normalize = BrainNormalize(lower, upper, threshold, dtype)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.normalize(d[key])
-        return d
 
 
 def gather_slices(volume: torch.Tensor, indices: torch.Tensor, context: int = 0) -> torch.Tensor:
@@ -322,65 +261,6 @@ class RandSliceByPosNegd(Randomizable, MapTransform, MultiSampleTrait):
 
 
 @dataclass
-class RemoveSmallComponents(Transform):
-    """Drop the connected components of a binary mask that have fewer than ``min_size`` voxels, channel by
-    channel. MONAI's ``RemoveSmallObjects`` would do, but its threshold follows scikit-image's: from
-    scikit-image 0.26 it also drops components of exactly ``min_size`` voxels; this one keeps them whatever
-    is installed. (The largest components are kept by MONAI's ``KeepLargestConnectedComponent``.)
-
-    Args:
-        min_size: smallest component kept, in voxels (<= 1: keep every component).
-        connectivity: scipy connectivity rank (1: faces only; ``None``: full, 26 neighbours in 3D).
-    """
-
-    def __init__(self, min_size: int = 0, connectivity: int | None = None) -> None:
-        self.min_size, self.connectivity = min_size, connectivity
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        """Filter a channel-first binary mask ``(C, *spatial)``; returns it with the input's type."""
-        if self.min_size <= 1:
-            return img
-        mask = torch.as_tensor(img).detach().cpu().numpy() > 0
-        structure = ndimage.generate_binary_structure(mask.ndim - 1, self.connectivity or mask.ndim - 1)
-        keep = np.zeros_like(mask)
-        for c in range(mask.shape[0]):
-            labels, _ = ndimage.label(mask[c], structure=structure)
-            sizes = np.bincount(labels.ravel())
-            sizes[0] = 0  # background
-            keep[c] = (sizes >= self.min_size)[labels]
-        out = torch.as_tensor(keep, device=torch.as_tensor(img).device).to(torch.as_tensor(img).dtype)
-        if isinstance(img, MetaTensor):
-            return MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
-        return out
-
-
-class RemoveSmallComponentsd(MapTransform):
-    """Dictionary version of :class:`RemoveSmallComponents`.
-
-    Args:
-        keys: keys of the binary masks.
-        min_size, connectivity: see :class:`RemoveSmallComponents`.
-        allow_missing_keys: don't raise when a key is missing.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        min_size: int = 0,
-        connectivity: int | None = None,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.filter = RemoveSmallComponents(min_size, connectivity)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.filter(d[key])
-        return d
-
-
-@dataclass
 class TransformSettings:
     """Everything :func:`build_transforms` needs; the engines fill it from the run configuration.
 
@@ -404,6 +284,8 @@ class TransformSettings:
         prob_zoom, zoom_range: probability and in-plane scale range (the pixel size differs per patient).
         prob_bias_field, prob_histogram_shift, prob_smooth, prob_noise: probabilities of MONAI's bias
             field, histogram shift (contrast), Gaussian smoothing (resolution) and Gaussian noise.
+        grid_pixel_mm, grid_slice_mm, grid_thin_below_mm: the model grid's rule for scans in a scanner's
+            geometry (:class:`pipeline.preprocessing.model_grid.GridPlan`), saved in the model file.
         crop_size: 2D training: crop every sampled slice to ``(h, w)`` before the augmentations, centred on
             tumour in a positive slice (``None``: whole slices; inference always runs on whole slices).
         prob_edge_negative, edge_slices: 2D training: the fraction of the negative slice draws taken from
@@ -439,6 +321,9 @@ class TransformSettings:
     prob_histogram_shift: float = 0.0
     prob_smooth: float = 0.0
     prob_noise: float = 0.0
+    grid_pixel_mm: float = GridPlan.pixel_mm
+    grid_slice_mm: float = GridPlan.slice_mm
+    grid_thin_below_mm: float = GridPlan.thin_below_mm
     crop_size: tuple[int, int] | None = None
     prob_edge_negative: float = 0.0
     edge_slices: int = 3
@@ -448,190 +333,6 @@ class TransformSettings:
         """Pick the fields of this class from a larger configuration mapping."""
         names = set(asdict(cls()))
         return cls(**{k: v for k, v in config.items() if k in names})
-
-
-class LoadLGGPatient(Transform):
-    """Load a raw Kaggle patient folder as channel-first 3D ``MetaTensor`` image and label.
-
-    It reads through :func:`pipeline.ingestion.kaggle.read_patient_folder`, the same validated reader as
-    ``lggseg prepare``, so the result equals ``LoadImage(ensure_channel_first=True)`` of the prepared NIfTI
-    files: image ``(3, H, W, D)``, label ``(1, H, W, D)`` (values 0/1), the same affine and dtype.
-
-    Args:
-        spacing: voxel size in mm (row, column, slice) for the affine.
-        dtype: data type of both outputs (``LoadImage``'s default, float32).
-    """
-
-    def __init__(self, spacing: Sequence[float] = (1.0, 1.0, 1.0), dtype: Any = np.float32) -> None:
-        self.spacing = tuple(float(s) for s in spacing)
-        self.dtype = dtype
-
-    def __call__(self, folder: str | os.PathLike) -> tuple[MetaTensor, MetaTensor]:
-        """Return ``(image, label)`` of the patient folder; raises ``LGGDataError`` on bad input."""
-        volume = read_patient_folder(folder, self.spacing)
-        affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-        outputs = []
-        for array in (volume.image, volume.label):
-            meta = {
-                "filename_or_obj": str(folder),
-                "patient": volume.patient_id,
-                "institution": volume.institution,
-                "original_channel_dim": 0,
-                "spatial_shape": np.asarray(array.shape[1:]),
-                "original_affine": volume.affine.copy(),
-                "space": "RAS",
-            }
-            tensor = torch.from_numpy(array.astype(self.dtype))
-            outputs.append(MetaTensor(tensor, affine=affine.clone(), meta=meta))
-        return outputs[0], outputs[1]
-
-
-class LoadLGGPatientd(MapTransform):
-    """Dictionary wrapper of :class:`LoadLGGPatient`: train straight from raw Kaggle patient folders.
-
-    The first key holds the patient folder and receives the image; the second key (if any) receives the
-    label read from the same folder, whatever it held before (e.g. nothing, or the folder again).
-
-    Example::
-
-        LoadLGGPatientd(keys=("image", "label"))({"image": "kaggle_3m/TCGA_CS_4941_19960909"})
-
-    Args:
-        keys: ``(image_key, label_key)`` or just ``image_key``.
-        spacing: voxel size in mm (row, column, slice).
-        dtype: data type of the outputs.
-        allow_missing_keys: don't raise when the label key is absent from ``keys``' data.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = (IMAGE_KEY, LABEL_KEY),
-        spacing: Sequence[float] = (1.0, 1.0, 1.0),
-        dtype: Any = np.float32,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if len(self.keys) > 2:
-            raise ValueError(f"LoadLGGPatientd takes an image key and an optional label key, got {self.keys}")
-        self.loader = LoadLGGPatient(spacing, dtype)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        image_key = self.keys[0]
-        image, label = self.loader(d[image_key])
-        d[image_key] = image
-        if len(self.keys) == 2:
-            d[self.keys[1]] = label
-        return d
-
-
-class LoadVolumed(MapTransform):
-    """Load an LGG case: a NIfTI image/label pair, or a raw Kaggle patient folder given as ``image``.
-
-    A NIfTI file goes through ``LoadImage(ensure_channel_first=True)``; a folder goes through
-    ``LoadLGGPatientd`` (the raw-folder loader). Both give ``image (3, H, W, D)``, ``label (1, H, W, D)``.
-    Each input is checked here, a problem failing the case in one line that names the file
-    (:mod:`pipeline.ingestion.volume_checks`): not a regular file, an unreadable or truncated NIfTI file, an
-    image whose channels are not the model's three (:data:`pipeline.ingestion.kaggle.CHANNEL_NAMES`), fewer
-    than 2 slices, NaN or Inf voxels; a missing file is a ``FileNotFoundError``.
-
-    Args:
-        keys: image and (optional) label keys.
-        allow_missing_keys: don't raise when the label is missing (inference).
-    """
-
-    def __init__(
-        self, keys: KeysCollection = (IMAGE_KEY, LABEL_KEY), allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.nifti = LoadImage(reader="NibabelReader", ensure_channel_first=True, image_only=True)
-        self.folder = LoadLGGPatientd(self.keys)
-        self.scans = LoadScansd(IMAGE_KEY)
-
-    def _load_nifti(self, key: Hashable, path: str | os.PathLike) -> Any:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{key} file not found: {path}")
-        check_regular_file(path, f"{key} file")  # a named pipe would block the reader forever
-        check_nifti_header(path)
-        try:
-            return self.nifti(path)
-        except (EOFError, OSError, ValueError, RuntimeError, zlib.error) as error:
-            raise unreadable_data(path, error) from None  # the one line says it all (innermost_error)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        if d.get("kind") == SCAN_KIND:  # a user's scans: FLAIR [+ T1, T1c], registered onto the FLAIR
-            for sequence in ("flair", "t1", "t1c"):  # a named pipe given as a file would block the reader
-                path, uid = parse_reference(d[sequence]) if d.get(sequence) else (None, None)
-                if path is not None and uid is None and not path.is_dir():
-                    check_regular_file(path, f"{sequence.upper()} file")
-            return self.scans(d)
-        image = d.get(IMAGE_KEY)
-        if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
-            d = self.folder(d)
-        else:
-            for key in self.key_iterator(d):
-                if isinstance(d[key], (str, os.PathLike)):
-                    d[key] = self._load_nifti(key, d[key])
-        if isinstance(image, (str, os.PathLike)) and IMAGE_KEY in self.keys:
-            check_image_volume(d[IMAGE_KEY], image, CHANNEL_NAMES)
-        return d
-
-
-def _augmentations(s: TransformSettings, keys: Sequence[str]) -> list[Transform]:
-    """Training augmentation of 2D slices (``spatial_dims=2``) or 3D patches."""
-    img = IMAGE_KEY
-    modes = ["bilinear" if k == img else "nearest" for k in keys]
-    rad = np.deg2rad(s.rotate_degrees)
-    xf: list[Transform] = [RandFlipd(keys, prob=s.prob_flip, spatial_axis=1)]  # left-right
-    if s.prob_rotate90:
-        xf.append(RandRotate90d(keys, prob=s.prob_rotate90, spatial_axes=(0, 1)))
-    axis = {"range_x": rad} if s.spatial_dims == 2 else {"range_z": rad}  # in-plane either way
-    xf.append(RandRotated(keys, **axis, prob=s.prob_rotate, mode=modes, padding_mode="zeros"))
-    if s.prob_elastic:
-        warp = {"prob": s.prob_elastic, "mode": modes, "padding_mode": "zeros"}
-        if s.spatial_dims == 2:
-            xf.append(Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 2), **warp))
-        else:
-            xf.append(Rand3DElasticd(keys, sigma_range=(5, 7), magnitude_range=(50, 100), **warp))
-    if s.prob_zoom:
-        low, high = (float(z) for z in s.zoom_range)
-        in_plane = (
-            {"min_zoom": low, "max_zoom": high}
-            if s.spatial_dims == 2
-            else {"min_zoom": (low, low, 1.0), "max_zoom": (high, high, 1.0)}
-        )
-        xf.append(
-            RandZoomd(keys, prob=s.prob_zoom, **in_plane, mode=modes, padding_mode="constant", keep_size=True)
-        )
-    xf += [
-        RandScaleIntensityd(img, factors=0.1, prob=s.prob_scale_intensity),
-        RandShiftIntensityd(img, offsets=0.1, prob=s.prob_shift_intensity),
-        RandAdjustContrastd(img, gamma=(0.7, 1.5), prob=s.prob_gamma, retain_stats=True),
-    ]
-    optional = [
-        (s.prob_bias_field, lambda p: RandBiasFieldd(img, degree=3, coeff_range=(0.0, 0.3), prob=p)),
-        (s.prob_histogram_shift, lambda p: _histogram_shift(img, p)),
-        (
-            s.prob_smooth,
-            lambda p: RandGaussianSmoothd(
-                img, sigma_x=(0.5, 1.5), sigma_y=(0.5, 1.5), sigma_z=(0.0, 0.0), prob=p
-            ),
-        ),
-        (s.prob_noise, lambda p: RandGaussianNoised(img, std=0.1, prob=p)),
-    ]
-    xf += [make(prob) for prob, make in optional if prob]
-    return xf
-
-
-def _histogram_shift(keys: KeysCollection, prob: float) -> RandHistogramShiftd:
-    """MONAI's ``RandHistogramShiftd``, without its warning on each all-background patch.
-
-    A patch of one intensity (background only) is returned unchanged, which is right; MONAI warns each
-    time with the value in the text, so the filter never folds the repeats and a training log fills up.
-    """
-    warnings.filterwarnings("ignore", message="The image's intensity is a single value", category=UserWarning)
-    return RandHistogramShiftd(keys, num_control_points=(5, 10), prob=prob)
 
 
 def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] | None = None) -> Compose:
@@ -660,7 +361,9 @@ def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] 
     if mode != "train":
         modes = ["trilinear" if k == IMAGE_KEY else "nearest" for k in keys]
         xf += [
-            ToModelGridd(keys, mode=modes),  # the model's grid; Invertd maps predictions back
+            ToModelGridd(  # the model's grid in millimetres; Invertd maps predictions back
+                keys, s.grid_pixel_mm, s.grid_slice_mm, s.grid_thin_below_mm, mode=modes
+            ),
             BrainNormalized(IMAGE_KEY, s.clip_lower, s.clip_upper, s.brain_threshold),
         ]
         if mode == "val":
@@ -708,6 +411,6 @@ def build_transforms(mode: str, settings: TransformSettings | Mapping[str, Any] 
             CastToTyped(keys, dtype=torch.float32),
         ]
     if s.augment:
-        xf += _augmentations(s, keys)
+        xf += training_augmentations(s, keys, IMAGE_KEY)
     xf.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return Compose(xf)

@@ -25,8 +25,8 @@ import nibabel as nib
 import numpy as np
 from figures import write_figures
 
-from pipeline.ingestion import model_grid
-from pipeline.model_files import SHIPPED_MODEL
+from pipeline.model_files import SHIPPED_MODEL, load_checkpoint
+from pipeline.transforms import TransformSettings
 from pipeline.workflows.prediction import infer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,15 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--thin-below-mm",
         type=float,
-        help="resample slices thinner than this to 5 mm (default: the pipeline's rule, 3 mm; 0 keeps them)",
+        help="resample slices thinner than this to --slice-mm (default: the model's rule; 0 keeps them)",
     )
+    parser.add_argument(
+        "--slice-mm", type=float, help="the slice spacing of thin slices (default: the model's)"
+    )
+    parser.add_argument("--pixel-mm", type=float, help="the model grid's pixel size (default: the model's)")
     args = parser.parse_args(argv)
-    if args.thin_below_mm is not None:
-        model_grid.THIN_BELOW_MM = args.thin_below_mm
     if not EXTERNAL.is_dir():
         print(f"external_dice.py: error: {EXTERNAL}: not found", file=sys.stderr)
         return 2
-    overrides = {"tta": args.tta} if args.tta else {}
+    grid = {
+        "grid_thin_below_mm": args.thin_below_mm,
+        "grid_slice_mm": args.slice_mm,
+        "grid_pixel_mm": args.pixel_mm,
+    }
+    overrides = {"tta": args.tta, **grid}
+    defaults = TransformSettings.from_dict(load_checkpoint(args.checkpoint)["config"])
+    rule = {k: v if v is not None else getattr(defaults, k) for k, v in grid.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -111,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
             truth_text = f"truth {row['truth_ml']:.1f} mL" if "truth_ml" in row else "(no truth)"
             dice_text = f"Dice {row['dice']:.3f}" if "dice" in row else "Dice   -  "
             print(f"{row['case']:45s} {dice_text}  predicted {row['pred_ml']:.1f} mL  {truth_text}")
-    rule = {"thin_below_mm": model_grid.THIN_BELOW_MM, "slice_mm": model_grid.SLICE_MM}
     figures = {"checkpoint": str(args.checkpoint), "tta": args.tta, **rule, "cases": rows}
     write_figures(figures, args.output)
     return 0

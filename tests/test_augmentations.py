@@ -8,14 +8,14 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from pipeline.augmentations import (
+from pipeline.config import RunConfig, validate_config
+from pipeline.preprocessing.augmentations import (
     STRIPPED_SUFFIX,
     RandSequenceDropoutd,
     RandSkullStripd,
     SkullStrippedViewd,
     derive_brain_mask,
 )
-from pipeline.config import RunConfig, validate_config
 from pipeline.transforms import build_transforms
 
 
@@ -147,7 +147,7 @@ def test_histogram_shift_of_a_background_patch_is_silent_and_unchanged(tmp_path)
     background = {"image": torch.full((3, 8, 8), 0.25)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # as a training run sees them
-        from pipeline.transforms import _histogram_shift
+        from pipeline.preprocessing.augmentations import _histogram_shift
 
         shifted = _histogram_shift("image", 1.0)(background)["image"]
     assert torch.equal(shifted, background["image"])  # one intensity: returned as it was

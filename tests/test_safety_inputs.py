@@ -34,7 +34,7 @@ from pipeline.ingestion.cases import find_cases
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import read_patient_folder
 from pipeline.ingestion.nifti import load_label_volume
-from pipeline.ingestion.scans import make_scan_case
+from pipeline.ingestion.scan_cases import make_scan_case
 from pipeline.ingestion.synthetic import write_synthetic_kaggle
 from pipeline.safety import MANIFEST_FILENAME, owned_files, write_manifest
 from pipeline.transforms import LoadVolumed

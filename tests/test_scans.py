@@ -13,15 +13,10 @@ import pytest
 import SimpleITK as sitk
 
 from pipeline.ingestion.cases import CaseError, find_cases
+from pipeline.ingestion.dicom_files import dicom_reference
 from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.scans import (
-    check_finite,
-    dicom_reference,
-    find_scan_case,
-    find_scan_cases,
-    is_scan_case_folder,
-    read_scan,
-)
+from pipeline.ingestion.scan_cases import find_scan_case, find_scan_cases, is_scan_case_folder
+from pipeline.ingestion.scan_reading import check_finite, read_scan
 from pipeline.ingestion.sequences import SEQUENCES, sequence_of_description, sequence_of_filename
 
 TCIA = "MRHR_FLAIR_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_"
@@ -315,7 +310,7 @@ def test_dicom_mixed_in_one_folder(tmp_path):
     assert found["sequences"] == {"flair": "T2 FLAIR AX", "t1c": "AX T1 +C"}
     _same(read_scan(found["flair"]), flair)
     _same(read_scan(found["t1c"]), t1c)
-    with pytest.raises(LGGDataError, match="holds 3 DICOM series"):
+    with pytest.raises(LGGDataError, match="holds 2 DICOM series"):  # the SEG is not an image series
         read_scan(case)
 
 
@@ -447,7 +442,7 @@ def test_unreadable_extra_dicom_is_skipped(tmp_path, caplog):
     (tmp_path / "s" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")  # header unreadable
     truncated = tmp_path / "s" / "copy.dcm"
     truncated.write_bytes(paths[-1].read_bytes()[:-500])  # a broken copy of the last slice
-    with caplog.at_level(logging.WARNING, logger="pipeline.ingestion.scans"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingestion.scan_reading"):
         _same(read_scan(tmp_path / "s"), image)
     assert "broken.dcm" in caplog.text and "copy.dcm" in caplog.text
     # and the case is still found
@@ -562,7 +557,7 @@ def test_external_reference_labels_are_not_cases(external_root):
 
 
 def test_zero_background_of_a_skull_stripped_scan_stays_zero():
-    from pipeline.ingestion.scan_loader import zero_background
+    from pipeline.preprocessing.scan_chain import zero_background
 
     rng = np.random.default_rng(0)
     brain = np.zeros((20, 20, 6), bool)

@@ -28,9 +28,9 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from pipeline.inference.case_report import write_case_outputs, write_summary_csv
-from pipeline.inference.writer import CASE_META_KEY, SUMMARY_NAME, case_output_paths, final_name
-from pipeline.safety import MANIFEST_FILENAME, remove_owned
+from pipeline.inference.case_report import read_summary_rows, write_case_outputs, write_summary_csv
+from pipeline.inference.writer import CASE_META_KEY, SUMMARY_NAME, case_files, case_output_paths, final_name
+from pipeline.safety import MANIFEST_FILENAME, owned_files, remove_owned, write_manifest
 
 __all__ = ["CaseOutputsHandler"]
 
@@ -62,6 +62,10 @@ class CaseOutputsHandler:
         self.existing = {name for name in self.cases if (self.output_dir / name).exists()}
         self.rows: list[dict[str, Any]] = []
         self.written: list[Path] = []
+        # rows of an earlier run's summary.csv (lggseg's own) for cases this run does not segment: kept
+        summary = self.output_dir / SUMMARY_NAME
+        earlier = read_summary_rows(summary) if SUMMARY_NAME in owned_files(self.output_dir) else []
+        self.earlier_rows = [r for r in earlier if r.get("case") not in self.cases]
 
     def attach(self, engine: Engine) -> None:
         """Run :meth:`__call__` on every ``ITERATION_COMPLETED`` of ``engine``.
@@ -109,6 +113,8 @@ class CaseOutputsHandler:
         others = [Path(p) for k, p in case_output_paths(out, name).items() if k != "seg_nifti"]
         masks = out / name / "kaggle_masks"
         before = {p for p in [*others, masks] if p.exists()}
+        # claimed before they are written: a run killed part-way leaves only files lggseg knows as its own
+        write_manifest(out, [*case_files(out, name), SUMMARY_NAME], command="infer")
         renamed = False
         try:
             if self.kaggle_masks:
@@ -119,7 +125,10 @@ class CaseOutputsHandler:
             }
             os.replace(partial, path)
             renamed = True
-            write_summary_csv([*self.rows, row], out / SUMMARY_NAME)
+            stale = [f for f in case_files(out, name) if f not in _written_names(out, row)]
+            remove_owned(out, stale)  # an earlier run's SEG of a case now given as NIfTI, say
+            write_manifest(out, [*_written_names(out, row), SUMMARY_NAME], command="infer")
+            write_summary_csv([*self.earlier_rows, *self.rows, row], out / SUMMARY_NAME)
         except BaseException:
             with contextlib.suppress(OSError):
                 (path if renamed else partial).unlink()
@@ -134,6 +143,9 @@ class CaseOutputsHandler:
                     masks.rmdir()
                 if name not in self.existing:
                     (out / name).rmdir()  # a folder of this run, only when empty
+            with contextlib.suppress(OSError):  # what was claimed for this case and is not there: unclaimed
+                kept = {f for f in owned_files(out) if (out / f).exists()}
+                write_manifest(out, kept, command="infer", replace=True)
             raise
         self.rows.append(row)
         self.written.append(path)
@@ -141,3 +153,13 @@ class CaseOutputsHandler:
             "%s: %d tumour voxels, %.2f mL -> %s", name, row["tumour_voxels"], row["tumour_volume_ml"], path
         )
         return path
+
+
+def _written_names(out: Path, row: Mapping[str, Any]) -> list[str]:
+    """The case files a summary row names, relative to ``out`` (posix)."""
+    names = []
+    for key in ("seg_nifti", "qc_png", "seg_dicom"):
+        value = row.get(key)
+        if value and os.path.exists(value):
+            names.append(os.path.relpath(value, out).replace(os.sep, "/"))
+    return names

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,17 +27,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pipeline.evaluation.overlays import OVERLAY_COLOURS
-from pipeline.inference.dicom_seg import write_dicom_seg
+from pipeline.inference.dicom_seg import try_write_dicom_seg
 from pipeline.inference.writer import case_output_paths
+from pipeline.ingestion.forms import summary_of
 from pipeline.ingestion.kaggle import ORIENTATION
-from pipeline.ingestion.scan_loader import ras_affine, voxels_xyz
-from pipeline.ingestion.scans import SCAN_KIND, SOURCE_FILES_KEY, read_scan
+from pipeline.ingestion.sequences import FLAIR_CHANNEL
+from pipeline.preprocessing.scan_chain import SCAN_META
 from pipeline.safety import atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SUMMARY_COLUMNS",
     "tumour_volume_ml",
     "voxel_volume_mm3",
+    "read_summary_rows",
     "write_case_outputs",
     "write_qc_png",
     "write_summary_csv",
@@ -208,14 +213,20 @@ def write_qc_png(
     return path
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a text cell as a formula
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4f}"
-    if isinstance(value, (list, tuple)):
-        return "+".join(str(v) for v in value)
-    return str(value)
+    if isinstance(value, int):
+        return str(value)
+    text = "+".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text  # OWASP's CSV-injection rule
 
 
 def write_summary_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
@@ -223,8 +234,9 @@ def write_summary_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike
 
     Args:
         rows: one mapping per case with keys among :data:`SUMMARY_COLUMNS` (a missing key or ``None`` is an
-            empty cell; floats are written with 4 decimals, lists and tuples joined with ``+``, paths as
-            given).
+            empty cell; floats are written with 4 decimals, booleans as yes/no, lists and tuples joined with
+            ``+``, paths as given; a text starting with ``=``, ``+``, ``-`` or ``@`` gets a leading ``'`` so
+            that a spreadsheet shows it instead of running it).
         path: the CSV to write; its folder is created when missing.
 
     Returns:
@@ -248,6 +260,15 @@ def write_summary_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike
     return atomic_write_text(path, buffer.getvalue())
 
 
+def read_summary_rows(path: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of an earlier ``summary.csv`` (its own columns; empty when it is missing or unreadable)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def _reoriented(volume: np.ndarray, affine: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``volume`` (on the grid of ``affine``) with its axes permuted and flipped to the orientation of
     ``target`` (no interpolation)."""
@@ -258,18 +279,48 @@ def _reoriented(volume: np.ndarray, affine: np.ndarray, target: np.ndarray) -> n
     return nib.orientations.apply_orientation(volume, transform)
 
 
+def _meta_text(meta: Any, key: str) -> str:
+    value = (meta or {}).get(key, "")
+    if isinstance(value, (list, tuple)):  # a batch of one not decollated
+        value = value[0] if value else ""
+    return str(value or "")
+
+
+def _flair_on(
+    image: Any, mask: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The FLAIR channel of the model's input and the mask on one grid, for the QC picture: the input as
+    inverted onto the mask's grid (``infer``), or on the model's grid in other axes (the mask turned alike);
+    ``None`` when they cannot be put on one grid."""
+    if image is None:
+        return None
+    array = _array(image)
+    if array.ndim != 4:
+        return None
+    flair = array[FLAIR_CHANNEL if array.shape[0] > FLAIR_CHANNEL else 0]
+    grid = _array(image.affine) if hasattr(image, "affine") else affine
+    if flair.shape == mask.shape and np.allclose(grid, affine, atol=1e-3):
+        return flair, mask, affine
+    turned = _reoriented(mask, affine, grid)
+    return (flair, turned, grid) if turned.shape == flair.shape else None
+
+
 def write_case_outputs(
     case: Mapping[str, Any], pred: Any, output_dir: str | os.PathLike, image: Any = None
 ) -> dict:
     """The files of one segmented case beside its NIfTI mask, and its row of the summary table.
 
+    Everything comes from what the loaders carried forward in the prediction's metadata (nothing is read
+    again): the QC picture from the model's input (its FLAIR channel), the DICOM SEG from the FLAIR's DICOM
+    files (skipped, with one warning naming the attribute, where highdicom cannot make one: the NIfTI mask,
+    the QC picture and the summary row are the result).
+
     Args:
-        case: the case dict (:func:`pipeline.ingestion.cases.find_cases`; a scan case names its sequences).
+        case: the case dict (:func:`pipeline.ingestion.cases.find_cases`).
         pred: the binary prediction on the case's own grid (``MetaTensor`` ``(1, H, W, D)`` with its affine).
         output_dir: the output folder (``<case>/`` holds the files).
-        image: the model's input (channel 1 the FLAIR), used for the QC picture of cases that are not scans
-            (prepared volumes): on the prediction's grid, or on that grid turned to other axes (the model's
-            orientation, given by its ``affine``), which the mask is then turned to.
+        image: the model's input (channel 1 the FLAIR), on the prediction's grid (inverted with it) or on
+            the model's grid.
 
     Returns:
         the summary row (:data:`SUMMARY_COLUMNS`).
@@ -278,26 +329,20 @@ def write_case_outputs(
     paths = case_output_paths(output_dir, name)
     mask = (_array(pred)[0] > 0).astype(np.uint8)
     affine = _array(pred.affine) if hasattr(pred, "affine") else np.eye(4)
-    row: dict[str, Any] = {"case": name, "seg_nifti": paths["seg_nifti"]}
-    if case.get("kind") == SCAN_KIND:
-        flair = read_scan(case["flair"])
-        write_qc_png(voxels_xyz(flair), mask, paths["qc_png"], affine=ras_affine(flair), title=name)
-        if flair.HasMetaDataKey(SOURCE_FILES_KEY):
-            files = flair.GetMetaData(SOURCE_FILES_KEY).split("\n")
-            row["seg_dicom"] = str(write_dicom_seg(mask.transpose(2, 1, 0), files, paths["seg_dicom"]))
-        used = [s for s in ("flair", "t1", "t1c") if case.get(s)]
-        row.update(
-            flair=str(case["flair"]),
-            sequences=used,
-            t1=str(case["t1"]) if case.get("t1") else "FLAIR (stand-in)",
-            t1c=str(case["t1c"]) if case.get("t1c") else "FLAIR (stand-in)",
-        )
+    meta = getattr(pred, "meta", {}) or {}
+    row: dict[str, Any] = {"case": name, "seg_nifti": paths["seg_nifti"], **summary_of(case)}
+    shown = _flair_on(image, mask, affine)
+    if shown is not None:
+        write_qc_png(shown[0], shown[1], paths["qc_png"], affine=shown[2], title=name)
     else:
-        row.update(flair=str(case.get("image", "")), sequences=["t1", "flair", "t1c"])
-        if image is not None:  # the model's input, turned to the project's axes: the mask turned alike
-            grid = _array(image.affine) if hasattr(image, "affine") else affine
-            shown = _reoriented(mask, affine, grid)
-            write_qc_png(_array(image)[1], shown, paths["qc_png"], affine=grid, title=name)
+        logger.warning("%s: the QC picture is left out (the model's input is not on the mask's grid)", name)
+    files = [f for f in _meta_text(meta, SCAN_META["source_files"]).split("\n") if f]
+    if files:
+        written, reason = try_write_dicom_seg(mask, files, paths["seg_dicom"], affine=affine)
+        if written is not None:
+            row["seg_dicom"] = str(written)
+        else:
+            logger.warning("%s: no DICOM SEG: %s", name, reason)
     row["qc_png"] = paths["qc_png"] if os.path.exists(paths["qc_png"]) else ""
     row["tumour_voxels"] = int(mask.sum())
     row["tumour_volume_ml"] = tumour_volume_ml(mask, affine)

@@ -6,7 +6,7 @@ from typing import Any
 
 from monai.transforms import AsDiscreted, Compose, Invertd, KeepLargestConnectedComponentd
 
-from pipeline.transforms import RemoveSmallComponentsd
+from pipeline.preprocessing.components import RemoveSmallComponentsd
 
 
 def build_postprocessing(
@@ -20,9 +20,10 @@ def build_postprocessing(
             ``KeepLargestConnectedComponentd`` (full connectivity: 26 neighbours).
         min_size: drop 3D connected components smaller than this many voxels (0: off), with
             :class:`pipeline.transforms.RemoveSmallComponentsd` (full connectivity).
-        preprocessing: the cases' transform chain; when given, the probability is first mapped back onto
-            each case's own grid by MONAI ``Invertd`` (the inverse of its invertible steps: the model grid of
-            :class:`pipeline.ingestion.model_grid.ToModelGridd`), then thresholded there.
+        preprocessing: the cases' transform chain; when given, the probability (and the model's input, for
+            the QC picture) is first mapped back onto each case's own grid by MONAI ``Invertd`` (the inverse
+            of its invertible steps: the model grid of
+            :class:`pipeline.preprocessing.model_grid.ToModelGridd`), then thresholded there.
 
     Returns:
         a ``Compose`` acting on the ``"pred"`` key.
@@ -36,7 +37,12 @@ def build_postprocessing(
     if preprocessing is not None:
         xforms.append(
             Invertd(
-                keys="pred", transform=preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True
+                keys=["pred", "image"],
+                transform=preprocessing,
+                orig_keys="image",
+                nearest_interp=False,
+                to_tensor=True,
+                allow_missing_keys=True,
             )
         )
     xforms.append(AsDiscreted(keys="pred", threshold=threshold))

@@ -5,15 +5,16 @@
 - :mod:`~pipeline.ingestion.datalist`: the decathlon datalist, patient-level folds, the patients table.
 - :mod:`~pipeline.ingestion.prepare`: ``lggseg prepare`` (Kaggle folder -> prepared data set, written safely).
 - :mod:`~pipeline.ingestion.export`: ``lggseg export-kaggle`` (a label back to per-slice TIFF masks).
-- :mod:`~pipeline.ingestion.cases`: what to segment (paths -> cases with unique names).
+- :mod:`~pipeline.ingestion.forms`: the registry of input forms (detect, list and load each form of input);
+  :mod:`~pipeline.ingestion.cases`: what to segment (paths -> cases with unique, safe names).
 - :mod:`~pipeline.ingestion.studies`: MONAI Label studies folders.
 - :mod:`~pipeline.ingestion.synthetic`: the built-in synthetic data set.
-- :mod:`~pipeline.ingestion.errors`: :class:`LGGDataError`, the one-line data error.
+- :mod:`~pipeline.ingestion.errors`: :class:`LGGDataError`, the one-line data error, and :class:`CaseError`.
 - A user's own scans: :mod:`~pipeline.ingestion.sequences` (which file or series is which sequence),
-  :mod:`~pipeline.ingestion.scans` (scan cases, reading NIfTI files and DICOM series),
-  :mod:`~pipeline.ingestion.registration` (other sequences onto the FLAIR),
-  :mod:`~pipeline.ingestion.scan_loader` (:class:`LoadScansd`) and :mod:`~pipeline.ingestion.model_grid`
-  (:class:`ToModelGridd`: the model's grid, and the way back).
+  :mod:`~pipeline.ingestion.dicom_files` (DICOM files grouped into image series),
+  :mod:`~pipeline.ingestion.scan_cases` (finding the sequences of a case) and
+  :mod:`~pipeline.ingestion.scan_reading` (reading one sequence with its geometry). Turning them into the
+  model's input is :mod:`pipeline.preprocessing` (the scan chain, registration, the model grid).
 """
 
 from pipeline.ingestion.cases import CaseError, case_name, find_cases

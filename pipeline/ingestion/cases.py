@@ -1,165 +1,147 @@
-"""What to segment: turn the paths a user gives into cases with unique names (floor 1).
+"""What to segment: turn the paths a user gives into cases with unique, safe names (floor 1).
 
-A case is ``{"image": path, "case": name, "kind": "volume"}`` for the data set's own forms: a prepared
-folder (with ``datalist.json``, or ``<patient>/image.nii.gz`` sub-folders), a datalist file, a 4D
-``(H, W, D, 3)`` ``.nii`` / ``.nii.gz`` image, a folder of such images (the flat studies layout of MONAI
-Label), a raw Kaggle patient folder (``*.tif`` slices), or a folder of patient folders (``kaggle_3m``).
+Each path is given to the input-form registry (:mod:`pipeline.ingestion.forms`): the first form that claims
+it lists its cases; a folder that no form claims is a folder of cases, whose entries are tried one by one.
+A case is a dict with ``"case"`` (its name), ``"image"``, ``"form"`` and ``"kind"`` (``"volume"`` for the data
+set's own forms, ``"scans"`` for a user's sequences: :func:`pipeline.ingestion.scan_cases.make_scan_case`).
 
-A user's own scans give ``"kind": "scans"`` cases (:func:`pipeline.ingestion.scans.make_scan_case`: the
-``image`` is the FLAIR, with ``flair``, ``t1``, ``t1c`` and ``sequences``): a scan case folder (NIfTI
-sequences or DICOM series, :func:`pipeline.ingestion.scans.is_scan_case_folder`), a folder of them, or a
-single 3D NIfTI file, taken as a FLAIR alone (a 3D header, or 4D with a trailing size-1 axis, read with
-nibabel without the data; a file whose header cannot be read stays a ``"volume"`` case and fails when
-loaded, with the other cases still processed). A folder is looked at in this order: ``*.tif`` slices, a
-scan case folder, else its entries one by one.
+The case name decides the output file names, so:
 
-The case name decides the output file name, so two cases with one name are refused before any work starts.
+- a name that cannot name a file in the output folder (empty, ``.``, ``..``, a path separator, a control
+  character, a leading ``.``, over :data:`MAX_NAME_LENGTH` characters; a datalist's ``patient`` such as
+  ``../../x``) is refused in one line (:func:`check_case_name`);
+- the same input given twice is segmented once (said in the log);
+- two different inputs with one name are refused before any work starts (:func:`check_unique`).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import nibabel as nib
-
-from pipeline.ingestion.datalist import DATALIST_FILENAME
-from pipeline.ingestion.nifti import IMAGE_FILENAME
-from pipeline.ingestion.scans import CaseError, find_scan_case, is_scan_case_folder, make_scan_case
-from pipeline.ingestion.sequences import NIFTI_SUFFIXES, sequence_of_filename
+from pipeline.ingestion.errors import CaseError
+from pipeline.ingestion.forms import case_name, folder_cases, form_of
+from pipeline.ingestion.sequences import NIFTI_SUFFIXES
 from pipeline.ingestion.volume_checks import is_regular_file
 
-__all__ = ["NIFTI_SUFFIXES", "CaseError", "case_name", "check_unique", "find_cases"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "NIFTI_SUFFIXES",
+    "CaseError",
+    "case_name",
+    "check_case_name",
+    "check_unique",
+    "find_cases",
+]
+
+MAX_NAME_LENGTH = 200
 
 
-def case_name(path: str | os.PathLike) -> str:
-    """The name of the case an image path belongs to.
+def check_case_name(name: object, source: str | os.PathLike) -> str:
+    """A case name that can name files in the output folder, or a one-line error.
 
-    ``<root>/<patient>/image.nii.gz`` -> ``<patient>``; ``<dir>/<name>.nii.gz`` -> ``<name>``; a raw patient
-    folder -> its name.
+    Args:
+        name: the name (a folder's or file's name, a datalist's ``patient``).
+        source: where it comes from (named in the message).
+
+    Returns:
+        the name.
+
+    Raises:
+        CaseError: empty, ``.`` or ``..``, a path separator, a control character, a leading ``.``, too long.
     """
-    p = Path(path)
-    if p.name == IMAGE_FILENAME:
-        return p.parent.name
-    for suffix in NIFTI_SUFFIXES:
-        if p.name.endswith(suffix):
-            return p.name[: -len(suffix)]
-    return p.name
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(NIFTI_SUFFIXES)
-
-
-def _is_3d_nifti(path: Path) -> bool:
-    """A 3D header (or 4D with trailing size-1 axes), read without the data; ``False`` when unreadable."""
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception:  # nibabel raises several types for a broken header: the loader reports it per case
-        return False
-    return len(shape) >= 3 and all(size == 1 for size in shape[3:])
-
-
-def _nifti_case(path: Path, in_folder: bool = False) -> dict | None:
-    """A NIfTI file as a case: a 3D file is a FLAIR alone, unless its name says another sequence (an error
-    for a file given alone; a label in a folder of files is skipped)."""
-    if not _is_3d_nifti(path):
-        return {"image": str(path), "case": case_name(path), "kind": "volume"}
-    sequence = sequence_of_filename(path.name)
-    if sequence == "label" and in_folder:
-        return None
-    if sequence not in (None, "flair"):
+    text = name if isinstance(name, str) else ""
+    problem = None
+    if not text.strip():
+        problem = "is empty"
+    elif text in (".", ".."):
+        problem = "is a relative folder"
+    elif "/" in text or "\\" in text:
+        problem = "holds a path separator"
+    elif any(unicodedata.category(c) == "Cc" for c in text):
+        problem = "holds a control character"
+    elif text.startswith("."):
+        problem = "starts with '.' (a hidden file)"
+    elif len(text) > MAX_NAME_LENGTH:
+        problem = f"is longer than {MAX_NAME_LENGTH} characters"
+    if problem:
         raise CaseError(
-            f"{path}: a single 3D file named as {sequence.upper()}, not FLAIR; the model needs a FLAIR "
-            "(pass it with --flair to use it anyway)"
+            f"{source}: case name {text!r} {problem} and cannot name the output files; "
+            "rename the case (or its datalist 'patient')"
         )
-    return make_scan_case(case_name(path), path)
+    return text
 
 
-def _datalist_cases(path: Path) -> list[dict]:
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CaseError(f"{path}: not a readable datalist ({err})") from err
-    parts = [entries.get(k, []) for k in ("training", "test")] if isinstance(entries, dict) else [None]
-    if not all(isinstance(part, list) for part in parts):
-        raise CaseError(f"{path}: not a decathlon datalist ('training' and 'test' must be lists of entries)")
-    cases = []
-    for index, item in enumerate(item for part in parts for item in part):
-        image = item.get("image") if isinstance(item, dict) else item
-        patient = item.get("patient") if isinstance(item, dict) else None
-        if not isinstance(image, str) or not image or not isinstance(patient, (str, type(None))):
-            raise CaseError(
-                f"{path}: entry {index} needs 'image' as text (a path) and 'patient' as text if given, "
-                f"got {json.dumps(item)[:80]}"
-            )
-        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-        cases.append({"image": str(image_path), "case": patient or case_name(image_path), "kind": "volume"})
-    return cases
+def _identity(case: dict) -> tuple[str, ...]:
+    """What a case reads, resolved: the same input given twice has one identity."""
+    refs = [case.get(k) for k in ("image", "flair", "t1", "t1c")]
+    return tuple(os.path.realpath(r) if r and not str(r).startswith("dicom:") else str(r or "") for r in refs)
 
 
-def _folder_cases(folder: Path) -> list[dict]:
-    if any(folder.glob("*.tif")):
-        return [{"image": str(folder), "case": folder.name, "kind": "volume"}]
-    if is_scan_case_folder(folder):
-        return [find_scan_case(folder)]
-    found = []
-    for child in sorted(folder.iterdir()):
-        if child.name.startswith("."):
-            continue
-        if _is_nifti(child):
-            case = _nifti_case(child, in_folder=True)
-            if case is not None:
-                found.append(case)
-        elif child.is_dir() and (child / IMAGE_FILENAME).is_file():
-            found.append({"image": str(child / IMAGE_FILENAME), "case": child.name, "kind": "volume"})
-        elif child.is_dir() and any(child.glob("*.tif")):
-            found.append({"image": str(child), "case": child.name, "kind": "volume"})
-        elif is_scan_case_folder(child):
-            found.append(find_scan_case(child))
-    return found
+def _cases_of(path: Path, problems: list[tuple[Path, str]] | None) -> list[dict]:
+    form = form_of(path)
+    if form is not None:
+        return form.cases(path)
+    if path.is_dir():
+        found, bad = folder_cases(path)
+        if bad and problems is None:
+            raise CaseError(bad[0][1])
+        if problems is not None:
+            problems += bad
+        if found or bad:
+            return found
+    return []
 
 
-def find_cases(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[dict]:
-    """Every case named by ``inputs`` (see the module docstring), in order.
+def find_cases(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+    problems: list[tuple[Path, str]] | None = None,
+) -> list[dict]:
+    """Every case named by ``inputs`` (module docstring), in order.
 
     Args:
         inputs: one path or several.
+        problems: when given, the entries of a folder of cases that cannot be listed (a case folder without
+            a FLAIR, with two candidates for a sequence) are appended here as ``(path, one-line problem)``
+            and the other cases are still returned; otherwise the first such problem is raised.
 
     Returns:
-        ``[{"image": path, "case": name, "kind": "volume" | "scans", ...}, ...]``.
+        ``[{"image", "case", "form", "kind", ...}, ...]``.
 
     Raises:
         CaseError: a missing path, a path that is neither a folder nor a regular file, a path with no case
-            in it, two cases with one name, a scan case folder without a FLAIR or with two candidates for
-            one sequence.
+            in it, a case name that cannot name a file, two cases with one name, a case folder given
+            directly without a FLAIR or with two candidates for a sequence, sequences beside case folders.
     """
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     cases: list[dict] = []
+    seen: dict[tuple[str, ...], str] = {}
     for item in paths:
         path = Path(item)
         if not path.exists():
             raise CaseError(f"{path}: not found")
         if not path.is_dir() and not is_regular_file(path):  # a named pipe would block the reader forever
             raise CaseError(f"{path}: not a regular file (a named pipe, socket or device); give a file")
-        if path.is_file() and path.suffix == ".json":
-            found = _datalist_cases(path)
-        elif path.is_dir() and (path / DATALIST_FILENAME).is_file():
-            found = _datalist_cases(path / DATALIST_FILENAME)
-        elif _is_nifti(path):
-            found = [_nifti_case(path)]
-        elif path.is_dir():
-            found = _folder_cases(path)
-        else:
-            found = []
-        if not found:
+        before = len(problems) if problems is not None else 0
+        found = _cases_of(path, problems)
+        if not found and (problems is None or len(problems) == before):
             raise CaseError(
                 f"{path}: no case found (expected a NIfTI image, a folder of them, a prepared folder, "
                 "a datalist, Kaggle patient folders, or scan case folders of NIfTI or DICOM sequences)"
             )
-        cases += found
+        for case in found:
+            check_case_name(case["case"], case.get("image", path))
+            identity = _identity(case)
+            if identity in seen:
+                logger.info("%s: given twice (as %s); segmented once", case["image"], seen[identity])
+                continue
+            seen[identity] = case["case"]
+            cases.append(case)
     check_unique(cases)
     return cases
 

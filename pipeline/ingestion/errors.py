@@ -30,3 +30,7 @@ class LGGDataError(ValueError):
         else:
             message = prefix + f"{len(self.problems)} problems:\n  - " + "\n  - ".join(self.problems)
         super().__init__(message)
+
+
+class CaseError(ValueError):
+    """A path that names no case, or two cases with the same name (one line, naming the paths)."""

@@ -50,6 +50,13 @@ import re
 
 SEQUENCES: tuple[str, str, str] = ("t1", "flair", "t1c")
 """The model's channel order (the Kaggle data set's: pre-contrast T1, FLAIR, post-contrast T1)."""
+FLAIR_CHANNEL: int = SEQUENCES.index("flair")
+"""The FLAIR's channel in the model's input."""
+NUM_CHANNELS: int = len(SEQUENCES)
+"""The model's input channels (one per sequence; 2.5D networks see each of them on several slices)."""
+
+CASE_SEQUENCES: tuple[str, str, str] = ("flair", "t1", "t1c")
+"""The sequences a scan case takes, FLAIR first (T2 and labels are recognised and left out)."""
 
 RECOGNISED: tuple[str, ...] = ("flair", "t1", "t1c", "t2", "label")
 """Everything :func:`sequence_of_filename` can answer (besides ``None``)."""

@@ -23,8 +23,8 @@ from pipeline.engines import (
 from pipeline.evaluation.handler import PatientReportHandler
 from pipeline.inference.case_outputs_handler import CaseOutputsHandler
 from pipeline.inference.writer import check_prediction_targets, prediction_path, prediction_writer
-from pipeline.ingestion.cases import case_name, check_unique, find_cases
-from pipeline.ingestion.scans import SCAN_KIND
+from pipeline.ingestion.cases import CaseError, case_name, check_unique, find_cases
+from pipeline.ingestion.scan_cases import SCAN_KIND
 from pipeline.model_files import load_model
 from pipeline.safety import STAGING_MARKER, OutputTransaction, no_space_left
 from pipeline.transforms import build_transforms
@@ -245,8 +245,18 @@ def infer(
     network, cfg, dev = load_model(checkpoint, overrides, device)
     given = [dict(i) for i in inputs if isinstance(i, Mapping)]  # cases made by the caller (--flair ...)
     paths = [i for i in inputs if not isinstance(i, Mapping)]
-    cases = [*given, *(find_cases(paths) if paths else [])]
+    problems: list[tuple[Path, str]] = []  # case folders that cannot be listed: failed, the others run
+    cases = [*given, *(find_cases(paths, problems) if paths else [])]
     check_unique(cases)
+    listing_failures = [
+        {"case": case_name(path), "image": str(path), "error": problem} for path, problem in problems
+    ]
+    if not cases and problems:  # nothing to segment: bad input, said before any work
+        raise CaseError(
+            problems[0][1] + (f" (and {len(problems) - 1} other folders)" if len(problems) > 1 else "")
+        )
+    for failure in listing_failures:
+        logger.error("%s", failure["error"])
     out = Path(output)
     sources = [*paths, *(c[s] for c in given for s in ("flair", "t1", "t1c") if c.get(s))]
     check_prediction_targets(cases, out, sources, overwrite)
@@ -277,8 +287,9 @@ def infer(
             on_case=disk.before_case(lambda index, entry: None),
         )
     disk.check()
+    failures = [*listing_failures, *failures]
     if failures:
-        raise CasesFailed(failures, len(cases), write_failures(failures, out))
+        raise CasesFailed(failures, len(cases) + len(listing_failures), write_failures(failures, out))
     return outputs.written
 
 

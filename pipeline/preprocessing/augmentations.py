@@ -1,4 +1,5 @@
-"""Training augmentations that make the Kaggle slices look like what users bring (issue: model 0.3).
+"""Training augmentations: MONAI's, with the project's settings, and those that make the Kaggle slices look
+like what users bring (issue: model 0.3).
 
 The LGG data set is one kind of image: skull on, 3 sequences, 256x256 slices of unknown pixel size,
 intensities scaled to 0-255. Users bring skull-stripped BraTS-style volumes, FLAIR alone, other pixel
@@ -17,21 +18,41 @@ sizes and scanners. Three transforms here fill what MONAI lacks; the rest are MO
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import (
+    MapTransform,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandBiasFieldd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandHistogramShiftd,
+    RandomizableTransform,
+    RandRotate90d,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandZoomd,
+    Transform,
+)
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
+from pipeline.ingestion.sequences import SEQUENCES
+
 STRIPPED_SUFFIX = "_stripped"
-FLAIR_CHANNEL = 1  # pre-contrast, FLAIR, post-contrast
-OTHER_CHANNELS = (0, 2)
+FLAIR_CHANNEL = SEQUENCES.index("flair")
+OTHER_CHANNELS = tuple(i for i, s in enumerate(SEQUENCES) if s != "flair")
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -174,3 +195,69 @@ class RandSequenceDropoutd(RandomizableTransform, MapTransform):
                 out[channel] = image[FLAIR_CHANNEL]
             d[key] = out
         return d
+
+
+def training_augmentations(s: Any, keys: Sequence[str], image_key: str = "image") -> list[Transform]:
+    """Training augmentation of 2D slices (``spatial_dims=2``) or 3D patches, MONAI's transforms with the
+    probabilities of the settings (:class:`pipeline.transforms.TransformSettings`).
+
+    Args:
+        s: the settings (``prob_*``, ``rotate_degrees``, ``zoom_range``, ``spatial_dims``).
+        keys: the image and label keys (labels are interpolated with nearest neighbour).
+        image_key: the image's key (intensity augmentations apply to it only).
+
+    Returns:
+        the transforms, in order.
+    """
+    img = image_key
+    modes = ["bilinear" if k == img else "nearest" for k in keys]
+    rad = np.deg2rad(s.rotate_degrees)
+    xf: list[Transform] = [RandFlipd(keys, prob=s.prob_flip, spatial_axis=1)]  # left-right
+    if s.prob_rotate90:
+        xf.append(RandRotate90d(keys, prob=s.prob_rotate90, spatial_axes=(0, 1)))
+    axis = {"range_x": rad} if s.spatial_dims == 2 else {"range_z": rad}  # in-plane either way
+    xf.append(RandRotated(keys, **axis, prob=s.prob_rotate, mode=modes, padding_mode="zeros"))
+    if s.prob_elastic:
+        warp = {"prob": s.prob_elastic, "mode": modes, "padding_mode": "zeros"}
+        if s.spatial_dims == 2:
+            xf.append(Rand2DElasticd(keys, spacing=(32, 32), magnitude_range=(1, 2), **warp))
+        else:
+            xf.append(Rand3DElasticd(keys, sigma_range=(5, 7), magnitude_range=(50, 100), **warp))
+    if s.prob_zoom:
+        low, high = (float(z) for z in s.zoom_range)
+        in_plane = (
+            {"min_zoom": low, "max_zoom": high}
+            if s.spatial_dims == 2
+            else {"min_zoom": (low, low, 1.0), "max_zoom": (high, high, 1.0)}
+        )
+        xf.append(
+            RandZoomd(keys, prob=s.prob_zoom, **in_plane, mode=modes, padding_mode="constant", keep_size=True)
+        )
+    xf += [
+        RandScaleIntensityd(img, factors=0.1, prob=s.prob_scale_intensity),
+        RandShiftIntensityd(img, offsets=0.1, prob=s.prob_shift_intensity),
+        RandAdjustContrastd(img, gamma=(0.7, 1.5), prob=s.prob_gamma, retain_stats=True),
+    ]
+    optional = [
+        (s.prob_bias_field, lambda p: RandBiasFieldd(img, degree=3, coeff_range=(0.0, 0.3), prob=p)),
+        (s.prob_histogram_shift, lambda p: _histogram_shift(img, p)),
+        (
+            s.prob_smooth,
+            lambda p: RandGaussianSmoothd(
+                img, sigma_x=(0.5, 1.5), sigma_y=(0.5, 1.5), sigma_z=(0.0, 0.0), prob=p
+            ),
+        ),
+        (s.prob_noise, lambda p: RandGaussianNoised(img, std=0.1, prob=p)),
+    ]
+    xf += [make(prob) for prob, make in optional if prob]
+    return xf
+
+
+def _histogram_shift(keys: KeysCollection, prob: float) -> RandHistogramShiftd:
+    """MONAI's ``RandHistogramShiftd``, without its warning on each all-background patch.
+
+    A patch of one intensity (background only) is returned unchanged, which is right; MONAI warns each
+    time with the value in the text, so the filter never folds the repeats and a training log fills up.
+    """
+    warnings.filterwarnings("ignore", message="The image's intensity is a single value", category=UserWarning)
+    return RandHistogramShiftd(keys, num_control_points=(5, 10), prob=prob)

@@ -1,4 +1,4 @@
-"""Other sequences onto the FLAIR's grid: physical overlap check, rigid registration, resampling (floor 1).
+"""Other sequences onto the FLAIR's grid: physical overlap check, rigid registration, resampling.
 
 Every sequence of a case is resampled onto the FLAIR's voxel grid in physical (scanner) space. By default a
 rigid registration (SimpleITK, Mattes mutual information, two resolutions, started from the scanner geometry)
@@ -8,12 +8,19 @@ BraTS-preprocessed ones, are not resampled through a near-identity transform), a
 per sequence: the rotation in degrees, the translation in mm and the metric before and after. Sequences whose
 volumes do not overlap in space (say, of two patients, or of another frame of reference) are refused in one
 line.
+
+The registration is a step with a backend (:class:`Registrator`, as BrainLesion's preprocessing has one):
+:class:`RigidRegistrator` (SimpleITK, the default) or :class:`ScannerGeometry` (no registration: MONAI
+``ResampleToMatch`` onto the FLAIR's grid). The rigid registration is reproducible: its metric samples a
+fixed regular grid of voxels (seed :data:`SEED`) and runs on one thread (ITK's multi-threaded sums of the
+metric depend on how the work is split), so the same scan gives the same mask on every run.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 MIN_OVERLAP = 0.5  # of the smaller volume's bounding box, in physical space
 SEED = 0  # the metric's random sampling: the same inputs give the same registration
+THREADS = 1  # ITK's threads for the registration: one, so that its result does not depend on the machine
 MIN_GAIN = 0.02  # a registration is kept when it improves the mutual information by more than 2%
+HISTOGRAM_BINS = 32
+SAMPLING_PERCENTAGE = 0.1
 
 
 @dataclass
@@ -53,7 +63,10 @@ class Alignment:
     def describe(self) -> str:
         """One line for the log."""
         if not self.registered:
-            return f"{self.sequence}: scanner geometry (a registration did not improve the match by 2%)"
+            return (
+                f"{self.sequence}: scanner geometry (a registration did not improve the match by "
+                f"{MIN_GAIN:.0%})"
+            )
         return (
             f"{self.sequence}: rigid registration, {self.rotation_deg:.1f} deg, {self.translation_mm:.1f} mm "
             f"(mutual information {self.metric_before:.3f} -> {self.metric_after:.3f})"
@@ -80,12 +93,20 @@ def physical_overlap(a: sitk.Image, b: sitk.Image) -> float:
     return inter / min(volumes)
 
 
-def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+def _mattes_method() -> sitk.ImageRegistrationMethod:
+    """The registration method with the metric every step here uses: Mattes mutual information on a fixed
+    regular sample of the voxels, linear interpolation, :data:`THREADS` threads."""
     method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.REGULAR)
-    method.SetMetricSamplingPercentage(0.1, SEED)
+    method.SetMetricSamplingPercentage(SAMPLING_PERCENTAGE, SEED)
     method.SetInterpolator(sitk.sitkLinear)
+    method.SetNumberOfThreads(THREADS)
+    return method
+
+
+def _metric(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> float:
+    method = _mattes_method()
     method.SetInitialTransform(transform, inPlace=False)
     return float(method.MetricEvaluate(fixed, moving))
 
@@ -101,11 +122,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     initial = sitk.Euler3DTransform()
     centre = fixed32.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in fixed32.GetSize()])
     initial.SetCenter(centre)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.REGULAR)
-    method.SetMetricSamplingPercentage(0.1, SEED)
-    method.SetInterpolator(sitk.sitkLinear)
+    method = _mattes_method()
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-3, numberOfIterations=100, relaxationFactor=0.6
     )
@@ -127,20 +144,89 @@ def _euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
     return sitk.Euler3DTransform(transform)
 
 
-def align_to_flair(
-    flair: sitk.Image, moving: sitk.Image, sequence: str, register: bool = True, where: str = ""
-) -> tuple[sitk.Image, Alignment]:
-    """Resample ``moving`` onto ``flair``'s grid (linear), registered rigidly when that helps.
+class Registrator(ABC):
+    """A registration backend: finds the transform that puts a moving sequence onto the fixed FLAIR.
+
+    :class:`pipeline.preprocessing.scan_chain.AlignToFlaird` resamples with what it returns: MONAI
+    ``ResampleToMatch`` when the transform is ``None`` (the scanner geometry), SimpleITK otherwise.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def register(
+        self, fixed: sitk.Image, moving: sitk.Image, sequence: str
+    ) -> tuple[sitk.Transform | None, Alignment]:
+        """The transform mapping points of ``fixed`` to ``moving`` (``None``: keep the scanner geometry).
+
+        Args:
+            fixed: the FLAIR.
+            moving: another sequence of the same patient, overlapping it in space.
+            sequence: its name, for the report.
+
+        Returns:
+            the transform or ``None``, and the :class:`Alignment` report.
+        """
+
+
+class ScannerGeometry(Registrator):
+    """No registration: the sequences are taken where the scanner put them (already aligned, as
+    BraTS-preprocessed ones are)."""
+
+    name = "none"
+
+    def register(
+        self, fixed: sitk.Image, moving: sitk.Image, sequence: str
+    ) -> tuple[sitk.Transform | None, Alignment]:
+        return None, Alignment(sequence, registered=False, overlap=physical_overlap(fixed, moving))
+
+
+class RigidRegistrator(Registrator):
+    """Rigid registration by Mattes mutual information (:func:`register_rigid`), kept only when it improves
+    the metric by more than ``min_gain`` (otherwise the scanner geometry).
 
     Args:
-        flair: the reference (its grid is the case's grid).
-        moving: another sequence of the same patient.
-        sequence: its name, for the report.
-        register: try a rigid registration (``False``: the scanner geometry as it is).
-        where: the file or folder named in errors.
+        min_gain: the relative improvement of the mutual information a registration must bring.
+    """
 
-    Returns:
-        the resampled image (float32, on ``flair``'s grid) and the :class:`Alignment` report.
+    name = "rigid"
+
+    def __init__(self, min_gain: float = MIN_GAIN) -> None:
+        self.min_gain = min_gain
+
+    def register(
+        self, fixed: sitk.Image, moving: sitk.Image, sequence: str
+    ) -> tuple[sitk.Transform | None, Alignment]:
+        fixed32, moving32 = (sitk.Cast(i, sitk.sitkFloat32) for i in (fixed, moving))
+        identity = sitk.Euler3DTransform()
+        alignment = Alignment(sequence, registered=False, overlap=physical_overlap(fixed, moving))
+        before = _metric(fixed32, moving32, identity)
+        try:
+            candidate = register_rigid(fixed32, moving32)
+            after = _metric(fixed32, moving32, candidate)
+        except RuntimeError as error:  # ITK's optimiser failing is not the user's problem: keep the geometry
+            logger.warning(
+                "%s: rigid registration failed (%s); the scanner geometry is used", sequence, error
+            )
+            return None, alignment
+        alignment.metric_before, alignment.metric_after = before, after
+        if not after < before * (1 + self.min_gain):  # Mattes MI is negative: lower is better
+            return None, alignment
+        euler = _euler(candidate)
+        alignment.registered = True
+        alignment.rotation_deg = math.degrees(
+            math.acos(np.clip((np.trace(np.reshape(euler.GetMatrix(), (3, 3))) - 1) / 2, -1.0, 1.0))
+        )
+        alignment.translation_mm = float(np.linalg.norm(euler.GetTranslation()))
+        return candidate, alignment
+
+
+REGISTRATORS: dict[str, type[Registrator]] = {"rigid": RigidRegistrator, "none": ScannerGeometry}
+"""The registration backends by name."""
+
+
+def check_overlap(flair: sitk.Image, moving: sitk.Image, sequence: str, where: str = "") -> float:
+    """The physical overlap of two volumes, or a one-line error when it is too small.
 
     Raises:
         LGGDataError: the two volumes do not overlap in space (another patient, another frame of reference).
@@ -151,28 +237,4 @@ def align_to_flair(
             f"{where or sequence}: the {sequence} volume overlaps the FLAIR by {overlap:.0%} in space "
             f"(at least {MIN_OVERLAP:.0%} needed); are they scans of one patient in one session?"
         )
-    fixed32, moving32 = (sitk.Cast(i, sitk.sitkFloat32) for i in (flair, moving))
-    identity = sitk.Euler3DTransform()
-    alignment = Alignment(sequence, registered=False, overlap=overlap)
-    transform: sitk.Transform = identity
-    if register:
-        before = _metric(fixed32, moving32, identity)
-        try:
-            candidate = register_rigid(fixed32, moving32)
-            after = _metric(fixed32, moving32, candidate)
-        except RuntimeError as error:  # ITK's optimiser failing is not the user's problem: keep the geometry
-            logger.warning(
-                "%s: rigid registration failed (%s); the scanner geometry is used", sequence, error
-            )
-            candidate, after = identity, before
-        alignment.metric_before, alignment.metric_after = before, after
-        if after < before * (1 + MIN_GAIN):  # Mattes MI is negative: lower is better
-            transform = candidate
-            euler = _euler(candidate)
-            alignment.registered = True
-            alignment.rotation_deg = math.degrees(
-                math.acos(np.clip((np.trace(np.reshape(euler.GetMatrix(), (3, 3))) - 1) / 2, -1.0, 1.0))
-            )
-            alignment.translation_mm = float(np.linalg.norm(euler.GetTranslation()))
-    resampled = sitk.Resample(moving32, fixed32, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return resampled, alignment
+    return overlap
