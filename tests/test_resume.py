@@ -91,6 +91,7 @@ def test_resume_accepts_the_runs_own_values_and_the_safe_options(finished_run, c
     same = ["--epochs", "3", "--lr", "0.002", "--num-workers", "1", "--no-progress", "--device", "cpu"]
     assert main([*argv, "--resume", *same]) == 0
     said = " ".join(r.getMessage() for r in caplog.records)
+    assert said.count("resuming with") == 1  # one line
     assert "resuming with --num-workers 1 (the run's: 0)" in said and "--progress false" in said
     assert "--epochs" not in said and "--lr" not in said
     assert _tree(run.parent.parent) == before

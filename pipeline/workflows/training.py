@@ -110,7 +110,9 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(read_config_file(path), source=path)
 
 
-def resumed_config(given: Mapping[str, Any], safe: Iterable[str] = SAFE_ON_RESUME) -> RunConfig:
+def resumed_config(
+    given: Mapping[str, Any], safe: Iterable[str] = SAFE_ON_RESUME, log_changes: bool = True
+) -> RunConfig:
     """The configuration that continues a run (``--resume``): the run's own ``config.json``.
 
     The run is found from ``output``, ``name`` and ``fold`` (given, or their defaults). Every other option
@@ -120,6 +122,7 @@ def resumed_config(given: Mapping[str, Any], safe: Iterable[str] = SAFE_ON_RESUM
         given: the options given explicitly (command line, ``--config``), checked
             (:func:`pipeline.config.checked_options`); options left at their defaults are not in it.
         safe: the options that may differ from the run's.
+        log_changes: say the safe options that differ in one log line.
 
     Returns:
         the run's configuration with ``resume`` set and the safe options given.
@@ -144,7 +147,7 @@ def resumed_config(given: Mapping[str, Any], safe: Iterable[str] = SAFE_ON_RESUM
             f"{run_dir}: {', '.join(differing)}: a resumed run keeps its own settings ({CONFIG_NAME}); "
             "resume without these options, or start again with --overwrite or another --name"
         )
-    if changed:
+    if changed and log_changes:
         logger.info("%s: resuming with %s", run_dir, ", ".join(changed))
     values = {**asdict(saved), **{k: given[k] for k in safe if k in given}}
     return RunConfig.from_dict({**values, "resume": True, "overwrite": bool(given.get("overwrite", False))})
@@ -161,7 +164,7 @@ def check_resumable(cfg: RunConfig, run_dir: Path) -> None:
         ValueError: an option other than :data:`SAFE_ON_RESUME` differs from the run's ``config.json``.
     """
     if (run_dir / CONFIG_NAME).is_file():
-        resumed_config({f.name: getattr(cfg, f.name) for f in fields(cfg)})
+        resumed_config({f.name: getattr(cfg, f.name) for f in fields(cfg)}, log_changes=False)
 
 
 def run_files(run_dir: Path) -> list[Path]:
