@@ -50,6 +50,8 @@ POSTPROCESSING_KEYS = (
     "threshold",
     "keep_largest",
     "min_size",
+    "edge_components",
+    "min_mass_fraction",
     "tta",
     "sw_batch_size",
     "num_workers",
@@ -115,6 +117,9 @@ class RunConfig(TransformSettings):
     threshold: float = 0.5
     keep_largest: int = 0
     min_size: int = 0
+    edge_components: int = 0
+    min_mass_fraction: float = 0.0
+    quality: dict[str, Any] = field(default_factory=dict)
     tta: str = "none"
     sw_batch_size: int = 32
     overlay_images: int = 3
@@ -199,6 +204,11 @@ OPTION_HELP: dict[str, str] = {
     "threshold": "probability threshold of the tumour",
     "keep_largest": "keep the N largest 3D connected components (Buda et al.: 1; 0: off)",
     "min_size": "drop 3D components under this many voxels (0: off)",
+    "edge_components": "drop components confined to the outermost N axial slices, unless nothing else is "
+    "left (vertex and skull-base artefacts; 0: off)",
+    "min_mass_fraction": "drop components whose summed probability is under this fraction of the largest's "
+    "(never a tumour for a larger artefact: both kept when of one order; 0: off)",
+    "quality": "JSON object: the quality-score calibration fitted on cross-validation (scripts/fit_qc.py)",
     "tta": "test-time augmentation",
     "sw_batch_size": "slices (3D: patches) per inference forward pass",
     "overlay_images": "validation slices shown as overlays in TensorBoard",

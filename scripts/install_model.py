@@ -31,7 +31,21 @@ from pipeline.config import BUNDLE_NAMES, RunConfig, network_in_channels
 from pipeline.model_files import CONFIG_KEY, MODEL_KEYS, load_checkpoint
 from pipeline.safety import atomic_write_bytes, atomic_write_text
 
-INFERENCE_KEYS = (*MODEL_KEYS, "input_size", "patch_size", "threshold", "keep_largest", "min_size", "tta")
+INFERENCE_KEYS = (
+    *MODEL_KEYS,
+    "input_size",
+    "patch_size",
+    "threshold",
+    "keep_largest",
+    "min_size",
+    "edge_components",
+    "min_mass_fraction",
+    "quality",
+    "grid_pixel_mm",
+    "grid_slice_mm",
+    "grid_thin_below_mm",
+    "tta",
+)
 # how and where a run ran, not what it learnt: left as the bundle has them
 RUNTIME_KEYS = ("device", "amp", "num_workers", "cache", "cache_dir", "progress", "resume", "overwrite")
 SEQUENCES = ("pre-contrast T1", "FLAIR", "post-contrast T1")

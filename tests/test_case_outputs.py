@@ -324,7 +324,8 @@ def test_summary_csv(tmp_path: Path) -> None:
     out = write_summary_csv(rows, tmp_path / "summary.csv")
     lines = out.read_text().splitlines()
     assert lines[0] == (
-        "case,flair,sequences,t1,t1c,tumour_voxels,tumour_volume_ml,seg_nifti,seg_dicom,qc_png"
+        "case,flair,sequences,t1,t1c,tumour_voxels,tumour_volume_ml,qc_score,review,qc_flags,seg_nifti,seg_dicom,"
+        "qc_png"
     )
     assert tuple(lines[0].split(",")) == SUMMARY_COLUMNS
     with out.open(newline="") as handle:
@@ -337,12 +338,15 @@ def test_summary_csv(tmp_path: Path) -> None:
         "t1c": "in/p1/p1_t1c.nii.gz",
         "tumour_voxels": "1000",
         "tumour_volume_ml": "0.5000",
+        "qc_score": "",
+        "review": "",
+        "qc_flags": "",
         "seg_nifti": "out/p1/p1_seg.nii.gz",
         "seg_dicom": "",
         "qc_png": "out/p1/p1_qc.png",
     }
     assert lines[2] == (
-        "p2,in/p2/AX_FLAIR,flair,FLAIR (stand-in),FLAIR (stand-in),0,0.0000,out/p2/p2_seg.nii.gz,"
+        "p2,in/p2/AX_FLAIR,flair,FLAIR (stand-in),FLAIR (stand-in),0,0.0000,,,,out/p2/p2_seg.nii.gz,"
         "out/p2/p2_seg.dcm,out/p2/p2_qc.png"
     )
     with pytest.raises(ValueError, match="unknown columns"):

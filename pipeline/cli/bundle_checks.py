@@ -44,6 +44,12 @@ INFERENCE_OPTIONS = (
     "threshold",
     "keep_largest",
     "min_size",
+    "edge_components",
+    "min_mass_fraction",
+    "quality",
+    "grid_pixel_mm",
+    "grid_slice_mm",
+    "grid_thin_below_mm",
     "num_workers",
     "amp",
 )

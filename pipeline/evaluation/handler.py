@@ -24,6 +24,7 @@ from monai.engines.utils import IterationEvents
 
 from pipeline.evaluation.metrics import SliceMetricsAccumulator, patient_metrics
 from pipeline.evaluation.report import summarise, write_report
+from pipeline.inference.quality import CaseQuality
 from pipeline.transforms import LoadVolumed
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class PatientReportHandler:
                 fold=_plain(entry.get("fold")),
             )
             record["eval_s"] = record["inference_s"] + record["postprocess_s"] + record["metrics_s"]
+            quality = item.get("qc") if isinstance(item, Mapping) else None
+            if quality:  # the post-processing's quality estimate (pipeline.inference.quality)
+                estimate = CaseQuality.from_dict(quality)
+                record.update(qc_score=estimate.score, review="yes" if estimate.review else "no")
+                record["qc_flags"] = ";".join(estimate.flags)
             self.records.append(record)
             if self.keep_predictions:
                 sources = [getattr(item[k], "meta", {}).get("filename_or_obj") for k in ("image", "label")]
@@ -143,6 +149,8 @@ class PatientReportHandler:
             for k in ("load_s", "inference_s", "postprocess_s", "metrics_s", "eval_s")
         }
         extra = {**self.extra, "mean_timing_s": timing, "failed_cases": [f["case"] for f in failures]}
+        if all("qc_score" in r for r in records):
+            extra["quality_agreement"] = quality_agreement(records)
         distributed = len(records) != len(self.records)
         paths = write_report(
             records,
@@ -192,3 +200,42 @@ def _item(value: Any, index: int) -> Any:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+
+
+def quality_agreement(
+    records: Sequence[Mapping[str, Any]], low: float = 0.7, bad: float = 0.5
+) -> dict[str, Any]:
+    """How well the quality score agreed with the Dice: Spearman correlation, AUROC of the score for
+    "Dice < ``low``", and the review's catch rate of patients under ``bad`` and its rate on the others.
+
+    Args:
+        records: per-patient records with ``dice``, ``qc_score`` and ``review``.
+        low, bad: the Dice thresholds.
+
+    Returns:
+        the figures (``None`` where undefined: fewer than 2 patients, no patient on one side).
+    """
+    from scipy import stats
+
+    dice = np.array([float(r["dice"]) for r in records])
+    score = np.array([float(r["qc_score"]) for r in records])
+    review = np.array([r.get("review") == "yes" for r in records])
+    positive = dice < low
+    auroc = None
+    if positive.any() and (~positive).any():
+        pos, neg = score[positive], score[~positive]
+        wins = (pos[:, None] < neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+        auroc = float(wins / (len(pos) * len(neg)))
+    spearman = (
+        float(stats.spearmanr(score, dice).correlation) if len(dice) > 2 and np.ptp(score) > 0 else None
+    )
+    worst = dice < bad
+    return {
+        "patients": len(dice),
+        "spearman_qc_score_dice": spearman,
+        f"auroc_qc_score_dice_under_{low}": auroc,
+        "mean_abs_error": float(np.abs(score - dice).mean()),
+        "reviewed": int(review.sum()),
+        f"review_catches_under_{bad}": float((review & worst).sum() / worst.sum()) if worst.any() else None,
+        "review_flags_others": float((review & ~worst).sum() / (~worst).sum()) if (~worst).any() else None,
+    }

@@ -120,7 +120,7 @@ class CaseOutputsHandler:
             if self.kaggle_masks:
                 export_kaggle(partial, masks, patient_id=name, overwrite=True)
             row = {
-                **write_case_outputs(case, item["pred"], out, image=item.get("image")),
+                **write_case_outputs(case, item["pred"], out, image=item.get("image"), qc=item.get("qc")),
                 "seg_nifti": str(path),
             }
             os.replace(partial, path)
@@ -149,8 +149,20 @@ class CaseOutputsHandler:
             raise
         self.rows.append(row)
         self.written.append(path)
+        quality = (
+            f"; QC {row['qc_score']:.2f}, review {'yes' if row.get('review') else 'no'}"
+            if "qc_score" in row
+            else ""
+        )
+        flags = f" ({row['qc_flags']})" if row.get("qc_flags") else ""
         logger.info(
-            "%s: %d tumour voxels, %.2f mL -> %s", name, row["tumour_voxels"], row["tumour_volume_ml"], path
+            "%s: %d tumour voxels, %.2f mL%s%s -> %s",
+            name,
+            row["tumour_voxels"],
+            row["tumour_volume_ml"],
+            quality,
+            flags,
+            path,
         )
         return path
 

@@ -28,6 +28,7 @@ from matplotlib.lines import Line2D
 
 from pipeline.evaluation.overlays import OVERLAY_COLOURS
 from pipeline.inference.dicom_seg import try_write_dicom_seg
+from pipeline.inference.quality import CaseQuality
 from pipeline.inference.writer import case_output_paths
 from pipeline.ingestion.forms import summary_of
 from pipeline.ingestion.kaggle import ORIENTATION
@@ -48,7 +49,8 @@ __all__ = [
 ]
 
 #: the summary table's columns, in order (``sequences``: the sequences read, e.g. ``flair+t1``; ``t1`` /
-#: ``t1c``: the file used or the stand-in taken in its place)
+#: ``t1c``: the file used or the stand-in taken in its place; ``qc_score`` / ``review`` / ``qc_flags``: the
+#: quality estimate of :mod:`pipeline.inference.quality`)
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "case",
     "flair",
@@ -57,6 +59,9 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "t1c",
     "tumour_voxels",
     "tumour_volume_ml",
+    "qc_score",
+    "review",
+    "qc_flags",
     "seg_nifti",
     "seg_dicom",
     "qc_png",
@@ -144,6 +149,7 @@ def write_qc_png(
     affine: Any = None,
     title: str | None = None,
     n_slices: int = _QC_SLICES,
+    quality: Any = None,
 ) -> Path:
     """Write a PNG of the FLAIR with the mask's outline on the axial slices with the most tumour.
 
@@ -161,6 +167,8 @@ def write_qc_png(
         title: the case name, put at the head of the figure.
         n_slices: how many slices to show (fewer when fewer slices hold tumour); the middle slice when the
             mask is empty, said in the title.
+        quality: the case's :class:`pipeline.inference.quality.CaseQuality`: its score, review and flags go in
+            the title, and the slice of its worst flag is shown (framed in red) with the others.
 
     Returns:
         the path written.
@@ -188,11 +196,15 @@ def write_qc_png(
     else:
         shown = [image.shape[2] // 2]
         what = "no tumour found: middle slice shown"
+    flagged = _flagged_slice(quality, affine, image.shape) if affine is not None else None
+    if flagged is not None and flagged not in shown:
+        shown = sorted([*shown[: max(1, n_slices - 1)], flagged])
     finite = image[np.isfinite(image)]
     low, high = np.percentile(finite, _WINDOW_PERCENTILES) if finite.size else (0.0, 1.0)
     high = float(high) if high > low else float(low) + 1.0
     colour = OVERLAY_COLOURS["prediction"]
-    fig = Figure(figsize=(3.4 * len(shown), 3.9))
+    size = (3.4 * len(shown), 3.9) if quality is None else (max(3.4 * len(shown), 6.0), 4.2)  # room for QC
+    fig = Figure(figsize=size)
     for i, k in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1)
         ax.imshow(image[..., k], cmap="gray", vmin=float(low), vmax=high, aspect=row_mm / col_mm)
@@ -200,12 +212,26 @@ def write_qc_png(
         if plane.any() and not plane.all():
             ax.contour(plane.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
         ax.set_title(f"slice {k + 1}/{image.shape[2]}: {int(plane.sum())} px", fontsize=9)
+        if k == flagged:
+            ax.set_title(f"slice {k + 1}: flagged ({quality.flags[0]})", fontsize=9, color="red")
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_edgecolor("red")
+                spine.set_linewidth(3)
+            ax.set_xticks([])
+            ax.set_yticks([])
         ax.text(0.02, 0.5, "R", color="yellow", fontsize=9, transform=ax.transAxes, va="center")
         ax.text(0.98, 0.5, "L", color="yellow", fontsize=9, transform=ax.transAxes, va="center", ha="right")
-        ax.set_axis_off()
+        if k != flagged:
+            ax.set_axis_off()
     handle = Line2D([0], [0], color=colour, lw=2, label="predicted FLAIR abnormality")
     fig.legend(handles=[handle], loc="lower center", fontsize=8, frameon=False)
-    fig.suptitle(f"{title + ': ' if title else ''}{what}", fontsize=10)
+    heading = f"{title + ': ' if title else ''}{what}"
+    if quality is not None:
+        review = "REVIEW" if quality.review else "no review needed"
+        flags = ", ".join(quality.flags) or "no flags"
+        heading += f"\nQC score {quality.score:.2f} ({review}); {flags}"
+    fig.suptitle(heading, fontsize=10, color="red" if quality is not None and quality.review else "black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -214,6 +240,19 @@ def write_qc_png(
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a text cell as a formula
+
+
+def _flagged_slice(quality: Any, affine: np.ndarray, shape: Sequence[int]) -> int | None:
+    """The displayed slice (project orientation) holding the quality estimate's worst-flag point."""
+    if quality is None or not getattr(quality, "point", None):
+        return None
+    voxel = np.linalg.solve(np.asarray(affine, float), np.append(np.asarray(quality.point, float), 1.0))[:3]
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(ORIENTATION))
+    axis = int(np.argwhere(transform[:, 0] == 2)[0][0])  # the input axis that becomes the slice axis
+    index, size = int(round(voxel[axis])), int(shape[2])
+    index = size - 1 - index if transform[axis, 1] < 0 else index
+    return index if 0 <= index < size else None
 
 
 def _cell(value: Any) -> str:
@@ -306,7 +345,7 @@ def _flair_on(
 
 
 def write_case_outputs(
-    case: Mapping[str, Any], pred: Any, output_dir: str | os.PathLike, image: Any = None
+    case: Mapping[str, Any], pred: Any, output_dir: str | os.PathLike, image: Any = None, qc: Any = None
 ) -> dict:
     """The files of one segmented case beside its NIfTI mask, and its row of the summary table.
 
@@ -321,6 +360,8 @@ def write_case_outputs(
         output_dir: the output folder (``<case>/`` holds the files).
         image: the model's input (channel 1 the FLAIR), on the prediction's grid (inverted with it) or on
             the model's grid.
+        qc: the case's quality estimate (:class:`pipeline.inference.quality.CaseQuality`, or its dict): in
+            the summary row, the QC picture and the DICOM SEG's series description.
 
     Returns:
         the summary row (:data:`SUMMARY_COLUMNS`).
@@ -331,14 +372,22 @@ def write_case_outputs(
     affine = _array(pred.affine) if hasattr(pred, "affine") else np.eye(4)
     meta = getattr(pred, "meta", {}) or {}
     row: dict[str, Any] = {"case": name, "seg_nifti": paths["seg_nifti"], **summary_of(case)}
+    quality = CaseQuality.from_dict(qc) if isinstance(qc, Mapping) else qc
+    if quality is not None:
+        row.update(quality.row())
     shown = _flair_on(image, mask, affine)
     if shown is not None:
-        write_qc_png(shown[0], shown[1], paths["qc_png"], affine=shown[2], title=name)
+        write_qc_png(shown[0], shown[1], paths["qc_png"], affine=shown[2], title=name, quality=quality)
     else:
         logger.warning("%s: the QC picture is left out (the model's input is not on the mask's grid)", name)
     files = [f for f in _meta_text(meta, SCAN_META["source_files"]).split("\n") if f]
     if files:
-        written, reason = try_write_dicom_seg(mask, files, paths["seg_dicom"], affine=affine)
+        description = "lggseg FLAIR abnormality"
+        if quality is not None:  # the score where a PACS user sees it
+            description += f" QC {quality.score:.2f}{' REVIEW' if quality.review else ''}"
+        written, reason = try_write_dicom_seg(
+            mask, files, paths["seg_dicom"], affine=affine, series_description=description[:64]
+        )
         if written is not None:
             row["seg_dicom"] = str(written)
         else:

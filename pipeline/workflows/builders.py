@@ -55,7 +55,15 @@ def make_postprocessing(cfg: RunConfig, preprocessing: Any = None) -> Any:
         preprocessing: the cases' transform chain: the probability is first mapped back onto each case's own
             grid through it (MONAI ``Invertd``), then thresholded there.
     """
-    return build_postprocessing(cfg.threshold, cfg.keep_largest, cfg.min_size, preprocessing=preprocessing)
+    return build_postprocessing(
+        cfg.threshold,
+        cfg.keep_largest,
+        cfg.min_size,
+        preprocessing=preprocessing,
+        edge_components=cfg.edge_components,
+        min_mass_fraction=cfg.min_mass_fraction,
+        quality=cfg.quality,
+    )
 
 
 def datalist_path(data: str | Path) -> Path:

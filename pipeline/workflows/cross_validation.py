@@ -118,7 +118,7 @@ def evaluate_folds(
             fold,
             len(fold_dice),
             sum(fold_dice) / max(1, len(fold_dice)),
-            result["paths"].get("json", ""),
+            result.get("paths", {}).get("json", ""),
         )
         volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
     pooled_report.check(REPORT_FILES)  # a file that appeared meanwhile is kept

@@ -1,7 +1,7 @@
 """From a cross-validation to a model (floor 5): the post-processing chosen on validation patients only,
 and the folds' models combined into one model file.
 
-As nnU-Net does, every candidate (largest-component filtering, flip test-time augmentation) is tried on
+As nnU-Net does, every candidate (artefact-component filtering, flip test-time augmentation) is tried on
 each fold's *validation* patients with that fold's model; the candidate with the best pooled mean Dice
 is kept (ties: the earlier, cheaper one). The test folds never take part in the choice; they are then
 evaluated once with it (:func:`pipeline.workflows.cross_validation.evaluate_folds`).
@@ -37,16 +37,19 @@ logger = logging.getLogger(__name__)
 CHOICE_NAME = "postprocessing.json"
 VALIDATION_CACHE_NAME = "validation_postprocessing.json"
 DICE_KEYS = ("mean_dice", "median_dice")
-# cheapest first: a tie keeps the earlier candidate; the lower thresholds answer under-segmentation (the
-# probability threshold is chosen here, on the validation folds, never on the test fold)
+# cheapest first: a tie keeps the earlier candidate. Every candidate can only remove artefacts, never a
+# tumour for one: keeping the largest component alone (Buda et al.) is no candidate since model 0.3.0 kept a
+# vertex artefact larger than the tumour of an unseen patient and deleted the tumour (Dice 0.00); components
+# are filtered by probability mass relative to the largest and by lying only on the outermost axial slices
 POSTPROCESSING_CANDIDATES: tuple[dict[str, Any], ...] = (
     {"keep_largest": 0, "tta": "none"},
-    {"keep_largest": 1, "tta": "none"},
-    {"keep_largest": 0, "tta": "flip"},
-    {"keep_largest": 1, "tta": "flip"},
-    {"keep_largest": 0, "tta": "flip", "threshold": 0.4},
-    {"keep_largest": 0, "tta": "flip", "threshold": 0.3},
+    {"keep_largest": 0, "tta": "none", "edge_components": 2},
+    {"keep_largest": 0, "tta": "none", "min_mass_fraction": 0.3},
+    {"keep_largest": 0, "tta": "none", "edge_components": 2, "min_mass_fraction": 0.3},
+    {"keep_largest": 0, "tta": "none", "edge_components": 3, "min_mass_fraction": 0.3},
+    {"keep_largest": 0, "tta": "flip", "edge_components": 2, "min_mass_fraction": 0.3},
 )
+ZEROED_BELOW = 0.05  # a patient's Dice under this: the mask missed the tumour entirely
 
 
 def finished_folds(run_root: str | Path) -> dict[int, Path]:
@@ -122,6 +125,8 @@ def choose_postprocessing(
                 "mean_dice": statistics.fmean(dice),
                 "median_dice": statistics.median(dice),
                 "patients": len(dice),
+                "under_0.5": sum(value < 0.5 for value in dice),
+                "zeroed": sum(value < ZEROED_BELOW for value in dice),
                 "per_fold": per_fold,
             }
         )
