@@ -272,6 +272,8 @@ def test_shipped_model_loads_strictly_and_segments(
     task = app_lib.infers.LGGSegInfer(paths, "cpu")
     result, params = task({"image": str(studies / f"{HELD_OUT}.nii.gz")})
     assert params["model_file"] == str(SHIPPED_MODEL)
+    assert 0.0 <= params["qc_score"] <= 1.0 and params["review"] in ("yes", "no")  # shown by Slicer
+    assert isinstance(params["qc_flags"], str)
     truth = np.asanyarray(nib.load(studies / "labels" / "final" / f"{HELD_OUT}.nii.gz").dataobj)
     predicted = np.asanyarray(nib.load(result).dataobj)
     os.unlink(result)

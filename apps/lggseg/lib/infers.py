@@ -186,6 +186,28 @@ class LGGSegInfer(InferTaskAdapter):
         key = self.output_label_key
         return [
             self.bundle_item("post_transforms"),
+            QualityInResult(self.output_json_key),
             SqueezeDimd(keys=key, dim=0),
             CastToTyped(keys=key, dtype=np.uint8),
         ]
+
+
+class QualityInResult:
+    """Copy the post-processing's quality estimate (``qc_score``, ``review``, ``qc_flags``, ``qc_point``:
+    :mod:`pipeline.inference.quality`) into the result's parameters, which 3D Slicer's MONAI Label module
+    shows beside the label.
+
+    Args:
+        json_key: the task's result key (``BasicInferTask.output_json_key``).
+    """
+
+    def __init__(self, json_key: str) -> None:
+        self.json_key = json_key
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        from pipeline.inference.quality import QC_KEY
+
+        quality = data.get(QC_KEY)
+        if quality:
+            data[self.json_key] = {**data.get(self.json_key, {}), **quality}
+        return data
