@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import ndimage, optimize, stats
 
 from pipeline.inference.quality import FLAGS, case_quality
 from pipeline.preprocessing.components import FilterComponentsd
@@ -43,23 +43,55 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
+FP_VOXELS, EDGE = 500, 3  # a false-positive component: this many voxels, no overlap with the truth
+
+
+def failure_classes(mask: np.ndarray, truth: np.ndarray) -> dict[str, int | float]:
+    """The failure classes of the model issue for one mask: false-positive components over
+    :data:`FP_VOXELS` voxels with no overlap with the truth, of them those within the outermost :data:`EDGE`
+    slices; sensitivity and precision."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    depth, fp, edge = mask.shape[2], 0, 0
+    for index in range(1, count + 1):
+        component = labels == index
+        if component.sum() >= FP_VOXELS and not (component & truth).any():
+            fp += 1
+            slices = np.nonzero(component.any(axis=(0, 1)))[0]
+            edge += int(slices.min() < EDGE or slices.max() >= depth - EDGE)
+    hit = float((mask & truth).sum())
+    return {
+        "fp_components": fp,
+        "edge_fp_components": edge,
+        "sensitivity": hit / max(1.0, float(truth.sum())),
+        "precision": hit / max(1.0, float(mask.sum())),
+    }
+
+
 def patient_rows(folder: Path, edge: int, mass: float, threshold: float) -> list[dict]:
-    """Per patient: fold, Dice of the post-processed mask, and the uncalibrated quality estimate."""
+    """Per patient: fold, Dice of the post-processed mask (and without post-processing), its failure classes,
+    and the uncalibrated quality estimate."""
     keep = FilterComponentsd("pred", threshold, edge, mass)
     rows = []
     for path in sorted(folder.glob("*.npz")):
         data = np.load(path)
         prob = data["prob_none"].astype(np.float32)
+        raw = prob > threshold
         prob = prob * keep.keep(prob) if (edge or mass) else prob
         mask = prob > threshold
         brain = data["brain"].astype(np.float32)
         image = np.stack([brain, data["flair"].astype(np.float32), brain])
         quality = case_quality(prob, mask, image)
+        truth = data["label"] > 0
         rows.append(
             {
                 "patient": path.stem,
                 "fold": int(data["fold"]),
-                "dice": dice(mask, data["label"] > 0),
+                "dice": dice(mask, truth),
+                "dice_raw": dice(raw, truth),
+                "truth_voxels": int(truth.sum()),
+                **failure_classes(mask, truth),
+                "raw_fp_components": failure_classes(raw, truth)["fp_components"],
+                "raw_edge_fp_components": failure_classes(raw, truth)["edge_fp_components"],
                 "flags": quality.flags,
                 **quality.features,
             }
@@ -188,6 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         f"(post-processing: edge_components {args.edge_components}, "
         f"min_mass_fraction {args.min_mass_fraction})"
     )
+    under = [r for r in rows if r["sensitivity"] < 0.65 and r["precision"] >= 0.75]
+    over = [r for r in rows if r["precision"] < 0.6 and r["sensitivity"] >= 0.75]
+    figures["failure_classes"] = {
+        "fp_components_over_500_voxels": sum(r["fp_components"] for r in rows),
+        "of_them_on_the_outermost_3_slices": sum(r["edge_fp_components"] for r in rows),
+        "without_post_processing": sum(r["raw_fp_components"] for r in rows),
+        "without_post_processing_on_the_outermost_3_slices": sum(r["raw_edge_fp_components"] for r in rows),
+        "patients_under_0.5": int(bad.sum()),
+        "patients_zeroed": sum(r["dice"] < 0.05 for r in rows),
+        "under_segmented": len(under),
+        "over_segmented": len(over),
+        "mean_dice": float(dice_values.mean()),
+        "median_dice": float(np.median(dice_values)),
+        "mean_dice_without_post_processing": float(np.mean([r["dice_raw"] for r in rows])),
+    }
     payload = {
         "calibration": calibration,
         "figures": figures,
