@@ -31,12 +31,13 @@ from typing import Any
 import torch
 
 from pipeline.inference.inferers import TTA_MODES
+from pipeline.ingestion.sequences import NUM_CHANNELS
+from pipeline.ingestion.sequences import NUM_CHANNELS as NUM_IMAGE_CHANNELS  # noqa: F401 - the old name
 from pipeline.networks import network_names, network_stride
 from pipeline.training.losses import LOSSES
 from pipeline.training.optim import OPTIMIZERS, SCHEDULERS
 from pipeline.transforms import TransformSettings
 
-NUM_IMAGE_CHANNELS = 3
 CACHE_MODES = ("memory", "disk", "none")
 # RunConfig names that the bundle's configs spell as the MONAI Model Zoo does
 BUNDLE_NAMES = {
@@ -63,7 +64,7 @@ POSTPROCESSING_KEYS = (
 
 def network_in_channels(spatial_dims: int = 2, context: int = 0) -> int:
     """Input channels of a network: the 3 sequences, times ``2 * context + 1`` slices in 2.5D."""
-    return NUM_IMAGE_CHANNELS * (2 * context + 1) if spatial_dims == 2 else NUM_IMAGE_CHANNELS
+    return NUM_CHANNELS * (2 * context + 1) if spatial_dims == 2 else NUM_CHANNELS
 
 
 @dataclass
@@ -467,7 +468,7 @@ def validate_config(cfg: RunConfig) -> None:
     if cfg.input_channels is not None and cfg.input_channels != cfg.in_channels:
         raise ValueError(
             f"input_channels={cfg.input_channels}, but the data gives {cfg.in_channels} channels "
-            f"({NUM_IMAGE_CHANNELS} sequences x {2 * cfg.context + 1} slices with context={cfg.context}, "
+            f"({NUM_CHANNELS} sequences x {2 * cfg.context + 1} slices with context={cfg.context}, "
             f"spatial_dims={cfg.spatial_dims})"
         )
     if cfg.spatial_dims == 3 and cfg.context:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import BUNDLE_NAMES, RunConfig, network_in_channels
+from pipeline.ingestion.sequences import CHANNEL_DESCRIPTIONS
 from pipeline.model_files import CONFIG_KEY, MODEL_KEYS, load_checkpoint
 from pipeline.safety import atomic_write_bytes, atomic_write_text
 
@@ -48,7 +49,6 @@ INFERENCE_KEYS = (
 )
 # how and where a run ran, not what it learnt: left as the bundle has them
 RUNTIME_KEYS = ("device", "amp", "num_workers", "cache", "cache_dir", "progress", "resume", "overwrite")
-SEQUENCES = ("pre-contrast T1", "FLAIR", "post-contrast T1")
 
 
 def set_scalars(path: Path, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,8 +82,9 @@ def set_scalars(path: Path, values: Mapping[str, Any]) -> dict[str, Any]:
 def channel_def(context: int) -> dict[str, str]:
     """Names of the network's input channels: the 3 sequences of each slice, ``-context`` to ``+context``."""
     if context == 0:
-        return {str(i): name for i, name in enumerate(SEQUENCES)}
-    names = [f"{name}, slice {offset:+d}" for offset in range(-context, context + 1) for name in SEQUENCES]
+        return {str(i): name for i, name in enumerate(CHANNEL_DESCRIPTIONS)}
+    offsets = range(-context, context + 1)
+    names = [f"{name}, slice {offset:+d}" for offset in offsets for name in CHANNEL_DESCRIPTIONS]
     return {str(i): name for i, name in enumerate(names)}
 
 

@@ -78,6 +78,7 @@ from monailabel.utils.others.generic import file_checksum, get_mime_type
 from starlette.background import BackgroundTask
 
 import pipeline
+from pipeline.ingestion.sequences import NIFTI_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class LGGSegApp(AppTasks, MONAILabelApp):  # MONAI Label finds the app by its di
             raise ValueError(f"{self.studies}: the lggseg app serves a local studies folder only")
         return CheckedDatastore(
             self.studies,
-            extensions=("*.nii.gz", "*.nii"),
+            extensions=tuple(f"*{suffix}" for suffix in NIFTI_SUFFIXES),
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
             limits=self.limits,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from pipeline.ingestion.sequences import FLAIR_CHANNEL as FLAIR_CHANNEL  # its home; imported here too
+
 # RGB in [0, 1] (matplotlib accepts the tuples as colours too)
 OVERLAY_COLOURS: dict[str, tuple[float, float, float]] = {
     "truth": (0.0, 1.0, 0.0),
     "prediction": (1.0, 0.0, 0.0),
 }
-FLAIR_CHANNEL = 1
 
 
 def overlay_rgb(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray) -> np.ndarray:

@@ -22,7 +22,6 @@ from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist, make_f
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.export import export_kaggle
 from pipeline.ingestion.kaggle import (
-    CHANNEL_NAMES,
     ORIENTATION,
     discover_patients,
     institution_of,
@@ -32,6 +31,7 @@ from pipeline.ingestion.kaggle import (
 )
 from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME, load_label_volume, save_nifti
 from pipeline.ingestion.prepare import PrepareResult, prepare_dataset
+from pipeline.ingestion.sequences import CHANNEL_NAMES
 
 __all__ = [
     "CHANNEL_NAMES",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.ingestion.errors import CaseError
 from pipeline.ingestion.forms import case_name, folder_cases, form_of
-from pipeline.ingestion.sequences import NIFTI_SUFFIXES
+from pipeline.ingestion.sequences import CASE_SEQUENCES, NIFTI_SUFFIXES
 from pipeline.ingestion.volume_checks import is_regular_file
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def check_case_name(name: object, source: str | os.PathLike) -> str:
 
 def _identity(case: dict) -> tuple[str, ...]:
     """What a case reads, resolved: the same input given twice has one identity."""
-    refs = [case.get(k) for k in ("image", "flair", "t1", "t1c")]
+    refs = [case.get(k) for k in ("image", *CASE_SEQUENCES)]
     return tuple(os.path.realpath(r) if r and not str(r).startswith("dicom:") else str(r or "") for r in refs)
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.kaggle import CHANNEL_NAMES, LABEL_NAMES, ORIENTATION, institution_of
+from pipeline.ingestion.kaggle import LABEL_NAMES, ORIENTATION, institution_of
 from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME
+from pipeline.ingestion.sequences import CHANNEL_NAMES
 from pipeline.safety import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)

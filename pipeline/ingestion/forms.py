@@ -57,7 +57,14 @@ from pipeline.ingestion.scan_cases import (
     is_scan_case_folder,
     make_scan_case,
 )
-from pipeline.ingestion.sequences import NIFTI_SUFFIXES, SEQUENCES, sequence_of_filename, strip_nifti_suffix
+from pipeline.ingestion.sequences import (
+    CASE_SEQUENCES,
+    NIFTI_SUFFIXES,
+    OTHER_SEQUENCES,
+    SEQUENCES,
+    sequence_of_filename,
+    strip_nifti_suffix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -339,12 +346,11 @@ class NiftiFlairForm(InputForm):
         return [make_scan_case(case_name(path), path)]
 
     def summary(self, case: Mapping[str, Any]) -> dict[str, Any]:
-        used = [s for s in ("flair", "t1", "t1c") if case.get(s)]
+        used = [s for s in CASE_SEQUENCES if case.get(s)]
         return {
             "flair": str(case["flair"]),
             "sequences": used,
-            "t1": str(case["t1"]) if case.get("t1") else STAND_IN,
-            "t1c": str(case["t1c"]) if case.get("t1c") else STAND_IN,
+            **{s: str(case[s]) if case.get(s) else STAND_IN for s in OTHER_SEQUENCES},
         }
 
 

@@ -39,11 +39,12 @@ import numpy as np
 import tifffile
 
 from pipeline.ingestion.errors import LGGDataError
+from pipeline.ingestion.sequences import CHANNEL_NAMES as CHANNEL_NAMES  # its home; imported here too
+from pipeline.ingestion.sequences import NUM_CHANNELS
 from pipeline.ingestion.volume_checks import is_regular_file
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_NAMES: tuple[str, str, str] = ("pre-contrast", "FLAIR", "post-contrast")
 LABEL_NAMES: dict[str, str] = {"0": "background", "1": "FLAIR abnormality"}
 ORIENTATION = ("P", "L", "S")
 
@@ -82,7 +83,7 @@ class PatientVolume:
 
     Args:
         patient_id: the folder name, e.g. ``TCGA_CS_4941_19960909``.
-        image: uint8 array ``(3, H, W, D)``, channels :data:`CHANNEL_NAMES`.
+        image: uint8 array ``(3, H, W, D)``, channels :data:`~pipeline.ingestion.sequences.CHANNEL_NAMES`.
         label: uint8 array ``(1, H, W, D)`` with values 0/1.
         affine: 4x4 voxel-to-world (RAS, mm) matrix shared by image and label.
         slices: the slice files the volume was read from.
@@ -333,7 +334,7 @@ def read_patient_folder(
             problems.extend(error.problems)
             mask = None
         if image is not None:
-            if image.ndim != 3 or image.shape[-1] != len(CHANNEL_NAMES) or image.dtype != np.uint8:
+            if image.ndim != 3 or image.shape[-1] != NUM_CHANNELS or image.dtype != np.uint8:
                 problems.append(
                     f"{image_path.name}: expected an HxWx3 uint8 image, got shape {image.shape} {image.dtype}"
                 )

@@ -30,13 +30,13 @@ from pipeline.ingestion.datalist import (
 )
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import (
-    CHANNEL_NAMES,
     case_id_of,
     check_spacing,
     discover_patients,
     read_patient_folder,
 )
 from pipeline.ingestion.nifti import IMAGE_FILENAME, LABEL_FILENAME, write_patient_nifti
+from pipeline.ingestion.sequences import CHANNEL_NAMES, FLAIR_CHANNEL, OTHER_CHANNELS
 from pipeline.ingestion.volume_checks import check_regular_file
 from pipeline.safety import (
     NoSpaceLeftError,
@@ -66,7 +66,7 @@ class PrepareResult:
 
 def _missing_sequences(image: np.ndarray) -> str:
     """Channels that duplicate FLAIR (the data set's stand-in for a missing sequence)."""
-    missing = [CHANNEL_NAMES[c] for c in (0, 2) if np.array_equal(image[c], image[1])]
+    missing = [CHANNEL_NAMES[c] for c in OTHER_CHANNELS if np.array_equal(image[c], image[FLAIR_CHANNEL])]
     return ";".join(missing)
 
 

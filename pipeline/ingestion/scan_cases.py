@@ -36,7 +36,12 @@ from pipeline.ingestion.dicom_files import (
     study_of_first_file,
 )
 from pipeline.ingestion.errors import CaseError
-from pipeline.ingestion.sequences import CASE_SEQUENCES, sequence_of_description, sequence_of_filename
+from pipeline.ingestion.sequences import (
+    CASE_SEQUENCES,
+    IMAGE_SEQUENCES,
+    sequence_of_description,
+    sequence_of_filename,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +56,11 @@ __all__ = [
 ]
 
 SCAN_KIND = "scans"  # the "kind" of a scan case
-_NIFTI_SEQUENCES = ("flair", "t1", "t1c", "t2")
 
 
 def _own_sequences(folder: Path) -> list[Path]:
     """NIfTI files directly in ``folder`` named as a sequence (FLAIR, T1, T1c, T2)."""
-    return [c for c in children(folder) if is_nifti(c) and sequence_of_filename(c.name) in _NIFTI_SEQUENCES]
+    return [c for c in children(folder) if is_nifti(c) and sequence_of_filename(c.name) in IMAGE_SEQUENCES]
 
 
 def _own_dicom_study(folder: Path) -> str | None:

@@ -50,18 +50,33 @@ import re
 
 SEQUENCES: tuple[str, str, str] = ("t1", "flair", "t1c")
 """The model's channel order (the Kaggle data set's: pre-contrast T1, FLAIR, post-contrast T1)."""
+_CHANNEL_NAME = {"t1": "pre-contrast", "flair": "FLAIR", "t1c": "post-contrast"}
+CHANNEL_NAMES: tuple[str, ...] = tuple(_CHANNEL_NAME[s] for s in SEQUENCES)
+"""The channels as messages, the datalist and the prepared image's header name them, in :data:`SEQUENCES`'
+order: ``("pre-contrast", "FLAIR", "post-contrast")``."""
+_CHANNEL_DESCRIPTION = {"t1": "pre-contrast T1", "flair": "FLAIR", "t1c": "post-contrast T1"}
+CHANNEL_DESCRIPTIONS: tuple[str, ...] = tuple(_CHANNEL_DESCRIPTION[s] for s in SEQUENCES)
+"""The channels as the bundle's ``metadata.json`` describes them (``channel_def``), in :data:`SEQUENCES`'
+order."""
 FLAIR_CHANNEL: int = SEQUENCES.index("flair")
 """The FLAIR's channel in the model's input."""
+OTHER_CHANNELS: tuple[int, ...] = tuple(i for i, s in enumerate(SEQUENCES) if s != "flair")
+"""The channels besides FLAIR (pre- and post-contrast T1), for which the FLAIR stands in when missing."""
 NUM_CHANNELS: int = len(SEQUENCES)
 """The model's input channels (one per sequence; 2.5D networks see each of them on several slices)."""
 
 CASE_SEQUENCES: tuple[str, str, str] = ("flair", "t1", "t1c")
 """The sequences a scan case takes, FLAIR first (T2 and labels are recognised and left out)."""
+OTHER_SEQUENCES: tuple[str, ...] = tuple(s for s in CASE_SEQUENCES if s != "flair")
+"""The sequences besides FLAIR (``"t1"``, ``"t1c"``): optional, the FLAIR stands in for a missing one."""
 
 RECOGNISED: tuple[str, ...] = ("flair", "t1", "t1c", "t2", "label")
 """Everything :func:`sequence_of_filename` can answer (besides ``None``)."""
+IMAGE_SEQUENCES: tuple[str, ...] = tuple(s for s in RECOGNISED if s != "label")
+"""The recognised sequences that are images (not labels): FLAIR, T1, T1c, T2."""
 
 NIFTI_SUFFIXES: tuple[str, str] = (".nii.gz", ".nii")
+"""The endings of NIfTI file names, ``.nii.gz`` first (it is looked for before ``.nii``)."""
 
 LABEL_TOKENS = frozenset(
     {"seg", "segmentation", "mask", "masks", "label", "labels", "fusion", "gt", "groundtruth", "truth"}

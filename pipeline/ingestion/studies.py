@@ -45,6 +45,7 @@ from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.kaggle import check_spacing, discover_patients, read_patient_folder
 from pipeline.ingestion.nifti import save_nifti
+from pipeline.ingestion.sequences import NUM_CHANNELS
 from pipeline.ingestion.volume_checks import check_regular_file, is_regular_file
 from pipeline.safety import OutputTransaction, atomic_write_json, owned_files
 
@@ -239,8 +240,8 @@ def _check_prepared_image(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     """Read a prepared image completely (a truncated file fails here); returns its (H, W, D) and affine."""
     image = nib.load(check_regular_file(path, "prepared image"))
     data = np.asanyarray(image.dataobj)
-    if data.ndim != 4 or data.shape[-1] != 3:
-        raise LGGDataError(f"{path}: expected an (H, W, D, 3) image, got shape {data.shape}")
+    if data.ndim != 4 or data.shape[-1] != NUM_CHANNELS:
+        raise LGGDataError(f"{path}: expected an (H, W, D, {NUM_CHANNELS}) image, got shape {data.shape}")
     return data.shape[:3], image.affine
 
 

@@ -8,7 +8,7 @@ its own, :func:`pipeline.ingestion.scans.read_scan`):
 - a NIfTI file whose header cannot be read (empty, not gzip-compressed though named ``.gz``, not NIfTI):
   :func:`check_nifti_header`; data that cannot be read (truncated, corrupt): :func:`unreadable_data`;
 - an image whose channels are not the model's (the data set's three,
-  :data:`pipeline.ingestion.kaggle.CHANNEL_NAMES`), a volume of fewer than 2 slices, NaN or Inf voxels
+  :data:`pipeline.ingestion.sequences.CHANNEL_NAMES`), a volume of fewer than 2 slices, NaN or Inf voxels
   (they make the normalisation give an empty mask): :func:`check_image_volume`.
 """
 

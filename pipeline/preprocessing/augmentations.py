@@ -48,11 +48,11 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
-from pipeline.ingestion.sequences import SEQUENCES
+from pipeline.ingestion.sequences import FLAIR_CHANNEL as FLAIR_CHANNEL  # their home; imported here too
+from pipeline.ingestion.sequences import NUM_CHANNELS
+from pipeline.ingestion.sequences import OTHER_CHANNELS as OTHER_CHANNELS
 
 STRIPPED_SUFFIX = "_stripped"
-FLAIR_CHANNEL = SEQUENCES.index("flair")
-OTHER_CHANNELS = tuple(i for i, s in enumerate(SEQUENCES) if s != "flair")
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -186,9 +186,9 @@ class RandSequenceDropoutd(RandomizableTransform, MapTransform):
             return d
         for key in self.key_iterator(d):
             image = d[key]
-            if image.shape[0] != 3:
+            if image.shape[0] != NUM_CHANNELS:
                 raise ValueError(
-                    f"sequence dropout needs 3 channels (pre, FLAIR, post), got {image.shape[0]}"
+                    f"sequence dropout needs {NUM_CHANNELS} channels (pre, FLAIR, post), got {image.shape[0]}"
                 )
             out = image.clone()
             for channel in self.dropped:

@@ -21,7 +21,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform, Transform
 
 from pipeline.ingestion.forms import loader_for
-from pipeline.ingestion.kaggle import CHANNEL_NAMES, read_patient_folder
+from pipeline.ingestion.kaggle import read_patient_folder
+from pipeline.ingestion.sequences import CHANNEL_NAMES
 from pipeline.ingestion.volume_checks import (
     check_image_volume,
     check_nifti_header,
@@ -120,7 +121,7 @@ class LoadDataSetVolumed(MapTransform):
     ``LoadLGGPatientd`` (the raw-folder loader). Both give ``image (3, H, W, D)``, ``label (1, H, W, D)``.
     Each input is checked here, a problem failing the case in one line that names the file
     (:mod:`pipeline.ingestion.volume_checks`): not a regular file, an unreadable or truncated NIfTI file, an
-    image whose channels are not the model's three (:data:`pipeline.ingestion.kaggle.CHANNEL_NAMES`), fewer
+    image whose channels are not the model's three (:data:`pipeline.ingestion.sequences.CHANNEL_NAMES`), fewer
     than 2 slices, NaN or Inf voxels; a missing file is a ``FileNotFoundError``. A NIfTI image's header is
     carried in its metadata (:data:`NIFTI_HEADER_KEY`), so the mask is written with it.
 

@@ -42,7 +42,7 @@ from monai.transforms import Compose, ConcatItemsd, DeleteItemsd, MapTransform, 
 from pipeline.ingestion.dicom_files import parse_reference
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.scan_reading import image_from_ras, ras_affine, read_scan_volume, voxels_xyz
-from pipeline.ingestion.sequences import SEQUENCES
+from pipeline.ingestion.sequences import OTHER_SEQUENCES, SEQUENCES
 from pipeline.ingestion.volume_checks import check_regular_file
 from pipeline.preprocessing.model_grid import SPACING_KNOWN_KEY
 from pipeline.preprocessing.registration import REGISTRATORS, Registrator, check_overlap
@@ -167,7 +167,7 @@ class StandInFlaird(MapTransform):
         flair_key: the FLAIR's key.
     """
 
-    def __init__(self, keys: KeysCollection = ("t1", "t1c"), flair_key: str = "flair") -> None:
+    def __init__(self, keys: KeysCollection = OTHER_SEQUENCES, flair_key: str = "flair") -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.flair_key = flair_key
 
@@ -198,7 +198,7 @@ class AlignToFlaird(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = ("t1", "t1c"),
+        keys: KeysCollection = OTHER_SEQUENCES,
         flair_key: str = "flair",
         registrator: Registrator | str | None = "rigid",
         report_key: str = "alignment",
@@ -279,7 +279,7 @@ class ScanMetad(MapTransform):
         keys: KeysCollection = "image",
         flair_key: str = "flair",
         report_key: str = "alignment",
-        stand_in_keys: Sequence[str] = ("t1", "t1c"),
+        stand_in_keys: Sequence[str] = OTHER_SEQUENCES,
     ) -> None:
         super().__init__(keys)
         self.flair_key, self.report_key, self.stand_in_keys = flair_key, report_key, tuple(stand_in_keys)
@@ -324,12 +324,11 @@ def scan_chain(image_key: str = "image", registrator: Registrator | str | None =
     Returns:
         a MONAI ``Compose``.
     """
-    others = tuple(s for s in SEQUENCES if s != "flair")
     return Compose(
         [
             ReadSequencesd(SEQUENCES),
-            StandInFlaird(others),
-            AlignToFlaird(others, registrator=registrator),
+            StandInFlaird(OTHER_SEQUENCES),
+            AlignToFlaird(OTHER_SEQUENCES, registrator=registrator),
             ZeroBackgroundd(SEQUENCES),
             ConcatItemsd(keys=list(SEQUENCES), name=image_key, dim=0),
             ScanMetad(image_key),

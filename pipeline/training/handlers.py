@@ -25,7 +25,8 @@ from monai.handlers import TensorBoardStatsHandler, ValidationHandler
 from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.evaluation.overlays import FLAIR_CHANNEL, overlay_rgb
+from pipeline.evaluation.overlays import overlay_rgb
+from pipeline.ingestion.sequences import FLAIR_CHANNEL
 from pipeline.safety import NoSpaceLeftError, atomic_path, no_space_left, remove_stale_temporaries
 
 logger = logging.getLogger("lggseg.train")

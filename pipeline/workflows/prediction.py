@@ -25,6 +25,7 @@ from pipeline.inference.case_outputs_handler import CaseOutputsHandler
 from pipeline.inference.writer import check_prediction_targets, prediction_path, prediction_writer
 from pipeline.ingestion.cases import CaseError, case_name, check_unique, find_cases
 from pipeline.ingestion.scan_cases import SCAN_KIND
+from pipeline.ingestion.sequences import CASE_SEQUENCES, OTHER_SEQUENCES
 from pipeline.model_files import load_model
 from pipeline.safety import STAGING_MARKER, OutputTransaction, no_space_left
 from pipeline.transforms import build_transforms
@@ -258,7 +259,7 @@ def infer(
     for failure in listing_failures:
         logger.error("%s", failure["error"])
     out = Path(output)
-    sources = [*paths, *(c[s] for c in given for s in ("flair", "t1", "t1c") if c.get(s))]
+    sources = [*paths, *(c[s] for c in given for s in CASE_SEQUENCES if c.get(s))]
     check_prediction_targets(cases, out, sources, overwrite)
     for case in cases:
         if case.get("kind") == SCAN_KIND:
@@ -294,5 +295,5 @@ def infer(
 
 
 def _stand_ins(case: Mapping[str, Any]) -> str:
-    missing = [s.upper() for s in ("t1", "t1c") if not case.get(s)]
+    missing = [s.upper() for s in OTHER_SEQUENCES if not case.get(s)]
     return f"; no {' or '.join(missing)}: the FLAIR stands in (as in the data set)" if missing else ""

@@ -43,8 +43,8 @@ from pipeline.config import resolve_device
 from pipeline.engines import innermost_error
 from pipeline.ingestion.cases import find_cases
 from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.kaggle import CHANNEL_NAMES
 from pipeline.ingestion.scan_cases import find_scan_case
+from pipeline.ingestion.sequences import CHANNEL_NAMES
 from pipeline.ingestion.volume_checks import check_image_volume
 
 logger = logging.getLogger(__name__)

@@ -47,13 +47,15 @@ from monailabel.config import settings
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.ingestion.sequences import NIFTI_SUFFIXES
+
 logger = logging.getLogger(__name__)
 
 MB = 2**20
 DEFAULT_MAX_UPLOAD_MB = 512
 DEFAULT_MAX_VOXELS = 512 * 512 * 512 * 4
 # what MONAI Label's Writer can write (ITK or nibabel), and the label types it may cast to
-RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+RESULT_EXTENSIONS = (*NIFTI_SUFFIXES, ".nrrd", ".seg.nrrd")
 RESULT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 JSON_FORM_FIELDS = ("params", "info")

@@ -22,10 +22,8 @@ import numpy as np
 from fastapi import HTTPException
 
 from lib.server import ServerLimits
-from pipeline.config import NUM_IMAGE_CHANNELS
 from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.kaggle import CHANNEL_NAMES
-from pipeline.ingestion.sequences import NIFTI_SUFFIXES
+from pipeline.ingestion.sequences import CHANNEL_NAMES, FLAIR_CHANNEL, NIFTI_SUFFIXES, NUM_CHANNELS
 from pipeline.ingestion.studies import STUDY_ID
 from pipeline.ingestion.volume_checks import check_image_volume, check_nifti_header, unreadable_data
 from pipeline.safety import partial_postfix
@@ -116,17 +114,18 @@ def check_image_file(path: str | os.PathLike, limits: ServerLimits | None = None
     data, affine = read_nifti(path, "image", limits)
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
-    prepared = data.ndim == 4 and data.shape[-1] == NUM_IMAGE_CHANNELS
+    prepared = data.ndim == 4 and data.shape[-1] == NUM_CHANNELS
     if not (prepared or data.ndim == 3) or min(data.shape) < 2:
         raise HTTPException(
             status_code=422,
             detail=f"the image has shape {data.shape}; expected a FLAIR volume (H, W, D) or a prepared study "
-            f"(H, W, D, {NUM_IMAGE_CHANNELS}) with the channels {', '.join(CHANNEL_NAMES)} "
+            f"(H, W, D, {NUM_CHANNELS}) with the channels {', '.join(CHANNEL_NAMES)} "
             "(see `lggseg studies`)",
         )
     channels_first = np.moveaxis(data, -1, 0) if prepared else data[None]
+    channels = CHANNEL_NAMES if prepared else (CHANNEL_NAMES[FLAIR_CHANNEL],)
     try:
-        check_image_volume(channels_first, Path(path).name, CHANNEL_NAMES if prepared else ("FLAIR",))
+        check_image_volume(channels_first, Path(path).name, channels)
     except LGGDataError as error:
         raise HTTPException(status_code=422, detail=f"the image {error}") from None
     return data.shape[:3], affine
