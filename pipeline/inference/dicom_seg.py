@@ -55,6 +55,12 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from pipeline import __version__
+from pipeline.ingestion.slice_geometry import (
+    in_plane_offsets,
+    is_tilted,
+    positions_along_normal,
+    uneven_spacing,
+)
 from pipeline.safety import atomic_path
 
 __all__ = [
@@ -71,7 +77,8 @@ SEGMENT_TYPE = codes.cid7151.Neoplasm  # SCT 108369006
 SEGMENT_ANATOMIC_REGION = codes.SCT.Brain  # SCT 12738006
 _ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # DCM 123110
 _SERIES_NUMBER = 9901  # beside the scanner's series numbers, not among them
-_SPACING_TOLERANCE = 1e-3  # relative: the slices count as evenly spaced (and not tilted) within it
+_PIXEL_SPACING_TOLERANCE = 1e-3  # relative: the frames' pixel spacings count as one within it
+# the slice spacing and a gantry tilt: pipeline.ingestion.slice_geometry (the scan reader's rule too)
 _ORIENTATION_TOLERANCE = 1e-3  # direction cosines of two frames count as one orientation within it
 _UNIT_TOLERANCE = 1e-2  # direction cosines count as unit and orthogonal within it (vendors round them)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -282,7 +289,7 @@ def _source_frames(files: Sequence[str], datasets: Sequence[Dataset]) -> list[_F
                 f"{where}: ImageOrientationPatient {frame.orientation.tolist()} differs from "
                 f"{first.orientation.tolist()} of {files[first.file]}; the DICOM SEG needs one orientation"
             )
-        if np.max(np.abs(frame.spacing / first.spacing - 1)) > _SPACING_TOLERANCE:
+        if np.max(np.abs(frame.spacing / first.spacing - 1)) > _PIXEL_SPACING_TOLERANCE:
             raise DicomSegSkipped(
                 f"{where}: PixelSpacing {frame.spacing.tolist()} differs from {first.spacing.tolist()} "
                 f"of {files[first.file]}; the DICOM SEG needs one pixel spacing"
@@ -390,23 +397,18 @@ def _mend_header(ds: Dataset) -> None:
 
 def _slice_spacing(frames: Sequence[_Frame]) -> float | None:
     """Distance between neighbouring slices along the slice normal, or ``None`` when there is one slice, or
-    the slices are unevenly spaced, or shifted in-plane from one to the next (a gantry tilt)."""
+    the slices are unevenly spaced, or shifted in-plane from one to the next (a gantry tilt): the rule of the
+    scan reader (:mod:`pipeline.ingestion.slice_geometry`)."""
     if len(frames) < 2:
         return None
-    orientation = frames[0].orientation
-    normal = np.cross(orientation[:3], orientation[3:])
-    normal /= np.linalg.norm(normal)
+    row, column = frames[0].orientation[:3], frames[0].orientation[3:]
     positions = np.stack([f.position for f in frames])
-    positions = positions[np.argsort(positions @ normal)]
-    steps = np.diff(positions, axis=0)
-    along = steps @ normal
-    spacing = float(np.mean(along))
-    if spacing <= 0 or np.max(np.abs(along - spacing)) > _SPACING_TOLERANCE * spacing:
+    along = positions_along_normal(positions, row, column)
+    order = np.argsort(along, kind="stable")
+    along = along[order]
+    if uneven_spacing(along) is not None or is_tilted(in_plane_offsets(positions[order], row, column)):
         return None
-    in_plane = np.linalg.norm(steps - along[:, None] * normal, axis=1)
-    if np.max(in_plane) > _SPACING_TOLERANCE * spacing:
-        return None
-    return spacing
+    return float(np.mean(np.diff(along)))
 
 
 def _single_frame_sources(datasets: Sequence[Dataset], frames: Sequence[_Frame]) -> list[Dataset]:

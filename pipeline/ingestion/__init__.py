@@ -13,7 +13,8 @@
 - A user's own scans: :mod:`~pipeline.ingestion.sequences` (which file or series is which sequence),
   :mod:`~pipeline.ingestion.dicom_files` (DICOM files grouped into image series),
   :mod:`~pipeline.ingestion.scan_cases` (finding the sequences of a case) and
-  :mod:`~pipeline.ingestion.scan_reading` (reading one sequence with its geometry). Turning them into the
+  :mod:`~pipeline.ingestion.scan_reading` (reading one sequence with its geometry; where the slices of a
+  series lie: :mod:`~pipeline.ingestion.slice_geometry`). Turning them into the
   model's input is :mod:`pipeline.preprocessing` (the scan chain, registration, the model grid).
 """
 

@@ -44,13 +44,23 @@ from pipeline.ingestion.dicom_files import (
     read_dicom_headers,
 )
 from pipeline.ingestion.errors import LGGDataError
-from pipeline.ingestion.volume_checks import check_nifti_header, unreadable_data
+from pipeline.ingestion.slice_geometry import (
+    SPACING_TOLERANCE,
+    TILT_TOLERANCE_MM,
+    in_plane_offsets,
+    is_tilted,
+    positions_along_normal,
+    slice_normal,
+    uneven_spacing,
+)
+from pipeline.ingestion.volume_checks import check_finite, check_nifti_header, unreadable_data
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SOURCE_FILES_KEY",
     "SPACING_TOLERANCE",
+    "TILT_TOLERANCE_MM",
     "ScanVolume",
     "check_finite",
     "ras_affine",
@@ -60,10 +70,7 @@ __all__ = [
 ]
 
 SOURCE_FILES_KEY = "lggseg:source_files"  # SimpleITK metadata of a series read here: its files, slice order
-SPACING_TOLERANCE = 0.01
-"""Slices are evenly spaced when every gap is within this fraction of the median gap."""
-TILT_TOLERANCE_MM = 0.01
-"""Slice positions off the slice normal by less than this (in-plane, per slice) are not a gantry tilt."""
+# SPACING_TOLERANCE and TILT_TOLERANCE_MM: pipeline.ingestion.slice_geometry (the SEG writer's rule too)
 ORTHOGONAL_TOLERANCE = 1e-4
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -134,20 +141,6 @@ def image_from_ras(array: np.ndarray, affine: np.ndarray) -> tuple[sitk.Image, b
     return image, sheared
 
 
-def check_finite(image: sitk.Image, where: str) -> None:
-    """Refuse NaN or Inf voxels.
-
-    Raises:
-        LGGDataError: ``"<where>: N voxels are NaN or Inf; the scan cannot be segmented"``.
-    """
-    array = sitk.GetArrayViewFromImage(image)
-    if not np.issubdtype(array.dtype, np.floating):
-        return
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if bad:
-        raise LGGDataError(f"{where}: {bad} voxels are NaN or Inf; the scan cannot be segmented")
-
-
 def _as_volume(image: sitk.Image, where: str) -> sitk.Image:
     """``image`` as one 3D grey-level volume of at least 2 slices, or a one-line error."""
     if image.GetNumberOfComponentsPerPixel() > 1:
@@ -206,10 +199,7 @@ def _read_nifti(path: Path) -> ScanVolume:
     if data.dtype.kind == "c" or (data.dtype.names is not None):
         raise LGGDataError(f"{path}: {data.dtype} voxels (complex or RGB); give one grey-level volume")
     data = np.reshape(data, shape[:3])
-    if np.issubdtype(data.dtype, np.floating):
-        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            raise LGGDataError(f"{path}: {bad} voxels are NaN or Inf; the scan cannot be segmented")
+    check_finite(data, path)
     notes = []
     qform_code, sform_code = int(header["qform_code"]), int(header["sform_code"])
     if qform_code == 0 and sform_code == 0:
@@ -263,29 +253,6 @@ def _geometry(files: list) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     return first[:3], first[3:], positions
 
 
-def _uneven(along: np.ndarray) -> str | None:
-    """Why sorted positions along the normal are not evenly spaced, or ``None``."""
-    gaps = np.diff(along)
-    if gaps.size == 0:
-        return None
-    if np.any(gaps < 1e-4):
-        return f"{int(np.sum(gaps < 1e-4))} slices share a position (several echoes or time points?)"
-    median = float(np.median(gaps))
-    worst = int(np.argmax(np.abs(gaps - median)))
-    if abs(gaps[worst] - median) > SPACING_TOLERANCE * median:
-        return (
-            f"slices are not evenly spaced ({gaps[worst]:.3g} mm after slice {worst + 1}, "
-            f"{median:.3g} mm elsewhere): a slice is missing"
-        )
-    return None
-
-
-def _in_plane_offsets(positions: list[np.ndarray], row: np.ndarray, col: np.ndarray) -> np.ndarray:
-    """``(n, 2)`` in-plane offsets (mm along the row and column directions) of each slice from the first."""
-    origin = positions[0]
-    return np.array([[np.dot(p - origin, row), np.dot(p - origin, col)] for p in positions])
-
-
 def _untilt(
     image: sitk.Image, offsets: np.ndarray, normal: np.ndarray, origin: np.ndarray, gap: float
 ) -> sitk.Image:
@@ -332,8 +299,8 @@ def _read_series(series: DicomSeries, unreadable: list[tuple[Path, str]]) -> Sca
             raise LGGDataError(f"{path}: unreadable DICOM file ({error_reason(err)})") from None
         return ScanVolume(image, where, source_files=[str(path)])
     row, col, positions = _geometry(files)
-    normal = np.cross(row, col)
-    along = np.array([float(np.dot(p, normal)) for p in positions])
+    normal = slice_normal(row, col)
+    along = positions_along_normal(positions, row, col)
     order = np.argsort(along, kind="stable")
     files = [files[i] for i in order]
     positions = [positions[i] for i in order]
@@ -353,7 +320,7 @@ def _read_series(series: DicomSeries, unreadable: list[tuple[Path, str]]) -> Sca
         files = [files[i] for i in keep]
         positions = [positions[i] for i in keep]
         along = along[keep]
-    problem = _uneven(along) if len(files) >= 2 else f"{len(files)} slice left"
+    problem = uneven_spacing(along) if len(files) >= 2 else f"{len(files)} slice left"
     if bad:
         (first, reason), others = bad[0], len(bad) - 1
         if problem:
@@ -372,10 +339,10 @@ def _read_series(series: DicomSeries, unreadable: list[tuple[Path, str]]) -> Sca
         image = _read_files(series, files)
     image = _as_volume(image, where)
     notes: list[str] = []
-    offsets = _in_plane_offsets(positions, row, col)
+    offsets = in_plane_offsets(positions, row, col)
     gap = float(np.median(np.diff(along)))
     steps = np.arange(len(files))[:, None]
-    if np.max(np.abs(offsets)) > TILT_TOLERANCE_MM * len(files):
+    if is_tilted(offsets):
         slope = offsets[-1] / max(len(files) - 1, 1)
         if np.max(np.abs(offsets - steps * slope)) > 0.05 * min(image.GetSpacing()[:2]):
             raise LGGDataError(

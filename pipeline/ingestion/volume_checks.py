@@ -1,7 +1,7 @@
 """Checks of the input volumes at load time, each failing in one line that names the file (floor 1).
 
 What :class:`pipeline.transforms.LoadVolumed` refuses before a case reaches the model (the own-scans path has
-its own, :func:`pipeline.ingestion.scans.read_scan`):
+its own, :func:`pipeline.ingestion.scan_reading.read_scan`):
 
 - anything but a regular file (a named pipe would block the reader forever; a socket, a device):
   :func:`check_regular_file`, also used wherever input files are listed;
@@ -10,6 +10,9 @@ its own, :func:`pipeline.ingestion.scans.read_scan`):
 - an image whose channels are not the model's (the data set's three,
   :data:`pipeline.ingestion.sequences.CHANNEL_NAMES`), a volume of fewer than 2 slices, NaN or Inf voxels
   (they make the normalisation give an empty mask): :func:`check_image_volume`.
+
+NaN or Inf voxels are counted and refused by one rule wherever an image is read (:func:`count_non_finite`,
+:func:`check_finite`): here, in the own-scans reader and in the MONAI Label app.
 """
 
 from __future__ import annotations
@@ -125,6 +128,47 @@ def unreadable_data(path: str | os.PathLike, error: BaseException) -> LGGDataErr
     return LGGDataError(f"{path}: truncated or corrupt file ({_reason(error, path)})")
 
 
+def count_non_finite(array: Any) -> int:
+    """How many values of an image are NaN or Inf (0 for integer data).
+
+    Args:
+        array: a NumPy array, a PyTorch tensor (a MONAI ``MetaTensor``) or a SimpleITK image.
+
+    Returns:
+        the number of NaN and infinite values.
+    """
+    image = array  # a SimpleITK image must outlive the view of its voxels
+    if type(image).__module__.startswith("SimpleITK"):
+        import SimpleITK as sitk
+
+        array = sitk.GetArrayViewFromImage(image)
+    if isinstance(array, torch.Tensor):
+        if not (array.is_floating_point() or array.is_complex()):
+            return 0
+        return int((~torch.isfinite(array)).sum())
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.inexact):
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+def check_finite(array: Any, where: str | os.PathLike, what: str = "the scan") -> None:
+    """Refuse an image with NaN or Inf values: they spread through the normalisation to the whole volume,
+    which gives an empty mask.
+
+    Args:
+        array: the image (see :func:`count_non_finite`).
+        where: the file or folder it was read from (named in the message).
+        what: how the message names it (``"the scan"``, ``"the image"``).
+
+    Raises:
+        LGGDataError: ``"<where>: N voxels are NaN or Inf; <what> cannot be segmented"``.
+    """
+    bad = count_non_finite(array)
+    if bad:
+        raise LGGDataError(f"{where}: {bad} voxels are NaN or Inf; {what} cannot be segmented")
+
+
 def check_image_volume(
     image: np.ndarray | torch.Tensor,
     where: str | os.PathLike,
@@ -157,8 +201,4 @@ def check_image_volume(
         raise LGGDataError(
             f"{where}: {count} of {shape[1]}x{shape[2]}; a volume needs at least {MIN_SLICES} slices"
         )
-    data = torch.as_tensor(image)
-    if data.is_floating_point():
-        bad = int((~torch.isfinite(data)).sum())
-        if bad:
-            raise LGGDataError(f"{where}: {bad} voxels are NaN or Inf; the image cannot be segmented")
+    check_finite(image, where, what="the image")

@@ -45,7 +45,7 @@ from pipeline.ingestion.cases import find_cases
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.scan_cases import find_scan_case
 from pipeline.ingestion.sequences import CHANNEL_NAMES
-from pipeline.ingestion.volume_checks import check_image_volume
+from pipeline.ingestion.volume_checks import check_image_volume, count_non_finite
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class LGGSegInfer(InferTaskAdapter):
         image = data[self.input_key]
         with torch.no_grad():
             pred = self.inferer(data)(image[None].to(self.device), network)[0]
-        if not bool(torch.isfinite(pred).all()):
+        if count_non_finite(pred):
             raise HTTPException(
                 status_code=503,
                 detail=f"model unavailable: {info.get('model_file')} gives NaN or infinite values on a "
