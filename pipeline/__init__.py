@@ -19,6 +19,9 @@ Folders show the stages, as nnU-Net's do; floors say who may import whom (arrows
   ``pipeline.nets`` (the architectures and their shared blocks), ``pipeline.training`` (losses,
   optimisers, handlers, resumable checkpoints), ``pipeline.safety`` (atomic writes, output guard,
   manifest).
+- below them all: ``pipeline.errors`` (:class:`~pipeline.errors.LGGSegError`, the base class of the
+  project's errors, with its :class:`~pipeline.errors.ErrorKind` and exit code; imports nothing of the
+  project).
 
 Sub-packages load on first use (``pipeline.ingestion`` after ``import pipeline``), which is what the
 bundle's ``"$import pipeline"`` expressions rely on. The flat module paths of earlier versions
@@ -43,6 +46,7 @@ _SUBPACKAGES = {
     "cli",
     "config",
     "engines",
+    "errors",
     "evaluation",
     "inference",
     "ingestion",

@@ -30,6 +30,7 @@ from monai.handlers import MeanDice, from_engine
 from monai.inferers import Inferer, SimpleInferer
 from torch.utils.data import DistributedSampler, RandomSampler, Sampler, Subset
 
+from pipeline.errors import ErrorKind, LGGSegError
 from pipeline.inference.inferers import VolumePrepareBatch
 from pipeline.safety import atomic_write_json
 from pipeline.training.autocast import AutocastInferer, cpu_bf16_supported, to_channels_last
@@ -281,8 +282,11 @@ def build_evaluator(
     return evaluator
 
 
-class CasesFailed(RuntimeError):
-    """Some cases failed while the others were processed (exit code 1); ``failures`` lists them."""
+class CasesFailed(LGGSegError, RuntimeError):
+    """Some cases failed while the others were processed (:attr:`~pipeline.errors.ErrorKind.CASES_FAILED`,
+    exit code 1); ``failures`` lists them."""
+
+    kind = ErrorKind.CASES_FAILED
 
     def __init__(self, failures: Sequence[Mapping[str, Any]], total: int, path: Path | None = None) -> None:
         names = ", ".join(str(f["case"]) for f in failures)

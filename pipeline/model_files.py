@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 import torch
 
 from pipeline.config import RunConfig, resolve_device, validate_config
+from pipeline.errors import ErrorKind, LGGSegError
 from pipeline.networks import build_network
 from pipeline.safety import atomic_path
 
@@ -78,11 +79,13 @@ _TRUNCATED = ("failed finding central directory", "unexpected EOF", "Ran out of 
 _MAX_KEY = 60  # characters of a parameter name in a one-line error
 
 
-class ModelFileError(ValueError):
+class ModelFileError(LGGSegError, ValueError):
     """A model file that cannot be used, in one line naming the file: unreadable (empty, truncated, not a
     PyTorch file), not a model file of this project, weights that hold NaN or Inf, or weights that do not
-    fit the network. A ``ValueError``, so the CLI reports it as bad input (exit code 2); the MONAI Label
-    app answers it with HTTP 503 (the server's model is unusable)."""
+    fit the network (:attr:`~pipeline.errors.ErrorKind.MODEL_UNUSABLE`: the CLI's exit code 2); the MONAI
+    Label app answers it with HTTP 503 (the server's model is unusable)."""
+
+    kind = ErrorKind.MODEL_UNUSABLE
 
 
 class ConfigState:

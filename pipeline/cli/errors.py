@@ -1,18 +1,24 @@
 """The one error rule of every ``lggseg`` command, applied by :func:`run_command` around each command.
 
-Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <what to do>``:
+Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <what to do>``; the exit code
+is the error's kind (:class:`pipeline.errors.ErrorKind`, every project error is a
+:class:`pipeline.errors.LGGSegError`):
 
-- exit code 2, bad usage or bad input, found before the work (nothing written): ``ValueError`` and its
-  subclasses (:class:`~pipeline.ingestion.errors.LGGDataError` without ``failures``,
-  :class:`~pipeline.safety.UnsafeOutputError`, :class:`~pipeline.ingestion.cases.CaseError`, the
-  option checks of :class:`~pipeline.config.RunConfig`, a ``--config`` that is not JSON), and a path given
-  that is missing or of the wrong kind (``FileNotFoundError``, e.g. a missing checkpoint or nothing to
-  ``--resume`` from; ``FileExistsError``, ``NotADirectoryError``, ``IsADirectoryError``): :data:`BAD_INPUT`.
-- exit code 1, some cases failed and the others were processed: :class:`~pipeline.engines.CasesFailed`
-  (one line naming them and ``failures.json``) and ``LGGDataError`` with ``failures`` (one line per
-  failed case, worded by the command's ``failure_line``); a command returns 1 the same way through
-  :func:`report_failures` when it skipped cases on purpose.
-- exit code 1, a full disk (:class:`~pipeline.safety.NoSpaceLeftError`): its one line, naming the file system.
+- exit code 2, bad usage or bad input, found before the work (nothing written): the kinds ``BAD_INPUT``
+  (:class:`~pipeline.ingestion.errors.LGGDataError` without ``failures``,
+  :class:`~pipeline.ingestion.cases.CaseError`), ``UNSAFE_OUTPUT``
+  (:class:`~pipeline.safety.UnsafeOutputError`) and ``MODEL_UNUSABLE``
+  (:class:`~pipeline.model_files.ModelFileError`); and the builtins of bad input
+  (:data:`BAD_INPUT`: the option checks of :class:`~pipeline.config.RunConfig` and a ``--config`` that is
+  not JSON raise ``ValueError``; a path given that is missing or of the wrong kind, e.g. a missing checkpoint
+  or nothing to ``--resume`` from, ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError``,
+  ``IsADirectoryError``).
+- exit code 1, some cases failed and the others were processed (``CASES_FAILED``):
+  :class:`~pipeline.engines.CasesFailed` (one line naming them and ``failures.json``) and ``LGGDataError``
+  with ``failures`` (one line per failed case, worded by the command's ``failure_line``); a command returns
+  1 the same way through :func:`report_failures` when it skipped cases on purpose.
+- exit code 1, a full disk (``DISK_FULL``, :class:`~pipeline.safety.NoSpaceLeftError`): its one line, naming
+  the file system.
 - exit code 1, anything else (a bug, out of memory): one line naming the exception type.
 - ``--debug``: none of the above; the exception propagates with its full traceback.
 - Ctrl-C (``KeyboardInterrupt``): exit code 130 and one line ``lggseg: <command> interrupted; <what is
@@ -20,7 +26,7 @@ Errors are one line on stderr, ``lggseg: error: <file or folder>: <problem>; <wh
 
 ``argparse``'s own usage errors (unknown option, bad choice) keep argparse's message and exit code 2.
 
-Callers without a parsed command (the bundle's ``inference.json``, see :mod:`pipeline.cli.bundle_checks`)
+Callers without a parsed command (the bundle's configs, see :mod:`pipeline.workflows.bundle_checks`)
 apply the bad-input part of the rule with :func:`exit_on_bad_input`: one line, then ``SystemExit(2)``.
 """
 
@@ -29,35 +35,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
-from pipeline.safety import NoSpaceLeftError
+# the builtins of bad input (exit code 2) besides the project's errors, under this module's old name
+from pipeline.errors import BAD_INPUT_BUILTINS as BAD_INPUT
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, ErrorKind, LGGSegError
+from pipeline.errors import error_message as _message
+from pipeline.errors import exit_on_bad_input as exit_on_bad_input  # for callers without a parsed command
+from pipeline.errors import one_line as one_line
+from pipeline.errors import say as say
 
-BAD_INPUT: tuple[type[Exception], ...] = (
-    ValueError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    IsADirectoryError,
-)
-"""The exception classes that mean bad usage or bad input (exit code 2)."""
-
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_INTERRUPTED = 130
 
 FailureLine = Callable[[argparse.Namespace, str, str], str]
 """``(args, case, problem) -> line``: how a command words one failed case."""
-
-T = TypeVar("T")
-
-
-def one_line(message: str) -> str:
-    """``message`` on one line: its non-empty lines, stripped, joined with ``"; "``."""
-    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
-
-
-def say(message: str) -> None:
-    """Print ``lggseg: error: <message>`` on stderr, on one line (see :func:`one_line`)."""
-    print(f"lggseg: error: {one_line(message)}", file=sys.stderr)
 
 
 def report_failures(
@@ -85,23 +76,6 @@ def default_failure_line(args: argparse.Namespace, case: str, problem: str) -> s
     return f"{case}: {problem}"
 
 
-def _is_error(error: BaseException, module: str, name: str) -> bool:
-    """``isinstance(error, module.name)`` without importing ``module`` (PyTorch and MONAI for
-    :class:`~pipeline.engines.CasesFailed`): no error can be of a class whose module was never imported."""
-    loaded = sys.modules.get(module)
-    return loaded is not None and isinstance(error, getattr(loaded, name))
-
-
-def _is_data_error(error: BaseException) -> bool:
-    return _is_error(error, "pipeline.ingestion.errors", "LGGDataError")
-
-
-def _message(error: BaseException) -> str:
-    if _is_data_error(error):  # every problem names its file or folder
-        return (f"patient {error.patient}: " if error.patient else "") + "; ".join(error.problems)
-    return one_line(str(error))
-
-
 def _report_data_failures(args: argparse.Namespace, error: Any) -> int:
     line: FailureLine = getattr(args, "failure_line", None) or default_failure_line
     extra = [p for p in error.problems if not any(p.startswith(f"patient {c}:") for c in error.failures)]
@@ -114,31 +88,6 @@ def _interrupted(args: argparse.Namespace) -> str:
         return what.format_map(vars(args))
     except (KeyError, IndexError, ValueError):  # a brace that names no option: the words as given
         return what
-
-
-def exit_on_bad_input(check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``check(*args, **kwargs)``; on bad input (:data:`BAD_INPUT`) say its one line and exit with 2.
-
-    For callers that :func:`run_command` does not wrap: ``python -m monai.bundle run`` prints the traceback
-    of any ``Exception`` raised in a config expression, but lets ``SystemExit`` end the process quietly.
-
-    Args:
-        check: the check (the one ``lggseg`` runs for the same input).
-        args: its positional arguments.
-        kwargs: its keyword arguments.
-
-    Returns:
-        what ``check`` returns.
-
-    Raises:
-        SystemExit: code 2, after the line ``lggseg: error: <message>`` on stderr. Any other error of
-            ``check`` propagates as it is.
-    """
-    try:
-        return check(*args, **kwargs)
-    except BAD_INPUT as error:
-        say(_message(error))
-        raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -166,12 +115,12 @@ def run_command(args: argparse.Namespace) -> int:
     except Exception as error:
         if debug:
             raise
-        if _is_data_error(error) and error.failures:
-            return _report_data_failures(args, error)
-        cases_failed = _is_error(error, "pipeline.engines", "CasesFailed")
-        if cases_failed or isinstance(error, NoSpaceLeftError):  # their messages say it all
-            say(_message(error))
-            return EXIT_FAILED
+        if isinstance(error, LGGSegError):  # the project's own: its kind says the exit code
+            failures = getattr(error, "failures", None)
+            if error.kind is ErrorKind.CASES_FAILED and isinstance(failures, Mapping):  # one line a case
+                return _report_data_failures(args, error)
+            say(_message(error))  # the message says it all
+            return error.exit_code
         if isinstance(error, BAD_INPUT):
             say(_message(error))
             return EXIT_BAD_INPUT

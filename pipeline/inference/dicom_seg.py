@@ -55,6 +55,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from pipeline import __version__
+from pipeline.errors import ErrorKind, LGGSegError
 from pipeline.ingestion.slice_geometry import (
     in_plane_offsets,
     is_tilted,
@@ -107,9 +108,11 @@ _FUNCTIONAL_GROUP = {  # the functional group macro holding each per-frame attri
 _NUMPY_ALIAS_LOCK = threading.Lock()
 
 
-class DicomSegSkipped(ValueError):
+class DicomSegSkipped(LGGSegError, ValueError):
     """No DICOM SEG can be made of these source files; the message is one line naming the file and the
     missing or odd attribute (the caller keeps the case and reports it as a warning)."""
+
+    kind = ErrorKind.BAD_INPUT
 
 
 @dataclass(frozen=True)

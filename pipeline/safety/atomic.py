@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ErrorKind, LGGSegError
 from pipeline.safety.paths import nearest_existing, resolve_path
 from pipeline.safety.processes import process_alive, process_tag
 
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class NoSpaceLeftError(OSError):
+class NoSpaceLeftError(LGGSegError, OSError):
     """The disk (or quota) is full while writing ``path``; the message is one line naming the file system.
 
     The message reads ``<path>: no space left on the device of <mount point> (<free> free); ...``; what was
@@ -39,6 +40,8 @@ class NoSpaceLeftError(OSError):
     Args:
         path: the file being written.
     """
+
+    kind = ErrorKind.DISK_FULL
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)

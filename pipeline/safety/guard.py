@@ -8,13 +8,14 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from pipeline.errors import ErrorKind, LGGSegError
 from pipeline.safety.atomic import remove_stale_temporaries
 from pipeline.safety.paths import is_inside, nearest_existing, resolve_path
 
 __all__ = ["UnsafeOutputError", "check_output_file", "check_output_location"]
 
 
-class UnsafeOutputError(ValueError):
+class UnsafeOutputError(LGGSegError, ValueError):
     """An output location or operation that could lose data; the message is one line.
 
     The message reads ``<path>: <problem>; <what to do>`` (the CLI prefixes ``lggseg: error:``).
@@ -24,6 +25,8 @@ class UnsafeOutputError(ValueError):
         problem: what is wrong, e.g. ``"is inside the input folder data/kaggle_3m"``.
         hint: what the user can do about it (optional).
     """
+
+    kind = ErrorKind.UNSAFE_OUTPUT
 
     def __init__(self, path: str | os.PathLike, problem: str, hint: str = "") -> None:
         self.path = Path(path)

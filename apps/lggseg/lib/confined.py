@@ -24,6 +24,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from pipeline.errors import ErrorKind, LGGSegError
 from pipeline.ingestion.dicom_files import NOT_DICOM_SUFFIXES
 from pipeline.ingestion.errors import LGGDataError
 from pipeline.ingestion.sequences import NIFTI_SUFFIXES
@@ -34,9 +35,11 @@ SCAN_DEPTH = 2  # a scan case folder is read one level down (DICOM series in sub
 _CHUNK = 1 << 22
 
 
-class OutsideStudiesError(PermissionError):
+class OutsideStudiesError(LGGSegError, PermissionError):
     """A file a request would read leads outside the studies folder, or changed into a link while it was
     read (one line naming it); the server answers 403."""
+
+    kind = ErrorKind.FORBIDDEN
 
 
 def _relative_inside(root: Path, path: str | os.PathLike) -> Path:

@@ -1,5 +1,5 @@
 """Where the app's bundle and weights are, and how weights are read (strictly) and published (atomically),
-through the project's model-file module :mod:`pipeline.model_files`.
+through the project's model-file module :mod:`pipeline.model_files` (its :class:`ModelFileError` too).
 
 Two weight files, both ``{"model": state_dict, "config": {...}}`` (what MONAI's ``CheckpointLoader`` and
 ``lggseg`` write):
@@ -22,14 +22,12 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from pipeline.model_files import load_checkpoint, save_model_file
+from pipeline.model_files import ModelFileError, load_checkpoint, save_model_file
 from pipeline.model_files import load_weights as pipeline_load_weights
 
 MODEL_NAME = "model.pt"
-
-
-class ModelFileError(RuntimeError):
-    """A weight file that is missing, unreadable, or does not fit the bundle's network (one line)."""
+# ModelFileError (pipeline.model_files): a weight file that is missing, unreadable, or does not fit the
+# bundle's network (one line); the app answers it with 503 (inference) or a failed training
 
 
 @dataclass(frozen=True)
