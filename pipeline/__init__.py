@@ -85,6 +85,14 @@ MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "ingestion.scan_loader": ("pipeline.preprocessing.scan_chain", "pipeline.ingestion.scan_reading"),
     "ingestion.model_grid": "pipeline.preprocessing.model_grid",
     "ingestion.registration": "pipeline.preprocessing.registration",
+    "cli.bundle_checks": "pipeline.workflows.bundle_checks",
+    "cli.train_commands": (
+        "pipeline.cli.train_command",
+        "pipeline.cli.cv_command",
+        "pipeline.cli.evaluate_command",
+        "pipeline.cli.infer_command",
+        "pipeline.cli.run_options",
+    ),
     **{
         name: f"pipeline.nets.{name}"
         for name in (

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.cli import bundle_checks
 from pipeline.networks import build_network
+from pipeline.workflows import bundle_checks
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -164,12 +164,12 @@ def test_evaluation_never_replaces_a_report_lggseg_did_not_write(capsys, tmp_pat
 def test_train_and_evaluate_json_run_the_checks_first():
     train = json.loads((CONFIGS / "train.json").read_text())
     evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
-    assert train["initialize"][0].startswith("$pipeline.cli.bundle_checks.check_training(")
-    assert evaluate["initialize"][0].startswith("$pipeline.cli.bundle_checks.check_evaluation(")
+    assert train["initialize"][0].startswith("$pipeline.workflows.bundle_checks.check_training(")
+    assert evaluate["initialize"][0].startswith("$pipeline.workflows.bundle_checks.check_evaluation(")
     assert evaluate["overwrite"] is False
     for name in ("multi_gpu_train.json", "multi_gpu_evaluate.json"):
         steps = json.loads((CONFIGS / name).read_text())["initialize"]
-        assert sum("pipeline.cli.bundle_checks.check_" in step for step in steps) == 1, name
+        assert sum("pipeline.workflows.bundle_checks.check_" in step for step in steps) == 1, name
         assert not any("refuse_existing_model" in step for step in steps), name
 
 

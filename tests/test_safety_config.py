@@ -274,7 +274,7 @@ def test_resolve_device_checks_the_gpu_index(monkeypatch):
 
 # ------------------------------------------------- item 20: the bundle's inference.json checks, in process
 def _bundle_checks():
-    return importlib.import_module("pipeline.cli.bundle_checks")
+    return importlib.import_module("pipeline.workflows.bundle_checks")
 
 
 def _bundle_values(tmp_path: Path, **changes) -> dict:
@@ -316,7 +316,7 @@ def test_bundle_inference_checks_exit_2_in_one_line(monkeypatch, capsys, tmp_pat
 def test_inference_json_runs_the_checks_first():
     config = json.loads((CONFIGS / "inference.json").read_text())
     first = config["initialize"][0]
-    assert first.startswith("$pipeline.cli.bundle_checks.check_inference(")
+    assert first.startswith("$pipeline.workflows.bundle_checks.check_inference(")
     assert all(f"@{name}" in first for name in ("dataset_dir", "output_dir", "overwrite", "device"))
     assert all(f"@{name}" in first for name in _bundle_checks().INFERENCE_OPTIONS)
 

@@ -26,7 +26,10 @@ from pipeline.cli.quiet import silence_library_noise
 COMMAND_MODULES = (
     "pipeline.cli.data_commands",
     "pipeline.cli.demo_command",
-    "pipeline.cli.train_commands",
+    "pipeline.cli.train_command",
+    "pipeline.cli.cv_command",
+    "pipeline.cli.evaluate_command",
+    "pipeline.cli.infer_command",
     "pipeline.cli.model_commands",
     "pipeline.cli.network_commands",
     "pipeline.cli.studies_command",

@@ -5,6 +5,8 @@
 - :mod:`~pipeline.workflows.prediction`: evaluate a model per patient; segment cases.
 - :mod:`~pipeline.workflows.cross_validation`: every fold, then one pooled report.
 - :mod:`~pipeline.workflows.model_selection`: post-processing chosen on validation folds, fold ensembles.
+- :mod:`~pipeline.workflows.bundle_checks`: the checks the bundle's configs run first (``lggseg``'s own, with
+  its one-line errors).
 """
 
 from pipeline.workflows.builders import transform_settings

@@ -1,11 +1,12 @@
-"""The checks of the bundle's configs, answered as ``lggseg`` answers them (a face, like the CLI).
+"""The checks of the bundle's configs, answered as ``lggseg`` answers them (floor 4: the bundle's configs
+import it as they import the builders, never the CLI; it was ``pipeline.cli.bundle_checks``).
 
 ``python -m monai.bundle run`` wraps any ``Exception`` of a config expression in ``RuntimeError("Failed to
 evaluate ...")`` and prints a 50-80 line traceback; ``SystemExit`` is no ``Exception``, so MONAI and Fire let
 it end the process with its code and without a traceback. ``inference.json``'s first ``initialize``
 expression is :func:`check_inference`: the checks of ``lggseg infer``, the same functions, before anything
 is built or read; on bad input it prints the CLI's one line (``lggseg: error: <file or option>:
-<problem>``) and exits with 2 (:func:`pipeline.cli.errors.exit_on_bad_input`).
+<problem>``) and exits with 2 (:func:`pipeline.errors.exit_on_bad_input`, the CLI's rule for bad input).
 
 ``train.json`` starts with :func:`check_training` and ``evaluate.json`` with :func:`check_evaluation` (the
 options, the device, the splits, the weights, where the model and the report go) under the same rule.
@@ -22,8 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.errors import exit_on_bad_input
 from pipeline.config import RunConfig, resolve_device, validate_config
+from pipeline.errors import exit_on_bad_input
 from pipeline.inference.writer import check_prediction_targets
 from pipeline.ingestion.cases import check_unique, find_cases
 from pipeline.ingestion.datalist import load_datalist, split_folds
