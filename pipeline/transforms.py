@@ -279,7 +279,7 @@ class TransformSettings:
         prob_flip, prob_rotate90, prob_rotate, rotate_degrees, prob_elastic, prob_scale_intensity,
             prob_shift_intensity, prob_gamma: probabilities and range of the augmentations.
         prob_skull_strip: probability of training on the skull-stripped view of the volume
-            (:mod:`pipeline.augmentations`; BraTS-style input).
+            (:mod:`pipeline.preprocessing.augmentations`; BraTS-style input).
         prob_sequence_dropout: probability of FLAIR in place of pre- and/or post-contrast T1.
         prob_zoom, zoom_range: probability and in-plane scale range (the pixel size differs per patient).
         prob_bias_field, prob_histogram_shift, prob_smooth, prob_noise: probabilities of MONAI's bias

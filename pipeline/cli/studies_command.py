@@ -1,4 +1,5 @@
-"""``lggseg studies``: a flat studies folder for MONAI Label / 3D Slicer (see :mod:`pipeline.studies`).
+"""``lggseg studies``: a flat studies folder for MONAI Label / 3D Slicer (see
+:mod:`pipeline.ingestion.studies`).
 
 Errors follow :mod:`pipeline.cli.errors`: one line on stderr, exit code 2 for bad usage or input (nothing
 written), 1 when some patients could not be written (one line each; the others were written); ``--debug``

@@ -2,8 +2,8 @@
 Label's ``BasicInferTask``.
 
 MONAI Label hands the task ``data["image"]``, the path of the study (``<studies>/<id>.nii.gz``, a folder study
-``<studies>/<id>/``: a scan case folder read through :func:`pipeline.ingestion.scans.find_scan_case`, or the
-temporary file of an uploaded image). The bundle's ``preprocessing`` (``build_transforms("infer")``: load,
+``<studies>/<id>/``: a scan case folder read through :func:`pipeline.ingestion.scan_cases.find_scan_case`, or
+the temporary file of an uploaded image). The bundle's ``preprocessing`` (``build_transforms("infer")``: load,
 normalise) reads that path as ``(3, H, W, D)``; its ``inferer`` gives the tumour probability
 ``(1, H, W, D)``; its ``post_transforms`` (threshold, connected components; the ``writer`` is left out)
 make it binary; then MONAI's ``SqueezeDimd`` and ``CastToTyped`` give the ``(H, W, D)`` uint8 label that

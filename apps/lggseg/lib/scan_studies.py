@@ -1,10 +1,10 @@
 """Folder studies: a user's own scans, one scan case folder per study in the studies folder.
 
-A scan case folder (``pipeline.ingestion.scans``: one NIfTI file or DICOM series per sequence, FLAIR required,
-T1 and T1c optional) placed directly in the studies folder is one study; its id is the folder's name. The
-app reads it with the pipeline's own :func:`pipeline.ingestion.scans.find_scan_case` and
-:func:`pipeline.ingestion.scans.read_scan` (the chain of ``lggseg infer`` and the bundle), so its label is on
-the FLAIR's grid (shape and RAS affine of :func:`pipeline.ingestion.scan_loader.ras_affine`).
+A scan case folder (``pipeline.ingestion.scan_cases``: one NIfTI file or DICOM series per sequence, FLAIR
+required, T1 and T1c optional) placed directly in the studies folder is one study; its id is the folder's
+name. The app reads it with the pipeline's own :func:`pipeline.ingestion.scan_cases.find_scan_case` and
+:func:`pipeline.ingestion.scan_reading.read_scan` (the chain of ``lggseg infer`` and the bundle), so its
+label is on the FLAIR's grid (shape and RAS affine of :func:`pipeline.ingestion.scan_reading.ras_affine`).
 
 A folder is a study only when it is a real folder (not a symlink), its name is a plain study id
 (:data:`pipeline.ingestion.studies.STUDY_ID`, not ending in ``.nii`` / ``.nii.gz``), it is not the labels
@@ -115,10 +115,11 @@ def is_folder_study(root: Path, folder: str | os.PathLike) -> bool:
 
 
 def scan_case(folder: str | os.PathLike) -> dict:
-    """The case dict of a folder study: :func:`pipeline.ingestion.scans.find_scan_case` (one source of truth).
+    """The case dict of a folder study: :func:`pipeline.ingestion.scan_cases.find_scan_case` (one source of
+    truth).
 
     Raises:
-        pipeline.ingestion.scans.CaseError: no FLAIR, or two candidates for one sequence.
+        pipeline.ingestion.errors.CaseError: no FLAIR, or two candidates for one sequence.
     """
     return find_scan_case(folder)
 
@@ -127,7 +128,7 @@ def read_flair(folder: str | os.PathLike) -> sitk.Image:
     """The FLAIR of a folder study, read by the pipeline's reader (NIfTI file or DICOM series).
 
     Raises:
-        pipeline.ingestion.scans.CaseError: the folder names no FLAIR (or two).
+        pipeline.ingestion.errors.CaseError: the folder names no FLAIR (or two).
         pipeline.ingestion.errors.LGGDataError: the FLAIR cannot be read.
     """
     return read_scan(scan_case(folder)["flair"])
