@@ -9,7 +9,8 @@ Every number comes from the files of a finished cross-validation (no hand-edited
   epochs, best validation Dice and time-to-quality;
 - the model file for its SHA-256, size and members;
 - optionally (``--reference``) the pooled test report of an earlier run, paired patient by patient;
-- optionally (``--external``) the figures of ``scripts/external_dice.py`` on the external development scans.
+- optionally (``--external``) the figures of ``scripts/external_dice.py`` on the external development scans;
+- optionally (``--qc``) the quality estimate's figures and the failure classes of ``scripts/fit_qc.py``.
 
 It copies the Dice distribution plot and the best / median / worst overlays to ``BUNDLE/docs/images``,
 sets ``eval_metrics`` in ``BUNDLE/configs/metadata.json`` and replaces the text between
@@ -222,6 +223,7 @@ def results_block(
     reference: Path | None = None,
     external: dict[str, Any] | None = None,
     machine: str | None = None,
+    qc: dict[str, Any] | None = None,
 ) -> str:
     """The generated Markdown: pooled and per-fold tables, the post-processing choice, time-to-quality,
     the model file's identity and the figures.
@@ -234,6 +236,7 @@ def results_block(
         reference: an earlier run to pair with, patient by patient (optional).
         external: ``scripts/external_dice.py``'s figures (optional).
         machine: the hardware the run trained on, in words (default: this machine).
+        qc: ``scripts/fit_qc.py``'s figures (optional).
 
     Returns:
         the section, markers included.
@@ -318,7 +321,10 @@ def results_block(
         f"{members} network(s) of `{saved['config'].get('arch')}`"
         + (" (the folds' models, probabilities averaged)" if members > 1 else "")
         + f"; post-processing stored with it: threshold {saved['config'].get('threshold', 0.5)}, "
-        f"keep_largest {saved['config'].get('keep_largest')}, tta {saved['config'].get('tta')}.",
+        f"keep_largest {saved['config'].get('keep_largest')}, edge_components "
+        f"{saved['config'].get('edge_components', 0)}, min_mass_fraction "
+        f"{saved['config'].get('min_mass_fraction', 0.0)}, tta {saved['config'].get('tta')}; quality "
+        f"calibration {'stored' if saved['config'].get('quality') else 'none'}.",
         "",
         f"![per-patient Dice of the cross-validation]({image_prefix}{FIGURES['dice_plot']})",
         "",
@@ -328,6 +334,60 @@ def results_block(
     lines += [f"![{k} patient]({image_prefix}{FIGURES[f'overlay_{k}']})" for k in ("best", "median", "worst")]
     lines += ["", END]
     return "\n".join(lines)
+
+
+def quality_lines(qc: dict[str, Any]) -> list[str]:
+    """The quality estimate's figures and the failure classes, from ``scripts/fit_qc.py``'s JSON."""
+    f, classes = qc["figures"], qc["figures"].get("failure_classes", {})
+    calibration = qc["calibration"]
+    lines = [
+        f"Quality estimate (`qc_score`, `review`, `qc_flags`; fitted with `scripts/fit_qc.py` on the "
+        f"{f['patients']} cross-validation predictions, each patient by a fold model that never saw it; "
+        "every figure nested: each test fold scored with the calibration and review threshold fitted on the "
+        "other four):",
+        "",
+        "| | value | goal |",
+        "|---|---|---|",
+        f"| AUROC of `qc_score` for Dice < 0.7 ({f['under_0.7']} patients) | {f['auroc_under_0.7']:.3f} "
+        "| >= 0.85 |",
+        f"| Spearman correlation of `qc_score` with Dice | {f['spearman']:.3f} | |",
+        f"| mean absolute error of `qc_score` as a Dice estimate | {f['mean_abs_error']:.3f} | |",
+        f"| `review = yes` catches, of the {f['under_0.5']} patients under Dice 0.5 | "
+        f"{f['review_catches_under_0.5']:.0%} | >= 80% |",
+        f"| `review = yes` flags, of the other patients | {f['review_flags_others']:.0%} | <= 30% |",
+        "",
+        f"Shipped calibration (all {f['patients']} patients): expected Dice = 1 / (1 + exp(-("
+        f"{calibration['slope']:.2f} x mean probability inside the mask "
+        f"{calibration['intercept']:+.2f}))); review below "
+        f"{calibration['review_below']:.2f}. The folds' single models made these predictions; the shipped "
+        "ensemble averages five, whose probabilities are a little smoother, so its scores rank the masks "
+        "alike but may sit slightly lower.",
+        "",
+        "What each flag caught on the cross-validation (flags of the input, such as `stand_in` or `plane`, "
+        "never arise on the data set's own volumes):",
+        "",
+        "| flag | patients flagged | of them Dice < 0.7 | patients < 0.7 it missed |",
+        "|---|---|---|---|",
+    ]
+    for code, row in qc["flags"].items():
+        if row["flagged"] or code in ("review", "low_confidence", "edge", "empty"):
+            lines.append(
+                f"| `{code}` | {row['flagged']} | {row['flagged_under_0.7']} | {row['missed_under_0.7']} |"
+            )
+    if classes:
+        lines += [
+            "",
+            "Failure classes over the cross-validation (post-processing as shipped; without it in brackets): "
+            f"false-positive components over 500 voxels with no overlap with the truth "
+            f"{classes['fp_components_over_500_voxels']} ({classes['without_post_processing']}), of them on "
+            f"the outermost 3 slices {classes['of_them_on_the_outermost_3_slices']} "
+            f"({classes['without_post_processing_on_the_outermost_3_slices']}); patients under Dice 0.5: "
+            f"{classes['patients_under_0.5']}; masks that missed the tumour entirely: "
+            f"{classes['patients_zeroed']}; under-segmented (sensitivity < 0.65, precision >= 0.75): "
+            f"{classes['under_segmented']}; over-segmented (precision < 0.6, sensitivity >= 0.75): "
+            f"{classes['over_segmented']}.",
+        ]
+    return lines
 
 
 def replace_block(text: str, block: str, path: Path, start: str = START, end: str = END) -> str:
@@ -354,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=Path("bundle"), help="bundle folder (default: bundle)")
     parser.add_argument("--reference", type=Path, help="an earlier run to pair with, patient by patient")
     parser.add_argument("--external", type=Path, help="scripts/external_dice.py --output JSON of the model")
+    parser.add_argument("--qc", type=Path, help="scripts/fit_qc.py --output JSON of the run")
     parser.add_argument(
         "--hardware", help="the machine the run trained on, in words (default: this machine's CPU)"
     )
@@ -372,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.external.is_file():
             raise SystemExit(f"model_card: error: {args.external}: not found; run scripts/external_dice.py")
         external = json.loads(args.external.read_text())
+    qc = json.loads(args.qc.read_text()) if args.qc is not None else None
     images = args.bundle / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     for key, name in FIGURES.items():
@@ -383,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.markdown or [args.bundle / "docs" / "README.md"]:
         prefix = Path(os.path.relpath(images.resolve(), path.resolve().parent)).as_posix()
         block = results_block(
-            args.run, args.log, args.model, f"{prefix}/", args.reference, external, args.hardware
+            args.run, args.log, args.model, f"{prefix}/", args.reference, external, args.hardware, qc
         )
         atomic_write_text(path, replace_block(path.read_text(), block, path))
         print(f"{path}: cross-validation section written")
