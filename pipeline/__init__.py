@@ -40,7 +40,10 @@ import types
 import warnings
 from typing import Any
 
-__version__ = "0.1.0"  # the one home of the version (setup.cfg reads it)
+# the package's version (the code, what pip installs; setup.cfg reads it), not the model's: the trained
+# model's version is the bundle's (bundle/configs/metadata.json "version"), written into the shipped model
+# file ("model_version", read by pipeline.model_files.model_version) and named by the DICOM SEG it writes
+__version__ = "0.4.0"
 
 _SUBPACKAGES = {
     "cli",

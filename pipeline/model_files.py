@@ -7,6 +7,12 @@ configuration under ``"config"``; everything is plain tensors, numbers and strin
 ``torch.load(weights_only=True)`` reads it. Files of earlier versions (weights under ``"network"``) still
 load.
 
+Two versions, never mixed up: the **package version** (``pipeline.__version__``, what ``pip`` installs, the
+code) and the **model version** (the trained weights: the bundle's ``metadata.json`` ``version``). A model
+file says its model version under :data:`MODEL_VERSION_KEY` (a plain string, written by
+``scripts/install_model.py`` when it ships the model; :func:`model_version` reads it); files without one
+(a run's checkpoints, before they are shipped) have none.
+
 - :func:`load_checkpoint` is the one reader, :func:`save_model_file` the one writer (atomic);
 - :data:`MODEL_KEYS` are the options of a configuration that define the network; :func:`network_options`
   picks them from a saved configuration and :func:`check_model_config` checks that two configurations
@@ -39,6 +45,7 @@ __all__ = [
     "LEGACY_MODEL_KEY",
     "MODEL_KEY",
     "MODEL_KEYS",
+    "MODEL_VERSION_KEY",
     "SHIPPED_MODEL",
     "ConfigState",
     "ModelFileError",
@@ -50,6 +57,7 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_weights",
+    "model_version",
     "network_name",
     "network_options",
     "refuse_existing_model",
@@ -60,6 +68,7 @@ __all__ = [
 MODEL_KEY = "model"  # MONAI's CheckpointLoader and MONAI Label read the weights from this key
 LEGACY_MODEL_KEY = "network"  # where files of lggseg <= 0.1 held the weights
 CONFIG_KEY = "config"
+MODEL_VERSION_KEY = "model_version"  # the trained model's version (the bundle's), a plain string
 # options that define the network: a resumed run or a loaded model file must agree on them
 MODEL_KEYS = (
     "arch",
@@ -186,6 +195,24 @@ def _unreadable(source: str | os.PathLike | BinaryIO, error: BaseException) -> s
         reason = reason.split(". ")[0]  # PyTorch goes on with guesses at the cause
         return f"cannot read the model file: truncated or damaged ({size} bytes; {reason}); copy it again"
     return f"cannot read the model file ({reason})"
+
+
+def model_version(path: str | os.PathLike | BinaryIO) -> str | None:
+    """The version of the trained model in a model file (:data:`MODEL_VERSION_KEY`, the bundle's
+    ``metadata.json`` ``version`` written by ``scripts/install_model.py``), not the package's.
+
+    Args:
+        path: a model file (as for :func:`load_checkpoint`; weights without a ``"config"`` are fine).
+
+    Returns:
+        the version, e.g. ``"0.3.0"``, or ``None`` when the file does not say one.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ModelFileError: not a model file of this project (see :func:`load_checkpoint`).
+    """
+    version = load_checkpoint(path, require_config=False).get(MODEL_VERSION_KEY)
+    return version.strip() if isinstance(version, str) and version.strip() else None
 
 
 def check_finite_weights(weights: Mapping[str, Any], path: Any) -> None:

@@ -1,13 +1,17 @@
 """Install a model file into the bundle: the weights, and the configs that must agree with them.
 
 - copies the model file to ``BUNDLE/models/model.pt`` (an existing one is replaced only with ``--overwrite``;
-  written under a temporary name, then renamed);
+  written under a temporary name, then renamed), with the model's version (``metadata.json``'s ``version``,
+  the trained weights' version, not the package's) under ``"model_version"``
+  (:func:`pipeline.model_files.model_version`); a file that already says that version is copied byte for
+  byte, and the weights and configuration are never changed;
 - sets ``inference.json``'s network options and post-processing values (``arch``, ``context``,
   ``deep_supervision``, ``members``, ``network_kwargs``, ``keep_largest``, ``tta``, ...) from the model's
   ``config``;
 - sets ``train.json``'s recipe values from it (an ensemble's ``training_config``, ``members`` 1: training
   builds one network), so the bundle trains what it ships;
-- sets the network input of ``metadata.json`` (channels: 3 sequences x ``2 * context + 1`` slices).
+- sets the network input of ``metadata.json`` (channels: 3 sequences x ``2 * context + 1`` slices) and the
+  package version its configs need (``required_packages_version``'s ``lggseg``: this one).
 
 Only the value of existing top-level one-line values changes (scalars, and literals such as
 ``"network_kwargs": {}``); the files keep their layout. Expressions (``$...``, ``@...``) and blocks that
@@ -27,9 +31,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from pipeline import __version__
 from pipeline.config import BUNDLE_NAMES, RunConfig, network_in_channels
 from pipeline.ingestion.sequences import CHANNEL_DESCRIPTIONS
-from pipeline.model_files import CONFIG_KEY, MODEL_KEYS, load_checkpoint
+from pipeline.model_files import CONFIG_KEY, MODEL_KEYS, MODEL_VERSION_KEY, load_checkpoint, save_model_file
 from pipeline.safety import atomic_write_bytes, atomic_write_text
 
 INFERENCE_KEYS = (
@@ -93,7 +98,8 @@ def install(model: Path, bundle: Path, overwrite: bool = False) -> dict[str, Any
 
     Raises:
         FileNotFoundError: no such model file.
-        ValueError: not an lggseg model file, or an existing ``models/model.pt`` without ``overwrite``.
+        ValueError: not an lggseg model file, an existing ``models/model.pt`` without ``overwrite``, or a
+            ``metadata.json`` without a ``version``.
     """
     saved = load_checkpoint(model)
     config = saved[CONFIG_KEY]
@@ -101,6 +107,11 @@ def install(model: Path, bundle: Path, overwrite: bool = False) -> dict[str, Any
     target = bundle / "models" / "model.pt"
     if target.exists() and not overwrite and target.resolve() != model.resolve():
         raise ValueError(f"{target}: exists; pass --overwrite to replace it")
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    version = meta.get("version")
+    if not isinstance(version, str) or not version.strip():
+        raise ValueError(f"{meta_path}: no 'version' (the model's version, written into the model file)")
     names = {f.name for f in fields(RunConfig)}
     recipe = {k: v for k, v in trained.items() if k in names and k not in RUNTIME_KEYS}
     changes = {
@@ -109,14 +120,15 @@ def install(model: Path, bundle: Path, overwrite: bool = False) -> dict[str, Any
         ),
         "train.json": set_scalars(bundle / "configs" / "train.json", {**recipe, "members": 1}),
     }
-    meta_path = bundle / "configs" / "metadata.json"
-    meta = json.loads(meta_path.read_text())
     image = meta["network_data_format"]["inputs"]["image"]
     context = int(config.get("context", 0))
     image["num_channels"] = network_in_channels(int(config.get("spatial_dims", 2)), context)
     image["channel_def"] = channel_def(context)
+    meta.setdefault("required_packages_version", {})["lggseg"] = __version__
     atomic_write_text(meta_path, json.dumps(meta, indent=4) + "\n")
-    if target.resolve() != model.resolve():
+    if saved.get(MODEL_VERSION_KEY) != version.strip():  # the same weights and configuration, and the version
+        save_model_file(target, {**saved, MODEL_VERSION_KEY: version.strip()})
+    elif target.resolve() != model.resolve():
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, model.read_bytes())
     return changes

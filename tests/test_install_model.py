@@ -33,6 +33,16 @@ def _ensemble_file(path: Path) -> Path:
     return path
 
 
+def _assert_installed(installed: Path, model: Path, version: str) -> None:
+    """The installed file is the model file (every entry, every weight) with the model's version added; a
+    file that says that version already is copied byte for byte."""
+    shipped, given = (torch.load(p, weights_only=True) for p in (installed, model))
+    assert shipped.pop("model_version") == version and "model_version" not in given
+    assert shipped.keys() == given.keys() and shipped["config"] == given["config"]
+    assert all(torch.equal(shipped["model"][k], given["model"][k]) for k in given["model"])
+    assert shipped["model"].keys() == given["model"].keys()
+
+
 def test_install_sets_the_configs_from_the_model(bundle, tmp_path, load_script):
     install_model = load_script("install_model")
     model = _ensemble_file(tmp_path / "ensemble.pt")
@@ -56,7 +66,7 @@ def test_install_sets_the_configs_from_the_model(bundle, tmp_path, load_script):
     image = meta["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 9 and image["channel_def"]["4"] == "FLAIR, slice +0"
     verify_metadata(meta_file=str(meta_file), filepath=str(SCHEMA))
-    assert (bundle / "models" / "model.pt").read_bytes() == model.read_bytes()
+    _assert_installed(bundle / "models" / "model.pt", model, meta["version"])
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
@@ -76,4 +86,5 @@ def test_install_refuses_to_replace_a_model_without_overwrite(bundle, tmp_path, 
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (bundle / "models" / "model.pt").read_bytes() == b"shipped"
     assert install_model.main(["--model", str(model), "--bundle", str(bundle), "--overwrite"]) == 0
-    assert (bundle / "models" / "model.pt").read_bytes() == model.read_bytes()
+    version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    _assert_installed(bundle / "models" / "model.pt", model, version)

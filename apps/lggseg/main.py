@@ -136,7 +136,7 @@ class LGGSegApp(AppTasks, MONAILabelApp):  # MONAI Label finds the app by its di
             conf=conf,
             name="lggseg",
             description="LGG FLAIR-abnormality segmentation (MONAI Bundle of the lggseg project)",
-            version=pipeline.__version__,
+            version=pipeline.__version__,  # the app's code; the weights': models.lggseg.model_version
             labels=LABELS,
         )
 

@@ -45,6 +45,8 @@ class CaseOutputsHandler:
         cases: the cases the dataset was built from (:func:`pipeline.ingestion.cases.find_cases`), each with
             its ``case`` name.
         kaggle_masks: also write per-slice Kaggle masks in ``<case>/kaggle_masks``.
+        algorithm_version: the model's version (:func:`pipeline.model_files.model_version` of the model
+            file), the DICOM SEG's algorithm version; ``None``: the package's.
 
     Attributes:
         rows: the summary rows of the cases published so far.
@@ -53,11 +55,16 @@ class CaseOutputsHandler:
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, cases: Sequence[Mapping[str, Any]], kaggle_masks: bool = False
+        self,
+        output_dir: str | os.PathLike,
+        cases: Sequence[Mapping[str, Any]],
+        kaggle_masks: bool = False,
+        algorithm_version: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.cases = {str(c.get("case") or c.get("patient")): c for c in cases}
         self.kaggle_masks = kaggle_masks
+        self.algorithm_version = algorithm_version
         # the case folders there before the run (SaveImaged creates the others before they are published)
         self.existing = {name for name in self.cases if (self.output_dir / name).exists()}
         self.rows: list[dict[str, Any]] = []
@@ -120,7 +127,14 @@ class CaseOutputsHandler:
             if self.kaggle_masks:
                 export_kaggle(partial, masks, patient_id=name, overwrite=True)
             row = {
-                **write_case_outputs(case, item["pred"], out, image=item.get("image"), qc=item.get("qc")),
+                **write_case_outputs(
+                    case,
+                    item["pred"],
+                    out,
+                    image=item.get("image"),
+                    qc=item.get("qc"),
+                    algorithm_version=self.algorithm_version,
+                ),
                 "seg_nifti": str(path),
             }
             os.replace(partial, path)

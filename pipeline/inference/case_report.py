@@ -345,7 +345,12 @@ def _flair_on(
 
 
 def write_case_outputs(
-    case: Mapping[str, Any], pred: Any, output_dir: str | os.PathLike, image: Any = None, qc: Any = None
+    case: Mapping[str, Any],
+    pred: Any,
+    output_dir: str | os.PathLike,
+    image: Any = None,
+    qc: Any = None,
+    algorithm_version: str | None = None,
 ) -> dict:
     """The files of one segmented case beside its NIfTI mask, and its row of the summary table.
 
@@ -362,6 +367,8 @@ def write_case_outputs(
             the model's grid.
         qc: the case's quality estimate (:class:`pipeline.inference.quality.CaseQuality`, or its dict): in
             the summary row, the QC picture and the DICOM SEG's series description.
+        algorithm_version: the model's version (:func:`pipeline.model_files.model_version`), the DICOM SEG's
+            algorithm version; ``None``: the package's.
 
     Returns:
         the summary row (:data:`SUMMARY_COLUMNS`).
@@ -385,8 +392,9 @@ def write_case_outputs(
         description = "lggseg FLAIR abnormality"
         if quality is not None:  # the score where a PACS user sees it
             description += f" QC {quality.score:.2f}{' REVIEW' if quality.review else ''}"
+        versions = {"algorithm_version": algorithm_version} if algorithm_version else {}
         written, reason = try_write_dicom_seg(
-            mask, files, paths["seg_dicom"], affine=affine, series_description=description[:64]
+            mask, files, paths["seg_dicom"], affine=affine, series_description=description[:64], **versions
         )
         if written is not None:
             row["seg_dicom"] = str(written)

@@ -482,6 +482,7 @@ def write_dicom_seg(
     algorithm_version: str = __version__,
     series_description: str = "lggseg FLAIR abnormality",
     series_number: int = _SERIES_NUMBER,
+    software_version: str = __version__,
 ) -> Path:
     """Write ``mask`` as a BINARY DICOM SEG on the frames of ``source_files`` (atomically).
 
@@ -500,9 +501,11 @@ def write_dicom_seg(
         affine: the mask's 4x4 voxel-to-world matrix in RAS mm (nibabel / MONAI convention), or ``None``.
         segment_label: the segment's label (shown by viewers).
         algorithm_name: the algorithm named in the segment's Algorithm Identification.
-        algorithm_version: its version (also the SEG's Software Versions).
+        algorithm_version: its version: the trained model's (:func:`pipeline.model_files.model_version`)
+            where known, else the package's.
         series_description: the SEG series' description.
         series_number: the SEG series' number.
+        software_version: the SEG's Software Versions: the package's (the code that wrote it).
 
     Returns:
         the path written.
@@ -554,7 +557,7 @@ def write_dicom_seg(
                 instance_number=1,
                 manufacturer=algorithm_name,
                 manufacturer_model_name=algorithm_name,
-                software_versions=algorithm_version,
+                software_versions=software_version,
                 device_serial_number="0",
                 series_description=series_description,
                 content_label=_content_label(sources[0]),

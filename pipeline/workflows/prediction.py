@@ -26,7 +26,7 @@ from pipeline.inference.writer import check_prediction_targets, prediction_path,
 from pipeline.ingestion.cases import CaseError, case_name, check_unique, find_cases
 from pipeline.ingestion.scan_cases import SCAN_KIND
 from pipeline.ingestion.sequences import CASE_SEQUENCES, OTHER_SEQUENCES
-from pipeline.model_files import load_model
+from pipeline.model_files import load_model, model_version
 from pipeline.safety import STAGING_MARKER, OutputTransaction, no_space_left
 from pipeline.transforms import build_transforms
 from pipeline.workflows.builders import datalist_entries, make_inferer, make_postprocessing
@@ -268,7 +268,8 @@ def infer(
     preprocessing = build_transforms("infer", cfg)
     dataset = Dataset(cases, preprocessing)
     post = make_postprocessing(cfg, preprocessing=preprocessing)  # back onto each case's own grid
-    outputs = CaseOutputsHandler(out, cases, kaggle_masks)  # each case's files, then its mask; summary.csv
+    # each case's files, then its mask; summary.csv; the DICOM SEG names the model's version
+    outputs = CaseOutputsHandler(out, cases, kaggle_masks, algorithm_version=model_version(checkpoint))
     evaluator = build_evaluator(
         device=dev,
         val_data_loader=build_val_loader(dataset, cfg.num_workers, distributed=False),

@@ -106,6 +106,12 @@ class LGGSegInfer(InferTaskAdapter):
         """Listed by ``/info/`` when a weight file exists."""
         return self.paths.current_model() is not None
 
+    def info(self) -> dict[str, Any]:
+        """MONAI Label's model info, with ``model_version``: the version of the weights in use (the bundle's,
+        written into the shipped model file; a fine-tuned file's ends in ``+finetuned``), not the package's
+        (the app's own ``version``)."""
+        return {**super().info(), "model_version": self.cached.version()}
+
     def pre_transforms(self, data: Any = None) -> list:
         return [self.bundle_item("preprocessing")]
 
@@ -160,7 +166,8 @@ class LGGSegInfer(InferTaskAdapter):
         return network
 
     def network_and_info(self) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The network on the app's device and ``{"model_file", "model_mtime"}``; 503 when unavailable."""
+        """The network on the app's device and ``{"model_file", "model_mtime", "model_version"}`` (in every
+        result's parameters); 503 when unavailable."""
         try:
             return self.cached.get(self.device)
         except ModelFileError as error:

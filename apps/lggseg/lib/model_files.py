@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from pipeline.model_files import ModelFileError, load_checkpoint, save_model_file
+from pipeline.model_files import (
+    MODEL_VERSION_KEY,
+    ModelFileError,
+    load_checkpoint,
+    model_version,
+    save_model_file,
+)
 from pipeline.model_files import load_weights as pipeline_load_weights
 
 MODEL_NAME = "model.pt"
@@ -191,13 +197,34 @@ class CachedNetwork:
         self._key: tuple | None = None
         self._network: torch.nn.Module | None = None
         self._info: dict[str, Any] = {}
+        self._versions: dict[tuple, str | None] = {}
 
     @staticmethod
     def _key_of(path: Path, stat: os.stat_result) -> tuple:
         return str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns
 
+    def version(self) -> str | None:
+        """The model version of the current weight file (:func:`pipeline.model_files.model_version`: the
+        trained model's, not the package's), read once per file; ``None`` when it says none or there is no
+        readable file."""
+        path = self.paths.current_model()
+        try:
+            key = self._key_of(path, os.stat(path)) if path is not None else None
+        except OSError:
+            return None
+        if key is None:
+            return None
+        with self._lock:
+            if key not in self._versions:
+                try:
+                    self._versions = {key: model_version(path)}  # the current file's only
+                except (OSError, ModelFileError):
+                    return None
+            return self._versions[key]
+
     def get(self, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The network in eval mode on ``device`` and ``{"model_file", "model_mtime"}`` of its weights.
+        """The network in eval mode on ``device`` and ``{"model_file", "model_mtime", "model_version"}`` of
+        its weights (``model_version``: the trained model's version, ``None`` when the file says none).
 
         Raises:
             ModelFileError: no weight file, or one that does not fit the network.
@@ -216,8 +243,13 @@ class CachedNetwork:
             except OSError:
                 pass  # replaced or removed meanwhile: load below reports it
             network = self.build()
-            _, stat = load_weights(network, path)
+            checkpoint, stat = load_weights(network, path)
             self._network = network.to(device).eval()
             self._key = self._key_of(path, stat)
-            self._info = {"model_file": str(path), "model_mtime": stat.st_mtime}
+            version = checkpoint.get(MODEL_VERSION_KEY)
+            self._info = {
+                "model_file": str(path),
+                "model_mtime": stat.st_mtime,
+                "model_version": version if isinstance(version, str) else None,
+            }
             return self._network, self._info

@@ -36,7 +36,7 @@ from lib.datastore import CheckedDatastore
 from lib.model_files import AppPaths, ModelFileError, load_into, publish_weights, read_weights
 from lib.training_inputs import training_inputs
 from pipeline.engines import innermost_error
-from pipeline.model_files import CONFIG_KEY, MODEL_KEY, network_options
+from pipeline.model_files import CONFIG_KEY, MODEL_KEY, MODEL_VERSION_KEY, network_options
 from pipeline.safety import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -224,6 +224,9 @@ class LGGSegTrain(TrainTask):
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         published = {MODEL_KEY: weights, CONFIG_KEY: checkpoint[CONFIG_KEY], "finetune": stats}
+        base = checkpoint.get(MODEL_VERSION_KEY)
+        if isinstance(base, str) and base:  # other weights than the base model's version: said so
+            published[MODEL_VERSION_KEY] = f"{base.split('+')[0]}+finetuned"
         publish_weights(self.paths.finetuned_model, published)
         atomic_write_text(self.paths.model_dir / STATS_NAME, json.dumps(stats, indent=1) + "\n")
         logger.info("published %s (%s)", self.paths.finetuned_model, stats)
