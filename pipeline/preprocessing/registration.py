@@ -12,15 +12,19 @@ line.
 The registration is a step with a backend (:class:`Registrator`, as BrainLesion's preprocessing has one):
 :class:`RigidRegistrator` (SimpleITK, the default) or :class:`ScannerGeometry` (no registration: MONAI
 ``ResampleToMatch`` onto the FLAIR's grid). The rigid registration is reproducible: its metric samples a
-fixed regular grid of voxels (seed :data:`SEED`) and runs on one thread (ITK's multi-threaded sums of the
+fixed regular grid of voxels (seed :data:`SEED`) and every ITK filter it runs (pyramid smoothing and
+shrinking included) runs on one thread (ITK's multi-threaded sums of the
 metric depend on how the work is split), so the same scan gives the same mask on every run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +35,7 @@ from pipeline.ingestion.errors import LGGDataError
 logger = logging.getLogger(__name__)
 
 MIN_OVERLAP = 0.5  # of the smaller volume's bounding box, in physical space
-SEED = 0  # the metric's random sampling: the same inputs give the same registration
+SEED = 1  # the metric's sampling seed: fixed and not 0 (SimpleITK takes 0 as "seed from the wall clock")
 THREADS = 1  # ITK's threads for the registration: one, so that its result does not depend on the machine
 MIN_GAIN = 0.02  # a registration is kept when it improves the mutual information by more than 2%
 HISTOGRAM_BINS = 32
@@ -91,6 +95,23 @@ def physical_overlap(a: sitk.Image, b: sitk.Image) -> float:
     inter = float(np.prod(np.clip(high - low, 0, None)))
     volumes = [float(np.prod(np.maximum(hi - lo, 1e-6))) for lo, hi in boxes]
     return inter / min(volumes)
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _itk_threads(count: int = THREADS) -> Iterator[None]:
+    """ITK's default thread count set to ``count`` for the block (one block at a time), then restored: the
+    registration's filters (smoothing, shrinking) then sum in one order, and a scan gives the same transform,
+    bit for bit, on every run."""
+    with _THREADS_LOCK:
+        former = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(count)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(former)
 
 
 def _mattes_method() -> sitk.ImageRegistrationMethod:
@@ -200,14 +221,13 @@ class RigidRegistrator(Registrator):
         fixed32, moving32 = (sitk.Cast(i, sitk.sitkFloat32) for i in (fixed, moving))
         identity = sitk.Euler3DTransform()
         alignment = Alignment(sequence, registered=False, overlap=physical_overlap(fixed, moving))
-        before = _metric(fixed32, moving32, identity)
         try:
-            candidate = register_rigid(fixed32, moving32)
-            after = _metric(fixed32, moving32, candidate)
+            with _itk_threads():
+                before = _metric(fixed32, moving32, identity)
+                candidate = register_rigid(fixed32, moving32)
+                after = _metric(fixed32, moving32, candidate)
         except RuntimeError as error:  # ITK's optimiser failing is not the user's problem: keep the geometry
-            logger.warning(
-                "%s: rigid registration failed (%s); the scanner geometry is used", sequence, error
-            )
+            logger.warning("%s: rigid registration failed (%s); the scanner geometry is used", sequence, error)
             return None, alignment
         alignment.metric_before, alignment.metric_after = before, after
         if not after < before * (1 + self.min_gain):  # Mattes MI is negative: lower is better
