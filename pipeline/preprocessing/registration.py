@@ -227,7 +227,7 @@ class RigidRegistrator(Registrator):
                 candidate = register_rigid(fixed32, moving32)
                 after = _metric(fixed32, moving32, candidate)
         except RuntimeError as error:  # ITK's optimiser failing is not the user's problem: keep the geometry
-            logger.warning("%s: rigid registration failed (%s); the scanner geometry is used", sequence, error)
+            logger.warning("%s: rigid registration failed (%s); scanner geometry used", sequence, error)
             return None, alignment
         alignment.metric_before, alignment.metric_after = before, after
         if not after < before * (1 + self.min_gain):  # Mattes MI is negative: lower is better
