@@ -203,8 +203,7 @@ def write_qc_png(
     low, high = np.percentile(finite, _WINDOW_PERCENTILES) if finite.size else (0.0, 1.0)
     high = float(high) if high > low else float(low) + 1.0
     colour = OVERLAY_COLOURS["prediction"]
-    size = (3.4 * len(shown), 3.9) if quality is None else (max(3.4 * len(shown), 6.0), 4.2)  # room for QC
-    fig = Figure(figsize=size)
+    fig = Figure(figsize=(3.4 * len(shown), 3.9))
     for i, k in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1)
         ax.imshow(image[..., k], cmap="gray", vmin=float(low), vmax=high, aspect=row_mm / col_mm)
@@ -231,7 +230,8 @@ def write_qc_png(
         review = "REVIEW" if quality.review else "no review needed"
         flags = ", ".join(quality.flags) or "no flags"
         heading += f"\nQC score {quality.score:.2f} ({review}); {flags}"
-    fig.suptitle(heading, fontsize=10, color="red" if quality is not None and quality.review else "black")
+    size = 10 if quality is None else (9 if len(shown) > 1 else 7)  # two lines over one panel: smaller
+    fig.suptitle(heading, fontsize=size, color="red" if quality is not None and quality.review else "black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
