@@ -212,7 +212,8 @@ def write_qc_png(
             ax.contour(plane.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
         ax.set_title(f"slice {k + 1}/{image.shape[2]}: {int(plane.sum())} px", fontsize=9)
         if k == flagged:
-            ax.set_title(f"slice {k + 1}: flagged ({quality.flags[0]})", fontsize=9, color="red")
+            where = [f for f in ("edge", "outside_head", "head_cover") if f in quality.flags] or quality.flags
+            ax.set_title(f"slice {k + 1}: flagged ({where[0]})", fontsize=9, color="red")
             for spine in ax.spines.values():
                 spine.set_visible(True)
                 spine.set_edgecolor("red")
@@ -232,6 +233,8 @@ def write_qc_png(
         heading += f"\nQC score {quality.score:.2f} ({review}); {flags}"
     size = 10 if quality is None else (9 if len(shown) > 1 else 7)  # two lines over one panel: smaller
     fig.suptitle(heading, fontsize=size, color="red" if quality is not None and quality.review else "black")
+    if quality is not None:
+        fig.subplots_adjust(top=0.80)  # room for the title's second line
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
