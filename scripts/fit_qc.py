@@ -12,7 +12,7 @@ function the pipeline runs), and:
   four folds (AUROC of the score for "Dice < 0.7", Spearman correlation with Dice, the review's catch and
   false-alarm rates, what each flag caught and missed);
 - the calibration fitted on all patients, with the training ranges of the volume share and the FLAIR
-  statistic, is written as JSON: ``scripts/install_model.py --quality`` puts it into the model file.
+  statistic, is written as JSON: ``lggseg ensemble --quality`` puts it into the shipped model file.
 
     python scripts/fit_qc.py --probabilities runs/unext_r2/cv_prob --edge-components 2 \\
         --min-mass-fraction 0.3 --output runs/unext_r2/qc.json

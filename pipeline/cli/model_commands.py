@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         interrupted="the folds' models in {run} are untouched; run the same command again (it starts over)",
         help="choose post-processing and TTA of a CV run on its validation folds, then report the test folds",
         description="Each finished fold's model is evaluated on its validation patients with every "
-        "candidate (largest component on/off, flip TTA on/off); the best pooled mean Dice wins (ties: "
+        "candidate (artefact components filtered by position and probability mass, flip TTA on/off); "
+        "the best pooled mean Dice wins (ties: "
         "the cheaper). The test folds are then evaluated once with it: RUN/cv_postprocessed.",
     )
     p.add_argument("--run", type=Path, required=True, help="CV run folder (OUTPUT/NAME, with fold<k> inside)")
@@ -46,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace an existing --output (an ensemble lggseg wrote)"
     )
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
+    p.add_argument(
+        "--quality",
+        type=Path,
+        help="the quality-score calibration to store with the model (scripts/fit_qc.py --output JSON, fitted "
+        "on this run's cross-validation with the same post-processing)",
+    )
 
 
 def run_choose_postprocessing(args: argparse.Namespace) -> int:
@@ -94,11 +101,17 @@ def run_ensemble(args: argparse.Namespace) -> int:
     check_output_file(args.output, models, args.overwrite, replaceable=_is_ensemble_file, kind="model file")
     check_ensemble_members([(m, load_checkpoint(m)[CONFIG_KEY]) for m in models])
     chosen = read_choice(args.run) if args.run and (args.run / CHOICE_NAME).is_file() else {}
+    if args.quality is not None:
+        chosen = {**chosen, "quality": read_quality_calibration(args.quality)}
     saved = combine_models(
         models, args.output, overwrite=args.overwrite, config_updates=chosen, half=args.half
     )
     folds = ", ".join(str(m["fold"]) for m in saved["members"])
-    print(f"{args.output}: ensemble of {len(models)} models (folds {folds}); post-processing {chosen}")
+    shown = {k: v for k, v in chosen.items() if k != "quality"}
+    quality = "; quality calibration stored" if "quality" in chosen else ""
+    print(
+        f"{args.output}: ensemble of {len(models)} models (folds {folds}); post-processing {shown}{quality}"
+    )
     return 0
 
 
@@ -110,3 +123,18 @@ def _is_ensemble_file(path: Path) -> bool:
         return int(load_checkpoint(path)[CONFIG_KEY].get("members", 1)) > 1
     except (OSError, ValueError, TypeError, RuntimeError):
         return False
+
+
+def read_quality_calibration(path: Path) -> dict:
+    """The ``calibration`` of a ``scripts/fit_qc.py`` output, checked (slope, intercept, review threshold).
+
+    Raises:
+        ValueError: a file that is not such an output (one line naming it).
+    """
+    try:
+        calibration = json.loads(Path(path).read_text())["calibration"]
+        for key in ("slope", "intercept", "review_below"):
+            float(calibration[key])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a quality calibration of scripts/fit_qc.py ({error})") from None
+    return dict(calibration)
