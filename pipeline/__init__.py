@@ -1,27 +1,12 @@
 """lggseg: volumetric LGG FLAIR-abnormality segmentation on MONAI.
 
-Folders show the stages, as nnU-Net's do; floors say who may import whom (arrows point down only, see
-``DESIGN.md`` in the shared docs and ``CONTRIBUTING.md``):
-
-- faces: ``pipeline.cli`` (the ``lggseg`` command), the bundle's ``bundle/configs/*.json``, the MONAI
-  Label app (``apps/``), ``scripts/``.
-- floor 4: ``pipeline.workflows`` (train, predict, cross-validate, choose a model: the one place that
-  turns a run configuration into builder arguments).
-- floor 3: ``pipeline.engines`` (builders with MONAI's argument names: datasets, loaders,
-  ``SupervisedTrainer`` / ``SupervisedEvaluator``, the per-case runner), ``pipeline.config``
-  (``RunConfig``, every option once) and ``pipeline.model_files`` (the model-file format, read and
-  written in one place).
-- floor 2: ``pipeline.transforms`` (MONAI dictionary transforms and chains), ``pipeline.inference``
-  (whole-volume inferer, post-processing, prediction writer), ``pipeline.evaluation`` (metrics,
-  per-patient report, plots, overlays).
-- floor 1: ``pipeline.ingestion`` (Kaggle reading and checks, NIfTI, datalist and folds, export,
-  studies folders, case discovery, synthetic data), ``pipeline.networks`` (the registry) over
-  ``pipeline.nets`` (the architectures and their shared blocks), ``pipeline.training`` (losses,
-  optimisers, handlers, resumable checkpoints), ``pipeline.safety`` (atomic writes, output guard,
-  manifest).
-- below them all: ``pipeline.errors`` (:class:`~pipeline.errors.LGGSegError`, the base class of the
-  project's errors, with its :class:`~pipeline.errors.ErrorKind` and exit code; imports nothing of the
-  project).
+Folders show the stages, as nnU-Net's do: ``pipeline.errors``, ``pipeline.safety``, ``pipeline.ingestion``,
+``pipeline.visualize``, ``pipeline.nets`` and ``pipeline.networks``, ``pipeline.preprocessing``,
+``pipeline.training``, ``pipeline.transforms``, ``pipeline.inference``, ``pipeline.evaluation``,
+``pipeline.config``, ``pipeline.engines``, ``pipeline.model_files``, ``pipeline.workflows`` and
+``pipeline.cli`` (the ``lggseg`` command); the bundle's configs, the MONAI Label app (``apps/``) and
+``scripts/`` use them. What each holds, the layers they form and who may import whom: ``ARCHITECTURE.md``
+at the repository root (checked by ``lint-imports``, the contracts in ``setup.cfg``).
 
 Sub-packages load on first use (``pipeline.ingestion`` after ``import pipeline``), which is what the
 bundle's ``"$import pipeline"`` expressions rely on. The flat module paths of earlier versions
@@ -60,6 +45,7 @@ _SUBPACKAGES = {
     "safety",
     "training",
     "transforms",
+    "visualize",
     "workflows",
 }
 
@@ -77,7 +63,9 @@ MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "optim": "pipeline.training.optim",
     "metrics": "pipeline.evaluation.metrics",
     "report": "pipeline.evaluation.report",
-    "overlays": "pipeline.evaluation.overlays",
+    # FLAIR_CHANNEL was importable from the overlays module too; its home is the sequences module
+    "overlays": ("pipeline.visualize.overlays", "pipeline.ingestion.sequences"),
+    "evaluation.overlays": ("pipeline.visualize.overlays", "pipeline.ingestion.sequences"),
     "model_selection": "pipeline.workflows.model_selection",
     "augmentations": "pipeline.preprocessing.augmentations",
     "ingestion.scans": (

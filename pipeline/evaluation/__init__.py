@@ -1,11 +1,11 @@
-"""Evaluation (floor 2): per-patient 3D metrics, the report and its plots.
+"""Evaluation: per-patient 3D metrics, the report and its plots.
 
-- :mod:`~pipeline.evaluation.metrics`: per-patient volumetric metrics and slice-level figures (floor 1).
+- :mod:`~pipeline.evaluation.metrics`: per-patient volumetric metrics and slice-level figures.
 - :mod:`~pipeline.evaluation.handler`: :class:`PatientReportHandler`, the evaluator handler that collects
   them.
 - :mod:`~pipeline.evaluation.report`: the report files (CSV, JSON, summaries per institution).
-- :mod:`~pipeline.evaluation.plots`: Dice per institution, volumes, overlays of chosen patients.
-- :mod:`~pipeline.evaluation.overlays`: overlay drawing and its colours (floor 1; TensorBoard uses it too).
+- :mod:`~pipeline.evaluation.plots`: Dice per institution, volumes, overlays of chosen patients (drawn with
+  :mod:`pipeline.visualize`, as TensorBoard's images and the QC picture are).
 """
 
 from pipeline.evaluation.handler import PatientReportHandler, patient_of, spacing_of

@@ -15,9 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.evaluation.overlays import OVERLAY_COLOURS
 from pipeline.ingestion.kaggle import UNKNOWN_INSTITUTION
-from pipeline.safety import atomic_path
+from pipeline.visualize.figures import save_png
+from pipeline.visualize.overlays import OVERLAY_COLOURS, display_window, draw_outline
 
 __all__ = ["institution_of_record", "plot_dice_per_institution", "plot_overlay", "plot_volumes"]
 
@@ -33,11 +33,7 @@ def institution_of_record(record: Mapping[str, Any]) -> str:
 
 
 def _save_figure(fig: Figure, path: Path, dpi: int = 110) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    return path
+    return save_png(fig, path, dpi, bbox_inches="tight")
 
 
 # --------------------------------------------------------------------------- serialisation
@@ -186,14 +182,13 @@ def plot_overlay(
         slice_index = int(np.argmax(areas)) if areas.any() else img.shape[-1] // 2
     k = int(slice_index)
     plane = img[..., k]
-    lo, hi = np.percentile(plane, [1, 99]) if plane.size else (0.0, 1.0)
+    low, high = display_window(plane)
     fig = Figure(figsize=(5.0, 5.3))
     ax = fig.add_subplot()
-    ax.imshow(plane, cmap="gray", vmin=float(lo), vmax=float(hi) if hi > lo else float(lo) + 1.0)
+    ax.imshow(plane, cmap="gray", vmin=low, vmax=high)
     colours = OVERLAY_COLOURS
     for name, mask in (("truth", t[..., k]), ("prediction", p[..., k])):
-        if mask.any() and not mask.all():
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=colours[name], linewidths=1.2)
+        draw_outline(ax, mask, colours[name])
     handles = [
         Line2D([0], [0], color=colours["truth"], lw=2, label=f"truth ({int(t[..., k].sum())} px)"),
         Line2D([0], [0], color=colours["prediction"], lw=2, label=f"prediction ({int(p[..., k].sum())} px)"),

@@ -3,11 +3,11 @@
 - :func:`tumour_volume_ml`: the mask's volume in mL from its affine (or spacing);
 - :func:`write_qc_png`: the FLAIR with the mask's outline on the axial slices with the most tumour, shown as
   the project shows every slice (radiological convention: anterior up, the patient's right on the left of
-  the picture; see :mod:`pipeline.ingestion.kaggle`), outline colour from :mod:`pipeline.evaluation.overlays`;
+  the picture; see :mod:`pipeline.ingestion.kaggle`), outline colour from :mod:`pipeline.visualize.overlays`;
 - :func:`write_summary_csv`: one row per case, columns :data:`SUMMARY_COLUMNS` in that order.
 
 Every file is written atomically (:func:`pipeline.safety.atomic_path`); figures use matplotlib's object API
-with the Agg canvas (no ``pyplot``), as :mod:`pipeline.evaluation.plots` does.
+with the Agg canvas (no ``pyplot``) and :mod:`pipeline.visualize`, as :mod:`pipeline.evaluation.plots` does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.evaluation.overlays import OVERLAY_COLOURS
 from pipeline.inference.dicom_seg import try_write_dicom_seg
 from pipeline.inference.quality import CaseQuality
 from pipeline.inference.writer import case_output_paths
@@ -34,7 +33,9 @@ from pipeline.ingestion.forms import summary_of
 from pipeline.ingestion.kaggle import ORIENTATION
 from pipeline.ingestion.sequences import FLAIR_CHANNEL
 from pipeline.preprocessing.scan_chain import SCAN_META
-from pipeline.safety import atomic_path, atomic_write_text
+from pipeline.safety import atomic_write_text
+from pipeline.visualize.figures import save_png
+from pipeline.visualize.overlays import OVERLAY_COLOURS, display_window, draw_outline
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,6 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "qc_png",
 )
 _QC_SLICES = 3
-_WINDOW_PERCENTILES = (1.0, 99.0)
 
 
 def _array(x: Any) -> np.ndarray:
@@ -199,17 +199,14 @@ def write_qc_png(
     flagged = _flagged_slice(quality, affine, image.shape) if affine is not None else None
     if flagged is not None and flagged not in shown:
         shown = sorted([*shown[: max(1, n_slices - 1)], flagged])
-    finite = image[np.isfinite(image)]
-    low, high = np.percentile(finite, _WINDOW_PERCENTILES) if finite.size else (0.0, 1.0)
-    high = float(high) if high > low else float(low) + 1.0
+    low, high = display_window(image[np.isfinite(image)])
     colour = OVERLAY_COLOURS["prediction"]
     fig = Figure(figsize=(3.4 * len(shown), 3.9))
     for i, k in enumerate(shown):
         ax = fig.add_subplot(1, len(shown), i + 1)
-        ax.imshow(image[..., k], cmap="gray", vmin=float(low), vmax=high, aspect=row_mm / col_mm)
+        ax.imshow(image[..., k], cmap="gray", vmin=low, vmax=high, aspect=row_mm / col_mm)
         plane = seg[..., k]
-        if plane.any() and not plane.all():
-            ax.contour(plane.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
+        draw_outline(ax, plane, colour)
         ax.set_title(f"slice {k + 1}/{image.shape[2]}: {int(plane.sum())} px", fontsize=9)
         if k == flagged:
             where = [f for f in ("edge", "outside_head", "head_cover") if f in quality.flags] or quality.flags
@@ -235,11 +232,7 @@ def write_qc_png(
     fig.suptitle(heading, fontsize=size, color="red" if quality is not None and quality.review else "black")
     if quality is not None:
         fig.subplots_adjust(top=0.80)  # room for the title's second line
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return save_png(fig, path, 100)
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a text cell as a formula

@@ -25,9 +25,9 @@ from monai.handlers import TensorBoardStatsHandler, ValidationHandler
 from monai.utils import is_scalar
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.evaluation.overlays import overlay_rgb
 from pipeline.ingestion.sequences import FLAIR_CHANNEL
 from pipeline.safety import NoSpaceLeftError, atomic_path, no_space_left, remove_stale_temporaries
+from pipeline.visualize.overlays import overlay_rgb
 
 logger = logging.getLogger("lggseg.train")
 
