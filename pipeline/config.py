@@ -1,4 +1,4 @@
-"""The run configuration: every option of training, evaluation and inference, described once (floor 3).
+"""The run configuration: every option of training, evaluation and inference, described once.
 
 :class:`RunConfig` holds the options; :data:`OPTION_HELP` (one line for every option) and
 :func:`option_choices` describe them, and the CLI generates its flags from them. :func:`validate_config`

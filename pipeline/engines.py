@@ -1,4 +1,4 @@
-"""Builders of datasets, loaders and MONAI's Ignite engines (floor 3).
+"""Builders of datasets, loaders and MONAI's Ignite engines.
 
 Every builder takes explicit keyword arguments named as MONAI names them (``network``, ``optimizer``,
 ``loss_function``, ``train_data_loader``, ``val_data_loader``, ``inferer``, ``postprocessing``,

@@ -1,4 +1,4 @@
-"""Model files, read and written in one place (floor 3).
+"""Model files, read and written in one place.
 
 A model file (``best_model.pt``, ``checkpoint_epoch=N.pt``, the bundle's ``models/model.pt``, an ensemble
 made by ``lggseg ensemble``, the MONAI Label app's fine-tuned ``model.pt``) holds the weights under

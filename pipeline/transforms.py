@@ -1,4 +1,4 @@
-"""The chains of MONAI dictionary transforms, composed in one place (floor 2).
+"""The chains of MONAI dictionary transforms, composed in one place.
 
 One function, :func:`build_transforms`, composes every chain the project uses (training, validation,
 inference); the CLI, the engines, the bundle and the MONAI Label app all call it, so there is a single copy

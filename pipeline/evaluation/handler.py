@@ -1,4 +1,4 @@
-"""Per-patient volumetric evaluation as an evaluator handler (floor 2).
+"""Per-patient volumetric evaluation as an evaluator handler.
 
 :class:`PatientReportHandler` is attached to a ``SupervisedEvaluator`` whose output holds the post-processed
 ``pred`` and the ``label`` of whole volumes. It computes every 3D metric of

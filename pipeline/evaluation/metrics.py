@@ -1,8 +1,7 @@
 """Per-patient volumetric metrics and slice-level figures for binary tumour segmentation.
 
-Floor 1: imports no other project module. Every overlap and distance figure is computed with
-``monai.metrics``: ``compute_dice``, ``compute_iou``, ``get_confusion_matrix`` +
-``compute_confusion_matrix_metric``; HD95 and ASSD reduce one call of MONAI's
+Every overlap and distance figure is computed with ``monai.metrics``: ``compute_dice``, ``compute_iou``,
+``get_confusion_matrix`` + ``compute_confusion_matrix_metric``; HD95 and ASSD reduce one call of MONAI's
 ``get_edge_surface_distance`` exactly as ``compute_hausdorff_distance(percentile=95)`` and
 ``compute_average_surface_distance(symmetric=True)`` do (the two would each compute the same
 surface distances; the tests check the numbers against both). Lesion-wise detection uses

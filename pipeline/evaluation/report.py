@@ -1,9 +1,8 @@
 """The per-patient evaluation report: CSV, JSON, summary statistics and plots.
 
-Floor 1: imports only :mod:`pipeline.evaluation.metrics` beside it. Plots use matplotlib's object API with the
-Agg canvas (no ``pyplot``, no global backend switch). Every file is written atomically (a
-temporary name in the same folder, then ``os.replace``), so a crashed run never leaves a
-half-written report behind.
+Plots use matplotlib's object API with the Agg canvas (no ``pyplot``, no global backend switch). Every file
+is written atomically (a temporary name in the same folder, then ``os.replace``), so a crashed run never
+leaves a half-written report behind.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Inference (floor 2): from a normalised volume to a mask on disk.
+"""Inference: from a normalised volume to a mask on disk.
 
 - :mod:`~pipeline.inference.inferers`: :class:`VolumeInferer` (slice-by-slice 2D / 2.5D or sliding-window
   3D, test-time augmentation) and :class:`VolumePrepareBatch`.

@@ -1,4 +1,4 @@
-"""Ingestion (floor 1): data in and out of the pipeline.
+"""Ingestion: data in and out of the pipeline.
 
 - :mod:`~pipeline.ingestion.kaggle`: raw Kaggle patient folders, read and checked (TIFF slices -> volumes).
 - :mod:`~pipeline.ingestion.nifti`: the prepared NIfTI files (writing volumes, reading labels back).

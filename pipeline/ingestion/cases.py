@@ -1,4 +1,4 @@
-"""What to segment: turn the paths a user gives into cases with unique, safe names (floor 1).
+"""What to segment: turn the paths a user gives into cases with unique, safe names.
 
 Each path is given to the input-form registry (:mod:`pipeline.ingestion.forms`): the first form that claims
 it lists its cases; a folder that no form claims is a folder of cases, whose entries are tried one by one.

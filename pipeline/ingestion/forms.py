@@ -1,4 +1,4 @@
-"""Input forms: every way a user's data can arrive, detected, listed and loaded in one registry (floor 1).
+"""Input forms: every way a user's data can arrive, detected, listed and loaded in one registry.
 
 Each form is one class (:class:`InputForm`) and one registration (:func:`register_form`), as MONAI keeps
 its image readers and nnU-Net its reader/writer registry; the project's network registry is the pattern.
@@ -9,7 +9,7 @@ A form says:
   ``"kind"``);
 - :attr:`InputForm.kind` and :attr:`InputForm.loader`: how its cases are loaded: the dotted path of the
   MONAI dictionary transform that turns a case into ``image`` (and ``label``) MetaTensors, imported when
-  first needed (the loaders live in :mod:`pipeline.preprocessing`, a floor above). Forms of one kind share
+  first needed (the loaders live in :mod:`pipeline.preprocessing`, a layer above). Forms of one kind share
   one loader; a form that needs a loader of its own has a kind of its own;
 - :meth:`InputForm.summary`: its columns of the summary table (which sequences were read, what stood in).
 

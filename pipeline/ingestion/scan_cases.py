@@ -1,4 +1,4 @@
-"""A user's own scans: find the sequences of a scan case folder (floor 1).
+"""A user's own scans: find the sequences of a scan case folder.
 
 A scan case folder holds the sequences of one patient, as NIfTI files or as DICOM:
 

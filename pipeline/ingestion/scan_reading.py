@@ -1,4 +1,4 @@
-"""A user's own scans: read one sequence, with its geometry as the tools of the field read it (floor 1).
+"""A user's own scans: read one sequence, with its geometry as the tools of the field read it.
 
 :func:`read_scan_volume` reads a scan reference (:mod:`pipeline.ingestion.dicom_files`) into a
 :class:`ScanVolume`: a 3D SimpleITK image (geometry in ITK's LPS) and what was read with it, carried
@@ -39,6 +39,7 @@ import SimpleITK as sitk
 from pipeline.ingestion.dicom_files import (
     DicomSeries,
     error_reason,
+    is_dicom_file,
     is_nifti,
     parse_reference,
     read_dicom_headers,
@@ -297,7 +298,7 @@ def _read_series(series: DicomSeries, unreadable: list[tuple[Path, str]]) -> Sca
             image = _as_volume(sitk.ReadImage(str(path)), where)
         except RuntimeError as err:
             raise LGGDataError(f"{path}: unreadable DICOM file ({error_reason(err)})") from None
-        return ScanVolume(image, where, source_files=[str(path)])
+        return ScanVolume(_frames_in_place(image, path), where, source_files=[str(path)])
     row, col, positions = _geometry(files)
     normal = slice_normal(row, col)
     along = positions_along_normal(positions, row, col)
@@ -356,6 +357,66 @@ def _read_series(series: DicomSeries, unreadable: list[tuple[Path, str]]) -> Sca
     return ScanVolume(image, where, source_files=[str(p) for p, _ in files], notes=notes)
 
 
+def _frame_geometry(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]] | None:
+    """``(row, column, positions (n, 3), (row spacing, column spacing))`` of an enhanced multi-frame file's
+    frames, from its per-frame (else shared) functional groups; ``None`` for a file without them."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    frames = ds.get("PerFrameFunctionalGroupsSequence")
+    if not frames:
+        return None
+    shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
+
+    def item(group, sequence: str, keyword: str):
+        for source in (group, shared):
+            if source is not None and sequence in source and keyword in source[sequence][0]:
+                return source[sequence][0][keyword].value
+        return None
+
+    positions, orientation, spacing = [], None, None
+    for index, group in enumerate(frames):
+        position = item(group, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = orientation or item(group, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = spacing or item(group, "PixelMeasuresSequence", "PixelSpacing")
+        if position is None:
+            raise LGGDataError(
+                f"{path}: frame {index + 1} has no ImagePositionPatient; the frames cannot be placed in space"
+            )
+        positions.append(np.asarray(position, dtype=float))
+    if orientation is None or spacing is None:
+        raise LGGDataError(f"{path}: no ImageOrientationPatient or PixelSpacing for its frames")
+    orientation = np.asarray(orientation, dtype=float)
+    return orientation[:3], orientation[3:], np.asarray(positions), (float(spacing[0]), float(spacing[1]))
+
+
+def _frames_in_place(image: sitk.Image, path: Path) -> sitk.Image:
+    """An enhanced multi-frame file's volume with each frame where its own position puts it.
+
+    GDCM stacks the frames in file order and takes the geometry of the first ones: frames stored out of
+    spatial order came out shuffled with a 1 mm spacing, without a word. The frames are sorted along the
+    slice normal here and the geometry is set from their positions; unevenly spaced frames, several frames
+    at one position (echoes, time points) or a tilted stack are refused in one line.
+    """
+    geometry = _frame_geometry(path)
+    if geometry is None or image.GetSize()[2] != len(geometry[2]):
+        return image
+    row, column, positions, (row_spacing, column_spacing) = geometry
+    along = positions_along_normal(positions, row, column)
+    order = np.argsort(along, kind="stable")
+    problem = uneven_spacing(along[order])
+    if problem:
+        raise LGGDataError(f"{path}: {problem}")
+    if is_tilted(in_plane_offsets(positions[order], row, column)):
+        raise LGGDataError(f"{path}: the frames' positions drift in-plane (a tilted stack); not supported")
+    array = sitk.GetArrayFromImage(image)[order]
+    out = sitk.GetImageFromArray(array)
+    out.SetSpacing((column_spacing, row_spacing, float(np.median(np.diff(along[order])))))
+    out.SetDirection([float(v) for v in np.stack([row, column, slice_normal(row, column)], axis=1).ravel()])
+    out.SetOrigin([float(v) for v in positions[order][0]])
+    return out
+
+
 def _read_dicom(folder: Path, uid: str | None) -> ScanVolume:
     if not folder.is_dir():
         raise LGGDataError(f"{folder}: not found")
@@ -400,6 +461,12 @@ def read_scan_volume(reference: str | os.PathLike) -> ScanVolume:
         raise LGGDataError(f"{path}: not found")
     elif is_nifti(path):
         scan = _read_nifti(path)
+    elif is_dicom_file(path):  # one DICOM file: an enhanced multi-frame volume
+        try:
+            image = _as_volume(sitk.ReadImage(str(path)), str(path))
+        except RuntimeError as err:
+            raise LGGDataError(f"{path}: unreadable DICOM file ({error_reason(err)})") from None
+        scan = ScanVolume(_frames_in_place(image, path), str(path), source_files=[str(path)])
     else:
         try:
             image = sitk.ReadImage(str(path))

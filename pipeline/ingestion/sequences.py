@@ -1,4 +1,4 @@
-"""Which MRI sequence a file or a DICOM series is, from its name or description (floor 1).
+"""Which MRI sequence a file or a DICOM series is, from its name or description.
 
 The model reads three channels in the Kaggle data set's order, :data:`SEQUENCES`: pre-contrast T1, FLAIR,
 post-contrast T1. FLAIR is required; T2 and labels are recognised so that they can be left out knowingly.

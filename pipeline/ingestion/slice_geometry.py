@@ -1,4 +1,4 @@
-"""Where the slices of a DICOM series lie, one rule for the reader and the DICOM SEG writer (floor 1).
+"""Where the slices of a DICOM series lie, one rule for the reader and the DICOM SEG writer.
 
 :mod:`pipeline.ingestion.scan_reading` decides from it whether a series forms one volume (evenly spaced
 slices, a gantry tilt to resample) and :mod:`pipeline.inference.dicom_seg` whether the SEG may state a

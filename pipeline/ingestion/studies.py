@@ -1,4 +1,4 @@
-"""Studies folders for MONAI Label: one flat folder of study images, optionally with their labels (floor 2).
+"""Studies folders for MONAI Label: one flat folder of study images, optionally with their labels.
 
 MONAI Label's local datastore lists a folder flat: ``<id>.nii.gz`` is a study, ``labels/final/<id>.nii.gz``
 its finished label (``<patient>/image.nii.gz`` is not found). :func:`write_studies` writes that layout from

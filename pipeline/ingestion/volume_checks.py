@@ -1,4 +1,4 @@
-"""Checks of the input volumes at load time, each failing in one line that names the file (floor 1).
+"""Checks of the input volumes at load time, each failing in one line that names the file.
 
 What :class:`pipeline.transforms.LoadVolumed` refuses before a case reaches the model (the own-scans path has
 its own, :func:`pipeline.ingestion.scan_reading.read_scan`):

@@ -1,4 +1,4 @@
-"""The architectures (floor 1), as MONAI keeps ``monai/networks/nets/``; :mod:`pipeline.networks` is their
+"""The architectures, as MONAI keeps ``monai/networks/nets/``; :mod:`pipeline.networks` is their
 registry (build them by name with :func:`pipeline.networks.build_network`).
 
 UNeXt (:mod:`~pipeline.nets.unext`), U-Net (:mod:`~pipeline.nets.unet`), ResU-Net

@@ -1,4 +1,4 @@
-"""Building blocks the architectures share (floor 1), as MONAI keeps ``monai/networks/blocks/``.
+"""Building blocks the architectures share, as MONAI keeps ``monai/networks/blocks/``.
 
 - :func:`init_weights`: the initialisation of convolutions, linear layers and LayerNorms (UNeXt, Segmenter,
   FCN, HRNet);

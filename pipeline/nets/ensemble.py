@@ -1,4 +1,4 @@
-"""Model ensembles: several networks of one architecture behind one ``nn.Module`` (floor 1).
+"""Model ensembles: several networks of one architecture behind one ``nn.Module``.
 
 A cross-validation trains one network per fold; :func:`pipeline.workflows.model_selection.combine_models` puts
 them into one model file whose configuration says ``members: N``, so the CLI, the bundle and the MONAI Label

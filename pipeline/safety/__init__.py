@@ -1,7 +1,7 @@
 """Never lose a user's data: atomic writes, the output guard, the manifest of written files, staging folders.
 
 The project rule: **no command deletes or overwrites a file it did not write.** This package is the one home
-of the pieces every command uses to keep it (floor 1: it imports no other project module), one module each:
+of the pieces every command uses to keep it (it imports only :mod:`pipeline.errors`), one module each:
 
 - atomic writes: :func:`atomic_write_text`, :func:`atomic_write_bytes` and :func:`atomic_path` (a temporary
   sibling renamed into place on success, removed on failure), so a crash never leaves a half-written file

@@ -1,4 +1,4 @@
-"""Training pieces (floor 1): losses, optimisers and schedules by name, the Ignite handlers of a run, and
+"""Training pieces: losses, optimisers and schedules by name, the Ignite handlers of a run, and
 what a resumable run saves beside its model.
 
 - :mod:`~pipeline.training.losses`, :mod:`~pipeline.training.optim`: built by name (``--loss``,

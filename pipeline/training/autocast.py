@@ -1,4 +1,4 @@
-"""bf16 mixed precision for training on the CPU (floor 1).
+"""bf16 mixed precision for training on the CPU.
 
 MONAI's ``SupervisedTrainer(amp=True)`` autocasts on CUDA only. :class:`AutocastInferer` is the CPU twin: it
 runs the network's forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (convolutions and

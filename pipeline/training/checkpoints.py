@@ -1,4 +1,4 @@
-"""What a resumable training run saves beside the model (floor 1): the epoch checkpoints
+"""What a resumable training run saves beside the model: the epoch checkpoints
 (``checkpoint_epoch=N.pt``, two kept) and :class:`RNGState` (Python, NumPy, torch and every random
 transform's own generator), so that a resumed CPU run ends with the same weights as an uninterrupted one.
 """

@@ -1,4 +1,4 @@
-"""Segmentation losses by name, with optional deep supervision (engines floor).
+"""Segmentation losses by name, with optional deep supervision.
 
 Binary convention of the project: ``num_classes=1`` means one output channel with a sigmoid (the
 default); ``num_classes=2`` means two channels with a softmax and a one-hot target.

@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules by name (engines floor).
+"""Optimisers and learning-rate schedules by name.
 
 Schedules step once per epoch; ``plateau`` steps on the validation metric (so its patience counts
 validations). A linear warm-up of ``warmup_epochs`` may precede any schedule but ``plateau``.

@@ -1,4 +1,4 @@
-"""Workflows (floor 4): the jobs of the CLI, from a :class:`pipeline.config.RunConfig` to results.
+"""Workflows: the jobs of the CLI, from a :class:`pipeline.config.RunConfig` to results.
 
 - :mod:`~pipeline.workflows.builders`: the one place that turns a configuration into builder arguments.
 - :mod:`~pipeline.workflows.training`: train one fold (build, resume, run).

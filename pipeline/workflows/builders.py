@@ -1,4 +1,4 @@
-"""From a :class:`pipeline.config.RunConfig` to the builders' arguments (floor 4): the one place that turns a
+"""From a :class:`pipeline.config.RunConfig` to the builders' arguments: the one place that turns a
 run configuration into the keyword arguments of :mod:`pipeline.engines`,
 :func:`pipeline.networks.build_network`, :func:`pipeline.transforms.build_transforms`, the inferer and the
 post-processing, the same functions the bundle's JSON configs call.

@@ -1,5 +1,6 @@
-"""The checks of the bundle's configs, answered as ``lggseg`` answers them (floor 4: the bundle's configs
-import it as they import the builders, never the CLI; it was ``pipeline.cli.bundle_checks``).
+"""The checks of the bundle's configs, answered as ``lggseg`` answers them (a workflow, not the
+CLI: the bundle's configs import it as they import the builders, never the CLI; it was
+``pipeline.cli.bundle_checks``).
 
 ``python -m monai.bundle run`` wraps any ``Exception`` of a config expression in ``RuntimeError("Failed to
 evaluate ...")`` and prints a 50-80 line traceback; ``SystemExit`` is no ``Exception``, so MONAI and Fire let

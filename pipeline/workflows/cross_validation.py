@@ -1,4 +1,4 @@
-"""Cross-validation (floor 4): train and evaluate every fold, then one pooled per-patient report."""
+"""Cross-validation: train and evaluate every fold, then one pooled per-patient report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""From a cross-validation to a model (floor 5): the post-processing chosen on validation patients only,
+"""From a cross-validation to a model: the post-processing chosen on validation patients only,
 and the folds' models combined into one model file.
 
 As nnU-Net does, every candidate (artefact-component filtering, flip test-time augmentation) is tried on

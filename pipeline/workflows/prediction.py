@@ -1,4 +1,4 @@
-"""Evaluate a model per patient, and segment cases with it (floor 4)."""
+"""Evaluate a model per patient, and segment cases with it."""
 
 from __future__ import annotations
 

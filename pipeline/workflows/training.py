@@ -1,4 +1,4 @@
-"""Train one fold (floor 4): build every object of a run, resume it, run it.
+"""Train one fold: build every object of a run, resume it, run it.
 
 Folds: ``fold`` is held out for testing (``evaluate``); ``val_fold`` (default ``fold + 1``) selects the
 best checkpoint and drives early stopping; training uses every other fold.
