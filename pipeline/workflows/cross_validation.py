@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RunConfig, validate_config
+from pipeline.evaluation.handler import quality_agreement
 from pipeline.ingestion.datalist import load_datalist
 from pipeline.safety import OutputTransaction
 from pipeline.training.checkpoints import BEST_NAME, find_last_checkpoint
@@ -123,11 +124,14 @@ def evaluate_folds(
         volumes.update({str(r["patient_id"]): result["cases"] for r in result["records"]})
     pooled_report.check(REPORT_FILES)  # a file that appeared meanwhile is kept
     pooled_report.claim(REPORT_FILES)
+    pooled_extra = {"folds": list(checkpoints), **dict(overrides or {}), **dict(extra or {})}
+    if records and all("qc_score" in r for r in records):  # the quality score against Dice, all folds
+        pooled_extra["quality_agreement"] = quality_agreement(records)
     paths = write_report(
         records,
         pooled.compute(),
         output,
         cases=lambda pid: volumes[pid](pid),
-        extra={"folds": list(checkpoints), **dict(overrides or {}), **dict(extra or {})},
+        extra=pooled_extra,
     )
     return {"records": records, "paths": paths}
