@@ -1,4 +1,5 @@
-"""Shared pytest fixtures.
+"""The fixtures every test folder shares (each folder's own are in its ``conftest.py``; plain functions in
+``tests/helpers.py``).
 
 Tests that need the real LGG data use the ``kaggle_root`` fixture: it skips when the data is absent
 on a developer's machine, and fails when ``CI=true`` (CI must always have it).
@@ -8,35 +9,25 @@ from __future__ import annotations
 
 import importlib.util
 import locale
-import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-KAGGLE_ROOT = REPO_ROOT.parent / "shared" / "data" / "lgg" / "kaggle_3m"
-
-
-def _require_shared(folder: Path, what: str) -> Path:
-    """``folder`` when it holds data; otherwise skip the test, or fail it when ``CI=true``."""
-    if folder.is_dir() and any(folder.iterdir()):
-        return folder
-    message = f"{what} not found at {folder}"
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(message + " (CI=true: the shared data is required)")
-    pytest.skip(message)
-
-
-def _require_real_data() -> Path:
-    return _require_shared(KAGGLE_ROOT, "real LGG data")
+from helpers import (
+    EXTERNAL_ROOT,
+    REPO_ROOT,
+    prepare_synthetic,
+    require_real_data,
+    require_shared,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="session")
 def kaggle_root() -> Path:
     """Path to ``../shared/data/lgg/kaggle_3m`` (fails under CI when missing)."""
-    return _require_real_data()
+    return require_real_data()
 
 
 @pytest.fixture(scope="session")
@@ -117,24 +108,38 @@ def learn_disks() -> Callable[..., tuple[float, float]]:
     return learn
 
 
-def prepare_synthetic(root: Path, seed: int = 0) -> Path:
-    """Six synthetic patients (64x64, 10-12 slices) written under ``root`` and prepared into NIfTI volumes and
-    3 folds; returns the prepared folder."""
-    from pipeline.ingestion.prepare import prepare_dataset
-    from pipeline.ingestion.synthetic import write_synthetic_kaggle
-
-    write_synthetic_kaggle(root / "kaggle_3m", num_patients=6, seed=seed, size=64, slices=(10, 12))
-    prepare_dataset(root / "kaggle_3m", root / "prepared", num_folds=3, seed=0, workers=1)
-    return root / "prepared"
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> Path:
+    """Six synthetic patients (64x64, 10-12 slices) prepared into NIfTI volumes and 3 folds (one set per test
+    module); the prepared folder."""
+    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), seed=0)
 
 
-EXTERNAL_ROOT = REPO_ROOT.parent / "shared" / "data" / "external"
+@pytest.fixture()
+def tiny_model(tmp_path: Path) -> Path:
+    """An untrained UNeXt with small ``widths`` (:func:`helpers.tiny_config`) saved as ``runs/model.pt``."""
+    import torch
+
+    from pipeline.model_files import CONFIG_KEY, MODEL_KEY, create_network, save_model_file
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    return save_model_file(
+        tmp_path / "runs" / "model.pt", {MODEL_KEY: create_network(config).state_dict(), CONFIG_KEY: config}
+    )
+
+
+@pytest.fixture()
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test runs in its own folder: relative paths (``train``'s default ``--output runs``) resolve there,
+    never in the working tree. Use with ``pytest.mark.usefixtures("in_tmp")``."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")
 def external_root() -> Path:
     """Path to ``../shared/data/external`` (the external scans; skips when absent, fails under CI)."""
-    return _require_shared(EXTERNAL_ROOT, "external scans")
+    return require_shared(EXTERNAL_ROOT, "external scans")
 
 
 @pytest.fixture(autouse=True)

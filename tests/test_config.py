@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, fields
-from pathlib import Path
+
+from helpers import REPO_ROOT
 
 from pipeline.config import BUNDLE_NAMES, OPTION_HELP, RunConfig
 from pipeline.model_files import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_option_has_its_help_line():
@@ -19,8 +18,8 @@ def test_every_option_has_its_help_line():
 
 
 def test_train_json_differs_from_the_defaults_only_by_the_shipped_recipe():
-    train = json.loads((REPO / "bundle" / "configs" / "train.json").read_text())
-    saved = load_checkpoint(REPO / "bundle" / "models" / "model.pt")
+    train = json.loads((REPO_ROOT / "bundle" / "configs" / "train.json").read_text())
+    saved = load_checkpoint(REPO_ROOT / "bundle" / "models" / "model.pt")
     recipe = saved.get("training_config", saved["config"])
     defaults = asdict(RunConfig())
     by_bundle_name = {BUNDLE_NAMES.get(name, name): name for name in defaults}

@@ -10,7 +10,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import prepare_synthetic
 from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,13 +35,6 @@ def _tiny(data: Path, output: Path | None = None, **options) -> dict:
     """A tiny run's configuration on ``data`` (UNeXt at 32x32), with ``options`` on top."""
     where = {"output": str(output)} if output is not None else {}
     return {**TINY, "data": str(data), **where, "arch": ARCH, "input_size": (32, 32), **options}
-
-
-@pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory) -> Path:
-    """Six synthetic patients (64x64, 10-12 slices) prepared into NIfTI volumes and 3 folds."""
-    root = tmp_path_factory.mktemp("synthetic")
-    return prepare_synthetic(root, seed=0)
 
 
 def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:

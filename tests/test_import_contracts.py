@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import grimp
-
 from helpers import REPO_ROOT
 
 CONTRACTS = configparser.ConfigParser()
@@ -34,7 +33,9 @@ def test_lint_imports_keeps_every_contract():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     kept = re.search(r"Contracts: (\d+) kept, (\d+) broken", done.stdout)
     assert kept and int(kept.group(2)) == 0, done.stdout[-4000:]
-    assert int(kept.group(1)) == len([s for s in CONTRACTS.sections() if s.startswith("importlinter:contract:")])
+    assert int(kept.group(1)) == len(
+        [s for s in CONTRACTS.sections() if s.startswith("importlinter:contract:")]
+    )
 
 
 def test_the_layers_contract_holds_every_part_of_the_package():

@@ -4,19 +4,16 @@ the bundle after ``scripts/install_model.py``, the MONAI Label app's loader)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT, TINY_WIDTHS, app_on_path, tiny_config
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.handlers import CheckpointLoader
 
-from pipeline.config import RunConfig
 from pipeline.model_files import (
     CONFIG_KEY,
     MODEL_KEY,
@@ -29,28 +26,6 @@ from pipeline.model_files import (
     network_options,
     save_model_file,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-APP_DIR = REPO / "apps" / "lggseg"
-WIDTHS = [4, 8, 12, 16, 24]  # UNeXt's default is 16, 32, 128, 160, 256
-TINY = {"arch": "unext", "spatial_dims": 2, "context": 0, "num_classes": 1, "deep_supervision": False}
-TINY |= {"members": 1, "network_kwargs": {"widths": WIDTHS}, "threshold": 0.4}
-
-
-def _config(**changes) -> dict:
-    """A saved configuration as training writes it (every option, JSON values)."""
-    cfg = RunConfig.from_dict({**TINY, "progress": False, **changes})
-    return json.loads(json.dumps(asdict(cfg), default=list))
-
-
-@pytest.fixture()
-def tiny_model(tmp_path: Path) -> Path:
-    """An untrained UNeXt with small ``widths`` saved as a model file."""
-    torch.manual_seed(0)
-    config = _config()
-    return save_model_file(
-        tmp_path / "runs" / "model.pt", {MODEL_KEY: create_network(config).state_dict(), CONFIG_KEY: config}
-    )
 
 
 def _same_weights(network: torch.nn.Module, path: Path) -> bool:
@@ -104,10 +79,10 @@ def test_reader_errors_are_one_line_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_network_options_and_their_check() -> None:
-    saved = _config()
+    saved = tiny_config()
     assert list(network_options(saved)) == list(MODEL_KEYS) and "network_kwargs" in MODEL_KEYS
     assert network_options({"arch": "unet", "lr": 0.1}) == {"arch": "unet"}
-    check_model_config(saved, {**saved, "network_kwargs": {"widths": tuple(WIDTHS)}, "lr": 1.0}, "m.pt")
+    check_model_config(saved, {**saved, "network_kwargs": {"widths": tuple(TINY_WIDTHS)}, "lr": 1.0}, "m.pt")
     with pytest.raises(ValueError, match=r"other network options \(network_kwargs: checkpoint"):
         check_model_config(saved, {**saved, "network_kwargs": {}}, "m.pt")
 
@@ -115,7 +90,7 @@ def test_network_options_and_their_check() -> None:
 def test_weights_that_do_not_fit_are_a_one_line_error(tiny_model: Path) -> None:
     checkpoint = load_checkpoint(tiny_model)
     with pytest.raises(ValueError) as caught:
-        load_weights(create_network(_config(network_kwargs={})), checkpoint, tiny_model)
+        load_weights(create_network(tiny_config(network_kwargs={})), checkpoint, tiny_model)
     message = str(caught.value)
     assert "\n" not in message and str(tiny_model) in message and "do not fit" in message, message
 
@@ -123,8 +98,8 @@ def test_weights_that_do_not_fit_are_a_one_line_error(tiny_model: Path) -> None:
 # ------------------------------------------------------------- non-default network_kwargs, every loader
 def test_network_kwargs_model_loads_through_pipeline(tiny_model: Path) -> None:
     network, cfg, device = load_model(tiny_model, {"threshold": 0.6}, device="cpu")
-    assert cfg.network_kwargs == {"widths": WIDTHS} and cfg.threshold == 0.6 and device.type == "cpu"
-    assert list(network.widths) == WIDTHS and not network.training and _same_weights(network, tiny_model)
+    assert cfg.network_kwargs == {"widths": TINY_WIDTHS} and cfg.threshold == 0.6 and device.type == "cpu"
+    assert list(network.widths) == TINY_WIDTHS and not network.training and _same_weights(network, tiny_model)
     assert network(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     with pytest.raises(ValueError, match="other network options"):
         load_model(tiny_model, {"network_kwargs": {}}, device="cpu")
@@ -141,26 +116,26 @@ def test_network_kwargs_model_loads_through_the_bundle(tiny_model: Path, tmp_pat
     options = network_options(load_checkpoint(tiny_model)[CONFIG_KEY])
     # inference.json with the model's network options as overrides, loaded by the bundle's CheckpointLoader
     parser = _bundle_parser(
-        REPO / "bundle" / "configs" / "inference.json", ckpt_path=str(tiny_model), **options
+        REPO_ROOT / "bundle" / "configs" / "inference.json", ckpt_path=str(tiny_model), **options
     )
     network = parser.get_parsed_content("network")
     loader = parser.get_parsed_content("handlers#0")  # the other handlers need a data folder
     assert isinstance(loader, CheckpointLoader)
     loader(Engine(lambda engine, batch: None))
-    assert list(network.widths) == WIDTHS and _same_weights(network, tiny_model)
+    assert list(network.widths) == TINY_WIDTHS and _same_weights(network, tiny_model)
     assert parser.get_parsed_content("divisible") == 32
 
     # train.json saves network_kwargs with the weights, so what the bundle trains loads again
-    train = _bundle_parser(REPO / "bundle" / "configs" / "train.json", **options)
+    train = _bundle_parser(REPO_ROOT / "bundle" / "configs" / "train.json", **options)
     assert network_options(train.get_parsed_content("run_config")) == options
     load_weights(train.get_parsed_content("network_def"), load_checkpoint(tiny_model), tiny_model)
 
     # install_model writes the options into a copy of the bundle: no override needed any more
     bundle = tmp_path / "bundle"
-    shutil.copytree(REPO / "bundle" / "configs", bundle / "configs")
+    shutil.copytree(REPO_ROOT / "bundle" / "configs", bundle / "configs")
     changes = load_script("install_model").install(tiny_model, bundle)
-    assert changes["inference.json"]["network_kwargs"] == {"widths": WIDTHS}
-    assert changes["train.json"]["network_kwargs"] == {"widths": WIDTHS}
+    assert changes["inference.json"]["network_kwargs"] == {"widths": TINY_WIDTHS}
+    assert changes["train.json"]["network_kwargs"] == {"widths": TINY_WIDTHS}
     for name in ("inference.json", "train.json"):
         installed = _bundle_parser(bundle / "configs" / name, bundle_root=str(bundle))
         load_weights(installed.get_parsed_content("network_def"), load_checkpoint(tiny_model), tiny_model)
@@ -169,20 +144,17 @@ def test_network_kwargs_model_loads_through_the_bundle(tiny_model: Path, tmp_pat
 @pytest.fixture()
 def app_model_files():
     """The MONAI Label app's ``lib.model_files`` (needs no MONAI Label)."""
-    sys.path.insert(0, str(APP_DIR))
-    try:
+    with app_on_path():
         import lib.model_files
 
         yield lib.model_files
-    finally:
-        sys.path.remove(str(APP_DIR))
 
 
 def test_network_kwargs_model_loads_through_the_app(
     tiny_model: Path, tmp_path: Path, app_model_files, load_script
 ) -> None:
     bundle = tmp_path / "bundle"
-    shutil.copytree(REPO / "bundle" / "configs", bundle / "configs")
+    shutil.copytree(REPO_ROOT / "bundle" / "configs", bundle / "configs")
     load_script("install_model").install(tiny_model, bundle)
     paths = app_model_files.AppPaths(bundle, bundle / "models" / "model.pt", tmp_path / "finetuned")
 
@@ -197,19 +169,19 @@ def test_network_kwargs_model_loads_through_the_app(
     # does not know them yet), loads them strictly and publishes atomically
     checkpoint, _ = app_model_files.read_weights(tiny_model)
     train = _bundle_parser(
-        REPO / "bundle" / "configs" / "train.json", **network_options(checkpoint[CONFIG_KEY])
+        REPO_ROOT / "bundle" / "configs" / "train.json", **network_options(checkpoint[CONFIG_KEY])
     )
     finetuned = train.get_parsed_content("network_def")
     app_model_files.load_into(finetuned, checkpoint, tiny_model)
     published = app_model_files.publish_weights(paths.finetuned_model, {**checkpoint, "finetune": {}})
     assert paths.current_model() == published and load_checkpoint(published)[CONFIG_KEY][
         "network_kwargs"
-    ] == {"widths": WIDTHS}
+    ] == {"widths": TINY_WIDTHS}
 
 
 def test_app_loader_errors(tiny_model: Path, tmp_path: Path, app_model_files) -> None:
     error = app_model_files.ModelFileError
-    network = create_network(_config())
+    network = create_network(tiny_config())
     with pytest.raises(error, match="weight file not found"):
         app_model_files.load_weights(network, tmp_path / "none.pt")
     torch.save({"network_weights": {}}, tmp_path / "key.pt")
@@ -223,4 +195,4 @@ def test_app_loader_errors(tiny_model: Path, tmp_path: Path, app_model_files) ->
     checkpoint, stat = app_model_files.load_weights(network, tmp_path / "weights.pt")
     assert checkpoint[CONFIG_KEY] == {} and stat.st_size == (tmp_path / "weights.pt").stat().st_size
     with pytest.raises(error, match="do not fit"):
-        app_model_files.load_weights(create_network(_config(network_kwargs={})), tiny_model)
+        app_model_files.load_weights(create_network(tiny_config(network_kwargs={})), tiny_model)

@@ -14,10 +14,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 import pipeline
 
-REPO = Path(__file__).resolve().parents[1]
 OLD_PATHS = sorted(f"pipeline.{old}" for old in pipeline.MOVED_MODULES)
 OWN_WARNING = r"pipeline\.[\w.]+ is deprecated and will be removed in lggseg "
 """The start of the shim's warning (``warnings`` filters match messages from their start)."""
@@ -35,11 +35,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 def _project_files() -> list[Path]:
     files = [
-        *(REPO / "pipeline").rglob("*.py"),
-        *(REPO / "apps").rglob("*.py"),
-        *(REPO / "scripts").glob("*.py"),
+        *(REPO_ROOT / "pipeline").rglob("*.py"),
+        *(REPO_ROOT / "apps").rglob("*.py"),
+        *(REPO_ROOT / "scripts").glob("*.py"),
     ]
-    files += [p for p in (REPO / "tests").glob("*.py") if p.name != Path(__file__).name]
+    files += [p for p in (REPO_ROOT / "tests").rglob("*.py") if p.resolve() != Path(__file__).resolve()]
     return sorted(p for p in files if "__pycache__" not in p.parts)
 
 
@@ -73,7 +73,7 @@ def test_no_project_file_imports_an_old_module_path():
     for path in _project_files():
         tree = ast.parse(path.read_text(), filename=str(path))
         found += [
-            f"{path.relative_to(REPO)}:{line}: {name}"
+            f"{path.relative_to(REPO_ROOT)}:{line}: {name}"
             for line, name in _imported_names(tree)
             if _is_old(name)
         ]
@@ -82,7 +82,7 @@ def test_no_project_file_imports_an_old_module_path():
 
 def test_no_bundle_config_names_an_old_module_path():
     found = []
-    for path in sorted((REPO / "bundle" / "configs").glob("*.json")):
+    for path in sorted((REPO_ROOT / "bundle" / "configs").glob("*.json")):
         json.loads(path.read_text())  # valid JSON
         for number, line in enumerate(path.read_text().splitlines(), 1):
             found += [f"{path.name}:{number}: {m.group(0)}" for m in _OLD_PATH.finditer(line)]
@@ -149,8 +149,10 @@ print("\\n".join(failed) if failed else "OK")
 def test_importing_every_project_module_uses_no_old_path():
     """A fresh interpreter imports every module of the package, the app and the scripts with lggseg's own
     deprecation warnings turned into errors: none may go through the alias of an old path."""
-    code = _IMPORT_EVERYTHING.format(repo=str(REPO), pattern=OWN_WARNING)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    code = _IMPORT_EVERYTHING.format(repo=str(REPO_ROOT), pattern=OWN_WARNING)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "OK", done.stdout[-3000:]
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pydicom
 import pytest
 import torch
+from helpers import REPO_ROOT, blob_mask, write_flair_series
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from test_case_outputs import blob_mask, write_series
 
 import pipeline
 from pipeline.inference import case_report
@@ -23,8 +22,7 @@ from pipeline.inference.dicom_seg import write_dicom_seg
 from pipeline.model_files import MODEL_VERSION_KEY, SHIPPED_MODEL, load_checkpoint, model_version
 from pipeline.preprocessing.scan_chain import SCAN_META
 
-REPO = Path(__file__).resolve().parents[1]
-METADATA = json.loads((REPO / "bundle" / "configs" / "metadata.json").read_text())
+METADATA = json.loads((REPO_ROOT / "bundle" / "configs" / "metadata.json").read_text())
 
 
 def test_the_shipped_model_says_the_bundles_version():
@@ -33,7 +31,7 @@ def test_the_shipped_model_says_the_bundles_version():
     assert METADATA["required_packages_version"]["lggseg"] == pipeline.__version__
     assert METADATA["version"] in METADATA["changelog"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", pipeline.__version__)
-    assert "pipeline.__version__" in (REPO / "setup.cfg").read_text()  # pip installs the package's
+    assert "pipeline.__version__" in (REPO_ROOT / "setup.cfg").read_text()  # pip installs the package's
 
 
 def test_model_version_of_a_file(tmp_path):
@@ -49,7 +47,7 @@ def test_model_version_of_a_file(tmp_path):
 
 
 def test_the_dicom_seg_names_the_models_and_the_packages_version(tmp_path):
-    files, _, _ = write_series(tmp_path / "flair")
+    files, _, _ = write_flair_series(tmp_path / "flair")
     out = write_dicom_seg(blob_mask(), files, tmp_path / "seg.dcm", algorithm_version="0.3.0")
     seg = pydicom.dcmread(out)
     (algorithm,) = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence
@@ -82,8 +80,8 @@ def test_the_case_outputs_pass_the_model_version_to_the_seg(tmp_path, monkeypatc
 
 def test_inference_json_gives_the_seg_the_models_version():
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundle" / "configs" / "inference.json"))
-    parser["bundle_root"] = str(REPO / "bundle")
+    parser.read_config(str(REPO_ROOT / "bundle" / "configs" / "inference.json"))
+    parser["bundle_root"] = str(REPO_ROOT / "bundle")
     assert parser.get_parsed_content("case_outputs#algorithm_version") == METADATA["version"]
 
 
@@ -96,7 +94,7 @@ def test_install_model_writes_the_version_once(tmp_path, load_script):
 
     install_model = load_script("install_model")
     bundle = tmp_path / "bundle"
-    shutil.copytree(REPO / "bundle" / "configs", bundle / "configs")
+    shutil.copytree(REPO_ROOT / "bundle" / "configs", bundle / "configs")
     source = tmp_path / "model.pt"
     shipped = torch.load(SHIPPED_MODEL, weights_only=True)
     torch.save({k: v for k, v in shipped.items() if k != MODEL_VERSION_KEY}, source)
@@ -114,10 +112,10 @@ def test_install_model_writes_the_version_once(tmp_path, load_script):
 def test_the_app_says_the_version_of_the_weights_in_use(tmp_path, monkeypatch):
     """The MONAI Label app's model info names the current weight file's model version (the app's own
     ``version`` is the package's)."""
-    monkeypatch.syspath_prepend(str(REPO / "apps" / "lggseg"))
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "apps" / "lggseg"))
     from lib.model_files import AppPaths, CachedNetwork
 
-    paths = AppPaths(bundle=REPO / "bundle", base_model=SHIPPED_MODEL, model_dir=tmp_path / "m")
+    paths = AppPaths(bundle=REPO_ROOT / "bundle", base_model=SHIPPED_MODEL, model_dir=tmp_path / "m")
     cached = CachedNetwork(lambda: None, paths)
     assert cached.version() == METADATA["version"]
     finetuned = paths.finetuned_model

@@ -4,7 +4,7 @@ MONAI Label offers no public way to do a few things the app needs: keep its own 
 the local datastore's table, make the datastore's writes atomic, serialise its reconciliation passes, find
 the tasks the app runs, and replace the inference task's non-strict weight loader. Each class or function
 below says which private name it relies on and why; every other module of the app uses only this module and
-MONAI Label's public API. :data:`PRIVATE_NAMES` lists them all, and ``tests/test_monailabel_adapter.py``
+MONAI Label's public API. :data:`PRIVATE_NAMES` lists them all, and ``tests/apps/test_monailabel_adapter.py``
 checks that the installed MONAI Label still has each one with the expected signature or type (and that no
 other module of the app uses a private name of MONAI Label), so an upgrade that renames one fails there, not
 in a user's session.
@@ -29,7 +29,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from pipeline.safety import atomic_write_text
 
 # the private names used here, by the MONAI Label class that defines them: methods (called or overridden)
-# and instance attributes (read or written); tests/test_monailabel_adapter.py checks each one
+# and instance attributes (read or written); tests/apps/test_monailabel_adapter.py checks each one
 PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "LocalDatastore": (
         "_datastore",  # its table (LocalDatastoreModel): objects, image_path(), label_path(), labels_dir
