@@ -42,6 +42,7 @@ from pipeline.safety import atomic_path
 
 __all__ = [
     "CONFIG_KEY",
+    "INFERENCE_KEYS",
     "LEGACY_MODEL_KEY",
     "MODEL_KEY",
     "MODEL_KEYS",
@@ -78,6 +79,24 @@ MODEL_KEYS = (
     "deep_supervision",
     "network_kwargs",
     "members",
+)
+# options of a model's configuration that inference takes from it: the network, its input size and grid, and
+# the post-processing and quality calibration chosen for it (scripts/install_model.py writes them into the
+# bundle's inference.json; pipeline.workflows.bundle_checks checks them there)
+INFERENCE_KEYS = (
+    *MODEL_KEYS,
+    "input_size",
+    "patch_size",
+    "threshold",
+    "keep_largest",
+    "min_size",
+    "edge_components",
+    "min_mass_fraction",
+    "quality",
+    "grid_pixel_mm",
+    "grid_slice_mm",
+    "grid_thin_below_mm",
+    "tta",
 )
 # the trained model shipped with the bundle (the default model of `lggseg infer` and `evaluate`)
 SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "bundle" / "models" / "model.pt"

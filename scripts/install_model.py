@@ -34,24 +34,15 @@ from typing import Any
 from pipeline import __version__
 from pipeline.config import BUNDLE_NAMES, RunConfig, network_in_channels
 from pipeline.ingestion.sequences import CHANNEL_DESCRIPTIONS
-from pipeline.model_files import CONFIG_KEY, MODEL_KEYS, MODEL_VERSION_KEY, load_checkpoint, save_model_file
+from pipeline.model_files import (
+    CONFIG_KEY,
+    INFERENCE_KEYS,
+    MODEL_VERSION_KEY,
+    load_checkpoint,
+    save_model_file,
+)
 from pipeline.safety import atomic_write_bytes, atomic_write_text
 
-INFERENCE_KEYS = (
-    *MODEL_KEYS,
-    "input_size",
-    "patch_size",
-    "threshold",
-    "keep_largest",
-    "min_size",
-    "edge_components",
-    "min_mass_fraction",
-    "quality",
-    "grid_pixel_mm",
-    "grid_slice_mm",
-    "grid_thin_below_mm",
-    "tta",
-)
 # how and where a run ran, not what it learnt: left as the bundle has them
 RUNTIME_KEYS = ("device", "amp", "num_workers", "cache", "cache_dir", "progress", "resume", "overwrite")
 

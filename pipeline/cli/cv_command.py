@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli.parsing import add_command
-from pipeline.cli.run_options import add_config_options, given_options
+from pipeline.cli.run_options import add_config_options, given_options, print_pooled_dice
 
 
 def run_cv(args: argparse.Namespace) -> int:
@@ -16,12 +16,8 @@ def run_cv(args: argparse.Namespace) -> int:
 
     given = given_options(args)
     result = cross_validate(RunConfig.from_dict(given), folds=args.folds, given=given)
-    dice = [float(r["dice"]) for r in result["records"]]
-    print(
-        f"{len(dice)} patients, each segmented by the fold model that never saw it: Dice mean "
-        f"{sum(dice) / max(1, len(dice)):.4f}; report in {result['paths'].get('json', '')}"
-    )
-    return 0
+    report = result["paths"].get("json", "")
+    return print_pooled_dice(result, report, after=", each segmented by the fold model that never saw it")
 
 
 def _cv_options(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from pipeline.cli.parsing import add_command
+from pipeline.cli.run_options import print_pooled_dice
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,12 +84,8 @@ def run_choose_postprocessing(args: argparse.Namespace) -> int:
         },
         fold_overrides={int(fold): options for fold, options in per_fold.items()},
     )
-    dice = [float(r["dice"]) for r in result["records"]]
-    print(
-        f"chosen {json.dumps(choice['chosen'])}; test folds, {len(dice)} patients: Dice mean "
-        f"{sum(dice) / len(dice):.4f}; report in {args.run / 'cv_postprocessed'}"
-    )
-    return 0
+    chosen = f"chosen {json.dumps(choice['chosen'])}; test folds, "
+    return print_pooled_dice(result, args.run / "cv_postprocessed", before=chosen)
 
 
 def run_ensemble(args: argparse.Namespace) -> int:

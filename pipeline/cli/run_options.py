@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,3 +106,16 @@ def postprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.config import POSTPROCESSING_KEYS
 
     return {k: getattr(args, k) for k in POSTPROCESSING_KEYS if getattr(args, k, None) is not None}
+
+
+def print_pooled_dice(result: Mapping[str, Any], report: object, before: str = "", after: str = "") -> int:
+    """A command's closing line, ``<before>N patients<after>: Dice mean M; report in <report>``, for the
+    per-patient ``records`` of an evaluation ``result`` (``M``: their mean Dice, 0 for none).
+
+    Returns:
+        0, the command's exit code.
+    """
+    dice = [float(record["dice"]) for record in result["records"]]
+    mean = sum(dice) / max(1, len(dice))
+    print(f"{before}{len(dice)} patients{after}: Dice mean {mean:.4f}; report in {report}")
+    return 0

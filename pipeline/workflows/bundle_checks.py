@@ -29,33 +29,12 @@ from pipeline.errors import exit_on_bad_input
 from pipeline.inference.writer import check_prediction_targets
 from pipeline.ingestion.cases import check_unique, find_cases
 from pipeline.ingestion.datalist import load_datalist, split_folds
+from pipeline.model_files import INFERENCE_KEYS
 from pipeline.safety import OutputTransaction, check_output_location
 
-INFERENCE_OPTIONS = (
-    "arch",
-    "spatial_dims",
-    "context",
-    "num_classes",
-    "deep_supervision",
-    "members",
-    "network_kwargs",
-    "input_size",
-    "patch_size",
-    "sw_batch_size",
-    "tta",
-    "threshold",
-    "keep_largest",
-    "min_size",
-    "edge_components",
-    "min_mass_fraction",
-    "quality",
-    "grid_pixel_mm",
-    "grid_slice_mm",
-    "grid_thin_below_mm",
-    "num_workers",
-    "amp",
-)
-"""The options of ``inference.json`` that are :class:`~pipeline.config.RunConfig` options (same names)."""
+INFERENCE_OPTIONS = (*INFERENCE_KEYS, "sw_batch_size", "num_workers", "amp")
+"""The options of ``inference.json`` that are :class:`~pipeline.config.RunConfig` options (same names): the
+model's (:data:`pipeline.model_files.INFERENCE_KEYS`) and how it runs."""
 
 
 def inference_problems(
@@ -88,29 +67,10 @@ def inference_problems(
         check_weights_file(ckpt_path)
 
 
-def check_inference(
-    dataset_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    overwrite: bool | str = False,
-    device: str = "auto",
-    ckpt_path: str | os.PathLike | None = None,
-    **options: Any,
-) -> None:
+def check_inference(*args: Any, **kwargs: Any) -> None:
     """:func:`inference_problems` under the CLI's error rule: on bad input, one line on stderr and
-    ``SystemExit(2)`` (what ``python -m monai.bundle run`` shows without a traceback).
-
-    Args:
-        dataset_dir: what to segment.
-        output_dir: where the predictions go.
-        overwrite: replace existing predictions of these cases.
-        device: ``auto``, ``cpu`` or ``cuda[:i]``.
-        ckpt_path: the weights the bundle loads.
-        options: the :data:`INFERENCE_OPTIONS`.
-
-    Raises:
-        SystemExit: code 2, on bad input.
-    """
-    exit_on_bad_input(inference_problems, dataset_dir, output_dir, overwrite, device, ckpt_path, **options)
+    ``SystemExit(2)`` (what ``python -m monai.bundle run`` shows without a traceback)."""
+    exit_on_bad_input(inference_problems, *args, **kwargs)
 
 
 def check_weights_file(path: str | os.PathLike) -> None:

@@ -18,10 +18,12 @@ devices are never opened.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import ErrorKind, LGGSegError
@@ -112,9 +114,15 @@ def copy_file_inside(root: Path, path: str | os.PathLike, target: Path) -> Path:
         FileNotFoundError: ``path`` is gone.
         pipeline.ingestion.errors.LGGDataError: not a regular file.
     """
-    fd = _open_inside(root, _relative_inside(root, path), _FILE_FLAGS, path)
-    try:
+    with _closing(_open_inside(root, _relative_inside(root, path), _FILE_FLAGS, path)) as fd:
         return _copy_fd(fd, target, path)
+
+
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    """``fd`` for the block, closed after it (whatever happens)."""
+    try:
+        yield fd
     finally:
         os.close(fd)
 
@@ -142,27 +150,18 @@ def _copy_folder(root: Path, fd: int, shown: Path, target: Path, depth: int) -> 
                 continue  # a dangling link: nothing to read
             if os.path.isdir(root / relative):
                 if depth > 1:
-                    sub = _open_inside(root, relative, _DIR_FLAGS, entry)
-                    try:
+                    with _closing(_open_inside(root, relative, _DIR_FLAGS, entry)) as sub:
                         _copy_folder(root, sub, entry, target / name, depth - 1)
-                    finally:
-                        os.close(sub)
             elif _wanted(name):
                 copy_file_inside(root, entry, target / name)
             continue
         if stat.S_ISDIR(info.st_mode):
             if depth > 1:
-                sub = _open_at(fd, name, _DIR_FLAGS, entry)
-                try:
+                with _closing(_open_at(fd, name, _DIR_FLAGS, entry)) as sub:
                     _copy_folder(root, sub, entry, target / name, depth - 1)
-                finally:
-                    os.close(sub)
         elif stat.S_ISREG(info.st_mode) and _wanted(name):
-            sub = _open_at(fd, name, _FILE_FLAGS, entry)
-            try:
+            with _closing(_open_at(fd, name, _FILE_FLAGS, entry)) as sub:
                 _copy_fd(sub, target / name, entry)
-            finally:
-                os.close(sub)
 
 
 def _open_at(fd: int, name: str, flags: int, shown: Path) -> int:
