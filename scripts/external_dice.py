@@ -65,6 +65,18 @@ def _truths(work: Path) -> dict[Path, Path | None]:
     return cases
 
 
+def _quality(summary: Path) -> dict:
+    """The case's quality estimate from ``summary.csv`` (``qc_score``, ``review``, ``qc_flags``)."""
+    import csv
+
+    with open(summary, newline="") as handle:
+        row = next(csv.DictReader(handle))
+    if not row.get("qc_score"):
+        return {}
+    score = round(float(row["qc_score"]), 3)
+    return {"qc_score": score, "review": row["review"], "qc_flags": row["qc_flags"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {
                 "case": f"{case.parent.name}/{case.name}",
                 "pred_ml": round(volume_ml(pred, seg.affine), 2),
+                **_quality(out / "summary.csv"),
             }
             if truth_path is not None:
                 truth = nib.load(truth_path)
@@ -119,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             truth_text = f"truth {row['truth_ml']:.1f} mL" if "truth_ml" in row else "(no truth)"
             dice_text = f"Dice {row['dice']:.3f}" if "dice" in row else "Dice   -  "
-            print(f"{row['case']:45s} {dice_text}  predicted {row['pred_ml']:.1f} mL  {truth_text}")
+            quality = f"  QC {row['qc_score']:.2f} review {row['review']}" if "qc_score" in row else ""
+            print(f"{row['case']:45s} {dice_text}  predicted {row['pred_ml']:.1f} mL  {truth_text}", quality)
     figures = {"checkpoint": str(args.checkpoint), "tta": args.tta, **rule, "cases": rows}
     write_figures(figures, args.output)
     return 0

@@ -198,8 +198,8 @@ def external_lines(figures: dict[str, Any], test_folds: dict[str, int]) -> list[
         "carried onto the raw grid, the BraTS-preprocessed volumes (skull-stripped, 1 mm) against the "
         "BraTS algorithms' fusion (whole tumour; a reference, not an expert mask).",
         "",
-        "| case | Dice | predicted mL | truth mL | in the development folds |",
-        "|---|---|---|---|---|",
+        "| case | Dice | predicted mL | truth mL | qc_score (review) | in the development folds |",
+        "|---|---|---|---|---|---|",
     ]
     for row in figures["cases"]:
         fold = test_folds.get(Path(row["case"]).name)  # the case folders are named after the patient
@@ -208,7 +208,8 @@ def external_lines(figures: dict[str, Any], test_folds: dict[str, int]) -> list[
         )
         dice = "-" if row.get("dice") is None else f"{row['dice']:.3f}"
         truth = "no truth" if row.get("truth_ml") is None else f"{row['truth_ml']:.1f}"
-        lines.append(f"| `{row['case']}` | {dice} | {row['pred_ml']:.1f} | {truth} | {where} |")
+        quality = f"{row['qc_score']:.2f} ({row['review']})" if "qc_score" in row else "-"
+        lines.append(f"| `{row['case']}` | {dice} | {row['pred_ml']:.1f} | {truth} | {quality} | {where} |")
     scored = [row["dice"] for row in figures["cases"] if row.get("dice") is not None]
     if scored:
         lines += ["", f"Mean Dice of the {len(scored)} scored cases: {sum(scored) / len(scored):.3f}."]

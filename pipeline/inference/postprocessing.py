@@ -23,10 +23,11 @@ def build_postprocessing(
 ) -> Compose:
     """Post-processing of the decollated evaluator output: probability -> binary mask, in this order:
 
-    1. on the model's grid: :class:`~pipeline.preprocessing.components.FilterComponentsd` (components confined
-       to the outermost ``edge_components`` slices, and components under ``min_mass_fraction`` of the
-       largest's probability mass, are removed from the probability), then
-       :class:`pipeline.inference.quality.QualityEstimated` (``qc``: the quality score and flags);
+    1. on the model's grid: :class:`pipeline.inference.quality.QualityEstimated` (``qc``: the quality score
+       and flags of the mask to come; an ensemble's member channels taken off), then
+       :class:`~pipeline.preprocessing.components.FilterComponentsd` (components confined to the outermost
+       ``edge_components`` slices, and components under ``min_mass_fraction`` of the largest's probability
+       mass, are removed from the probability);
     2. with ``preprocessing``: MONAI ``Invertd`` maps the probability (and the model's input, for the QC
        picture) back onto each case's own grid (the inverse of the model grid of
        :class:`pipeline.preprocessing.model_grid.ToModelGridd`);
@@ -51,9 +52,10 @@ def build_postprocessing(
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    components = FilterComponentsd("pred", threshold, int(edge_components), float(min_mass_fraction))
     xforms: list = [
-        FilterComponentsd("pred", threshold, int(edge_components), float(min_mass_fraction)),
-        QualityEstimated("pred", "image", threshold, keep_largest, quality),
+        QualityEstimated("pred", "image", threshold, keep_largest, quality, components),
+        components,
     ]
     if preprocessing is not None:
         xforms.append(

@@ -306,6 +306,11 @@ class QualityEstimated(MapTransform):
         threshold: the mask's probability threshold.
         keep_largest: keep the N largest components, as the post-processing does (0: all).
         calibration: the model file's :data:`QUALITY_KEY` entry (``None``: uncalibrated).
+        components: the post-processing's :class:`~pipeline.preprocessing.components.FilterComponentsd`
+            (its ``keep``), applied to make the mask as the chain will.
+
+    An ensemble's probability is the mean of its members', so its mean inside the mask is the members' mean
+    confidence there: the calibration, fitted on single fold models, applies as it is.
     """
 
     def __init__(
@@ -315,12 +320,16 @@ class QualityEstimated(MapTransform):
         threshold: float = 0.5,
         keep_largest: int = 0,
         calibration: Mapping[str, Any] | None = None,
+        components: Any = None,
     ) -> None:
         super().__init__(keys)
         self.image_key, self.threshold, self.keep_largest = image_key, threshold, keep_largest
         self.calibration = dict(calibration or {})
+        self.components = components
 
     def _mask(self, prob: np.ndarray) -> np.ndarray:
+        if self.components is not None:  # the component filter that runs next, as it will run
+            prob = prob * self.components.keep(prob)
         mask = prob > self.threshold
         if self.keep_largest and mask.any():
             labels, sizes = _components(mask)

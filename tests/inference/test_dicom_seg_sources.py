@@ -396,3 +396,66 @@ def test_slice_order_call_without_affine(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="3D"):
         write_dicom_seg(frames[0], files, tmp_path / "wrong.dcm", affine=np.eye(4))
     assert not (tmp_path / "wrong.dcm").exists()
+
+
+def test_an_enhanced_flair_with_frames_out_of_order_is_read_in_place_and_segmented(tmp_path: Path) -> None:
+    """GDCM stacks an enhanced file's frames in file order with a made-up 1 mm spacing; the reader places each
+    frame by its own position, and ``lggseg infer`` writes the mask on that grid and a SEG on the one file."""
+    from dataclasses import asdict
+
+    import torch
+
+    from pipeline.cli import main
+    from pipeline.config import RunConfig
+    from pipeline.ingestion.scan_reading import read_scan_volume
+    from pipeline.model_files import create_network
+
+    shape, count = (40, 44), 9
+    order = np.random.default_rng(5).permutation(count)
+    positions = np.array([-20.0, -22.0, 4.0]) + np.outer(order, [0.0, 0.0, 3.0])
+    path = tmp_path / "study" / "flair.dcm"
+    path.parent.mkdir()
+    write_enhanced(path, positions, AXIAL, (1.0, 1.0), shape, per_frame_geometry=False)
+    ds = pydicom.dcmread(path)
+    frames = np.zeros((count, *shape), dtype=np.int16)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for n, spatial in enumerate(order):  # a head-like disk whose value tells the frame's place
+        frames[n] = ((yy - 20) ** 2 + (xx - 22) ** 2 < 15**2) * (200 + 10 * spatial)
+    ds.PixelData = frames.tobytes()
+    ds.SeriesDescription = "AX FLAIR"
+    ds.save_as(path)
+    scan = read_scan_volume(path)
+    np.testing.assert_allclose(scan.image.GetSpacing(), (1.0, 1.0, 3.0))
+    array = np.asarray(__import__("SimpleITK").GetArrayFromImage(scan.image))
+    assert [int(array[k].max()) for k in range(count)] == [200 + 10 * k for k in range(count)]
+    cfg = RunConfig(arch="unext")
+    torch.manual_seed(0)
+    model = tmp_path / "model.pt"
+    torch.save({"model": create_network(cfg).state_dict(), "config": asdict(cfg)}, model)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "infer",
+                "--checkpoint",
+                str(model),
+                "--flair",
+                str(path),
+                "--case",
+                "enh",
+                "--output",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    seg = pydicom.dcmread(out / "enh" / "enh_seg.dcm") if (out / "enh" / "enh_seg.dcm").exists() else None
+    import nibabel as nib
+
+    mask = nib.load(out / "enh" / "enh_seg.nii.gz")
+    assert mask.shape == (shape[1], shape[0], count)
+    if seg is not None:  # an untrained network may find nothing: no frame, no SEG needed
+        (series,) = seg.ReferencedSeriesSequence
+        assert [i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence] == [_uid(str(path))]
