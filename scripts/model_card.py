@@ -277,13 +277,15 @@ def results_block(
         else "on the **validation** folds (the test folds took no part)"
     )
     lines += ["", f"Post-processing candidates, {where}:", ""]
-    lines += ["| candidate | patients | Dice mean | Dice median |", "|---|---|---|---|"]
+    lines += ["| candidate | patients | Dice mean | Dice median | under 0.5 |", "|---|---|---|---|---|"]
     for c in choice["candidates"]:
         mark = " (chosen)" if c["options"] == choice["chosen"] else ""
         lines.append(
             f"| `{json.dumps(c['options'])}`{mark} | {c['patients']} | {c['mean_dice']:.3f} | "
-            f"{c['median_dice']:.3f} |"
+            f"{c['median_dice']:.3f} | {c.get('under_0.5', '-')} |"
         )
+    if qc is not None:
+        lines += ["", *quality_lines(qc)]
     if logs:
         lines += [
             "",
@@ -361,8 +363,10 @@ def quality_lines(qc: dict[str, Any]) -> list[str]:
         f"{calibration['slope']:.2f} x mean probability inside the mask "
         f"{calibration['intercept']:+.2f}))); review below "
         f"{calibration['review_below']:.2f}. The folds' single models made these predictions; the shipped "
-        "ensemble averages five, whose probabilities are a little smoother, so its scores rank the masks "
-        "alike but may sit slightly lower.",
+        "ensemble's probability is their mean, so its mean inside a mask is its members' mean confidence. "
+        "The calibration knows the data set's own volumes only: on other pipelines' scans the networks are "
+        "less sure of good masks and the score reads low (the external cases above), so `review` errs "
+        "towards a look there.",
         "",
         "What each flag caught on the cross-validation (flags of the input, such as `stand_in` or `plane`, "
         "never arise on the data set's own volumes):",
