@@ -108,14 +108,15 @@ def test_metadata_verifies_against_the_schema():
     assert "monai-label" in meta["supported_apps"]
 
 
-def test_bundle_scalars_match_the_shipped_model():
+def test_bundle_scalars_match_the_shipped_model(load_script):
     """train.json = the recipe that trained the shipped model (one network); inference.json = the shipped
-    model's network and post-processing; how and where to run (device, amp, workers, cache): the defaults."""
+    model's network and post-processing (the keys scripts/install_model.py sets); how and where to run
+    (device, amp, workers, cache): the defaults."""
     defaults = {f.name: getattr(RunConfig(), f.name) for f in fields(RunConfig)}
     saved = load_checkpoint(REPO_ROOT / "bundle" / "models" / "model.pt")
     runtime = ("device", "amp", "num_workers", "cache", "cache_dir", "progress", "resume", "overwrite")
     trained = {k: v for k, v in saved.get("training_config", saved["config"]).items() if k not in runtime}
-    model_keys = (*MODEL_KEYS, "input_size", "patch_size", "threshold", "keep_largest", "min_size", "tta")
+    model_keys = load_script("install_model").INFERENCE_KEYS
     expected_by_file = {
         "train.json": {**defaults, **trained, "members": 1},
         "inference.json": {**defaults, **{k: saved["config"][k] for k in model_keys if k in saved["config"]}},
