@@ -387,7 +387,9 @@ def test_model_card_says_which_external_patients_were_in_the_development_folds(l
         ],
     }
     text = "\n".join(module.external_lines(figures, {"TCGA_FG_6692_20020606": 0, "TCGA_DU_7294_19890104": 3}))
-    assert "| `tcia_raw/TCGA_FG_6692_20020606` | 0.800 | 19.9 | 23.8 | yes: test fold 0," in text
-    assert "| `brats_style/TCGA_DU_7294_19890104` | 0.900 | 25.4 | 24.2 | yes: test fold 3," in text
-    assert "| `brats2023_example/BraTS-GLI-00001-000` | - | 127.0 | no truth | no |" in text
+    assert "| `tcia_raw/TCGA_FG_6692_20020606` | 0.800 | 19.9 | 23.8 | - | yes: test fold 0," in text
+    assert "| `brats_style/TCGA_DU_7294_19890104` | 0.900 | 25.4 | 24.2 | - | yes: test fold 3," in text
+    assert "| `brats2023_example/BraTS-GLI-00001-000` | - | 127.0 | no truth | - | no |" in text
+    quality = {**figures, "cases": [{**figures["cases"][0], "qc_score": 0.654, "review": "yes"}]}
+    assert "| 0.65 (yes) |" in "\n".join(module.external_lines(quality, {}))
     assert "Mean Dice of the 2 scored cases: 0.850." in text and "TTA flip" in text
