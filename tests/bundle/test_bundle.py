@@ -128,6 +128,8 @@ def test_bundle_scalars_match_the_shipped_model(load_script):
             expected = expected_values[key]
             expected = list(expected) if isinstance(expected, tuple) else expected
             assert value == expected, f"{name}: {key}={value!r}, expected {expected!r}"
+    quality = json.loads((CONFIGS / "inference.json").read_text())["quality"]  # a dict, not a scalar
+    assert quality == saved["config"].get("quality", {}), "inference.json's calibration is the model's"
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ picture, the DICOM SEG of a DICOM FLAIR and ``summary.csv``, through the same ha
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from helpers import png_size, write_dicom_series
-from test_bundle import _literal_scalars, _run_inference
+from test_bundle import CONFIGS, _literal_scalars, _run_inference
 
 from pipeline.cli import main as lggseg
 from pipeline.config import RunConfig
@@ -28,7 +29,8 @@ QC_SLICES = 3
 def _model(folder: Path) -> Path:
     """An untrained model file of inference.json's network and post-processing, readable by both the bundle
     (weights under "model") and ``lggseg infer`` (its configuration beside them)."""
-    cfg = RunConfig.from_dict({**_literal_scalars("inference.json"), "progress": False})
+    quality = json.loads((CONFIGS / "inference.json").read_text())["quality"]  # a dict: not a scalar
+    cfg = RunConfig.from_dict({**_literal_scalars("inference.json"), "quality": quality, "progress": False})
     torch.manual_seed(0)
     folder.mkdir(parents=True)
     path = folder / "model.pt"
