@@ -131,6 +131,7 @@ def test_interrupted_run_resumes_with_its_own_epochs(prepared, tmp_path, monkeyp
     config = (run / "config.json").read_bytes()
 
     caplog.set_level(logging.INFO)
+    caplog.clear()  # the interrupted run's own epoch lines are not the resumed run's
     assert main(["train", "--data", str(prepared), "--output", str(tmp_path / "runs"), "--resume"]) == 0
     assert any("resumed from" in r.getMessage() for r in caplog.records)
     assert (run / "config.json").read_bytes() == config
