@@ -11,6 +11,8 @@ function the pipeline runs), and:
 - both are measured **nested**: each test fold scored with the calibration and threshold fitted on the other
   four folds (AUROC of the score for "Dice < 0.7", Spearman correlation with Dice, the review's catch and
   false-alarm rates, what each flag caught and missed);
+- with the flipped variants of the dumps: the agreement of their masks (:func:`flip_agreement`, the
+  ``tta_disagree`` flag of ``--tta flip``), its AUROC and what ``review`` catches with it;
 - the calibration fitted on all patients, with the training ranges of the volume share and the FLAIR
   statistic, is written as JSON: ``lggseg ensemble --quality`` puts it into the shipped model file.
 
@@ -27,9 +29,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage, optimize, stats
 
-from pipeline.inference.quality import FLAGS, case_quality
+from pipeline.inference.quality import FLAGS, TTA_AGREEMENT_BELOW, case_quality, flip_agreement
 from pipeline.preprocessing.components import FilterComponentsd
 from pipeline.safety import atomic_write_json
 
@@ -82,6 +85,16 @@ def patient_rows(folder: Path, edge: int, mass: float, threshold: float) -> list
         image = np.stack([brain, data["flair"].astype(np.float32), brain])
         quality = case_quality(prob, mask, image)
         truth = data["label"] > 0
+        variants = [data[f"prob_{v}"] for v in ("none", "lr", "ud") if f"prob_{v}" in data]
+        agreement = (
+            float(
+                flip_agreement(
+                    [torch.from_numpy(v.astype(np.float32))[None, None] for v in variants], threshold
+                )
+            )
+            if len(variants) > 1
+            else None
+        )
         rows.append(
             {
                 "patient": path.stem,
@@ -93,6 +106,7 @@ def patient_rows(folder: Path, edge: int, mass: float, threshold: float) -> list
                 "raw_fp_components": failure_classes(raw, truth)["fp_components"],
                 "raw_edge_fp_components": failure_classes(raw, truth)["edge_fp_components"],
                 "flags": quality.flags,
+                "tta_agreement": agreement,
                 **quality.features,
             }
         )
@@ -148,6 +162,10 @@ def flag_table(rows: list[dict], review: np.ndarray, low_score: np.ndarray) -> d
     for code in [*(f for f in FLAGS if f != "uncalibrated"), "review"]:
         if code == "review":
             raised = review
+        elif code == "tta_disagree":
+            raised = np.array(
+                [(r["tta_agreement"] is not None and r["tta_agreement"] < TTA_AGREEMENT_BELOW) for r in rows]
+            )
         elif code == "low_confidence":
             raised = low_score
         else:
@@ -203,6 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         "reviewed": int(review.sum()),
         "per_fold_fit": per_fold,
     }
+    if all(r["tta_agreement"] is not None for r in rows):  # the dumps hold the flipped variants
+        agreement = np.array([r["tta_agreement"] for r in rows])
+        with_tta = review | (agreement < TTA_AGREEMENT_BELOW)
+        figures["with_flip_tta"] = {
+            "auroc_tta_agreement_under_0.7": auroc(agreement, low),
+            "review_catches_under_0.5": float((with_tta & bad).sum() / max(1, bad.sum())),
+            "review_flags_others": float((with_tta & ~bad).sum() / max(1, (~bad).sum())),
+        }
     for row, value, flagged in zip(rows, nested, review, strict=True):
         row["qc_score_nested"], row["review_nested"] = float(value), bool(flagged)
     calibration = fit_calibration(mean_prob, dice_values)

@@ -339,6 +339,20 @@ def results_block(
     return "\n".join(lines)
 
 
+def tta_rows(figures: dict[str, float] | None) -> list[str]:
+    """The rows of the quality table for ``--tta flip`` (its ``tta_disagree`` flag), when measured."""
+    if not figures:
+        return []
+    return [
+        "| with `--tta flip`: AUROC of the flipped masks' agreement for Dice < 0.7 | "
+        f"{figures['auroc_tta_agreement_under_0.7']:.3f} | |",
+        "| with `--tta flip`: `review = yes` (and `tta_disagree`) catches, of the patients under 0.5 | "
+        f"{figures['review_catches_under_0.5']:.0%} | >= 80% |",
+        "| with `--tta flip`: `review = yes` flags, of the other patients | "
+        f"{figures['review_flags_others']:.0%} | <= 30% |",
+    ]
+
+
 def quality_lines(qc: dict[str, Any]) -> list[str]:
     """The quality estimate's figures and the failure classes, from ``scripts/fit_qc.py``'s JSON."""
     f, classes = qc["figures"], qc["figures"].get("failure_classes", {})
@@ -358,6 +372,7 @@ def quality_lines(qc: dict[str, Any]) -> list[str]:
         f"| `review = yes` catches, of the {f['under_0.5']} patients under Dice 0.5 | "
         f"{f['review_catches_under_0.5']:.0%} | >= 80% |",
         f"| `review = yes` flags, of the other patients | {f['review_flags_others']:.0%} | <= 30% |",
+        *tta_rows(f.get("with_flip_tta")),
         "",
         f"Shipped calibration (all {f['patients']} patients): expected Dice = 1 / (1 + exp(-("
         f"{calibration['slope']:.2f} x mean probability inside the mask "

@@ -18,6 +18,7 @@ from monai.data import MetaTensor
 from monai.engines import PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 
+from pipeline.inference.quality import TTA_AGREEMENT_KEY, flip_agreement
 from pipeline.transforms import DEFAULT_PATCH_SIZE, SliceContext
 
 TTA_MODES = ("none", "flip", "scale", "flip+scale")
@@ -38,7 +39,10 @@ class VolumeInferer(Inferer):
         sw_batch_size: slices (or patches) per forward pass.
         overlap: 3D window overlap.
         tta: ``"none"``, ``"flip"`` (left-right and up-down flips), ``"scale"`` (Segmenter's multi-scale:
-            ``scales`` of the in-plane size) or ``"flip+scale"``; probabilities are averaged.
+            ``scales`` of the in-plane size) or ``"flip+scale"``; probabilities are averaged. With flips,
+            the agreement of the flipped variants' masks (:func:`pipeline.inference.quality.flip_agreement`,
+            one value per batch item) goes into the output's metadata under ``"tta_agreement"`` (the
+            quality estimate's ``tta_disagree`` flag).
         scales: the multi-scale factors.
         sw_device: device of the windows (defaults to the network's device).
     """
@@ -134,22 +138,25 @@ class VolumeInferer(Inferer):
         volume = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         if self.spatial_dims == 2:
             volume = self.context(volume)
-        total: torch.Tensor | None = None
-        count = 0
+        variants: list[torch.Tensor] = []  # per flip: the mean over the scales, back on the input
+        scales = self.scales if self.spatial_dims == 2 else (1.0,)
         for dims in self.flips:
             x = torch.flip(volume, dims) if dims else volume
-            for scale in self.scales if self.spatial_dims == 2 else (1.0,):
+            total: torch.Tensor | None = None
+            for scale in scales:
                 if self.spatial_dims == 2:
                     prob = self._slices(x, network, scale, sw_device)
                 else:
                     prob = self._patches(x, network, sw_device)
-                prob = torch.flip(prob, dims) if dims else prob
                 total = prob if total is None else total + prob
-                count += 1
-        assert total is not None
-        out = total / count
+            assert total is not None
+            variants.append(torch.flip(total, dims) / len(scales) if dims else total / len(scales))
+        out = variants[0] if len(variants) == 1 else torch.stack(variants).mean(dim=0)
         if isinstance(inputs, MetaTensor):
-            out = MetaTensor(out, meta=inputs.meta)
+            meta = dict(inputs.meta)
+            if len(variants) > 1:
+                meta[TTA_AGREEMENT_KEY] = flip_agreement(variants).cpu()
+            out = MetaTensor(out, meta=meta)
         return out
 
 

@@ -14,6 +14,10 @@ Every segmented case gets, beside its mask:
   for a review;
 - the point (world coordinates, RAS mm) of the worst flag, so the QC picture can show that slice.
 
+With flip test-time augmentation (``--tta flip``) the inferer also records how well the masks of the plain
+and the flipped inputs agree (:func:`flip_agreement`, in the prediction's metadata under
+:data:`TTA_AGREEMENT_KEY`); under :data:`TTA_AGREEMENT_BELOW` the case is flagged ``tta_disagree``.
+
 :class:`QualityEstimated` runs in the post-processing, on the model's grid, before the probability goes back
 onto the case's grid; :func:`case_quality` is the same on plain arrays (``scripts/fit_qc.py`` and the
 evaluation use it: one rule).
@@ -39,16 +43,23 @@ from pipeline.preprocessing.scan_chain import SCAN_META
 __all__ = [
     "FLAGS",
     "QC_KEY",
+    "TTA_AGREEMENT_BELOW",
+    "TTA_AGREEMENT_KEY",
     "QUALITY_KEY",
     "CaseQuality",
     "QualityEstimated",
     "case_features",
     "case_quality",
     "calibrated_score",
+    "flip_agreement",
 ]
 
 QUALITY_KEY = "quality"  # where a model file keeps its calibration (scripts/fit_qc.py)
 QC_KEY = "qc"  # where the post-processing puts each case's CaseQuality (as a dict)
+TTA_AGREEMENT_KEY = "tta_agreement"  # where the inferer records flip_agreement in the prediction's metadata
+# flip agreement under this asks for review: on the 80 development patients (each by the fold model that never
+# saw it) review or this caught 5 of the 5 under Dice 0.5 and 25% of the others (review alone: 4 of 5, 23%)
+TTA_AGREEMENT_BELOW = 0.5
 EDGE_SLICES = 2  # a component within this many slices of the top or bottom of the model grid is at the edge
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -60,6 +71,7 @@ FLAGS: dict[str, tuple[bool, str]] = {
     "outside_head": (True, "part of the mask lies where the input is background (outside the head)"),
     "head_cover": (True, "on some slice the mask covers most of the head's section"),
     "no_orientation": (True, "the NIfTI header has no qform or sform: the orientation is a guess"),
+    "tta_disagree": (True, "(--tta flip) the masks of the plain and flipped inputs disagree (Dice < 0.5)"),
     "volume_range": (False, "the tumour's share of the head is outside the range of the training data"),
     "intensity": (False, "the FLAIR's intensities are unlike the training data's"),
     "fragmented": (False, "the mask has several sizeable pieces (multifocal tumour or false positives)"),
@@ -230,6 +242,7 @@ def case_quality(
     calibration: Mapping[str, Any] | None = None,
     meta: Mapping[str, Any] | None = None,
     affine: np.ndarray | None = None,
+    tta_agreement: float | None = None,
 ) -> CaseQuality:
     """The quality estimate of one case (module docstring), on the model's grid.
 
@@ -241,6 +254,8 @@ def case_quality(
             training ``ranges``); ``None``: uncalibrated.
         meta: the input's metadata (a scan case's: what was read, ``SCAN_META`` of the scan chain).
         affine: the grid's voxel-to-world affine (for :attr:`CaseQuality.point`).
+        tta_agreement: the case's :func:`flip_agreement` when the inferer ran flipped variants (``None``: it
+            did not; no ``tta_disagree`` flag then).
 
     Returns:
         the :class:`CaseQuality`.
@@ -278,6 +293,10 @@ def case_quality(
             flags.append("intensity")
     if feats["voxels"] and feats["largest_share"] < 0.8:
         flags.append("fragmented")
+    if tta_agreement is not None:
+        feats["tta_agreement"] = float(tta_agreement)
+        if tta_agreement < TTA_AGREEMENT_BELOW:
+            flags.append("tta_disagree")
     flags += _input_flags(meta or {})
     threshold = float(calibration.get("review_below", 0.9 if not calibration else 0.7))
     if score < threshold and "empty" not in flags:
@@ -293,6 +312,29 @@ def case_quality(
         point = (np.asarray(affine, float) @ np.append(centre, 1.0))[:3].tolist()
     features = {k: float(v) for k, v in feats.items() if not k.endswith("_index") and k != "cover_slice"}
     return CaseQuality(score=score, flags=flags, review=review, point=point, features=features)
+
+
+def flip_agreement(variants: Sequence[torch.Tensor], threshold: float = 0.5) -> torch.Tensor:
+    """How well the masks of test-time variants agree: the lowest Dice between the first variant's mask (the
+    plain input's) and each other's, per batch item (1 where both masks are empty).
+
+    Args:
+        variants: the probability of each variant, mapped back onto the input, ``(B, 1, ...)`` each; the first
+            is the plain input's.
+        threshold: the mask's probability threshold.
+
+    Returns:
+        ``(B,)`` agreements in [0, 1] (all ones with fewer than two variants).
+    """
+    reference = variants[0].flatten(1) > threshold
+    lowest = torch.ones(reference.shape[0], device=reference.device)
+    for variant in variants[1:]:
+        mask = variant.flatten(1) > threshold
+        total = (reference.sum(1) + mask.sum(1)).float()
+        both = 2.0 * (reference & mask).sum(1).float()
+        dice = torch.where(total > 0, both / total.clamp(min=1.0), torch.ones_like(total))
+        lowest = torch.minimum(lowest, dice)
+    return lowest
 
 
 class QualityEstimated(MapTransform):
@@ -355,7 +397,9 @@ class QualityEstimated(MapTransform):
                 if affine is None
                 else np.asarray(torch.as_tensor(affine).cpu(), float).reshape(-1, 4, 4)[0]
             )
-            quality = case_quality(prob, self._mask(prob), image, self.calibration, meta, affine)
+            agreement = (getattr(pred, "meta", None) or {}).get(TTA_AGREEMENT_KEY)
+            agreement = None if agreement is None else float(torch.as_tensor(agreement).reshape(-1)[0])
+            quality = case_quality(prob, self._mask(prob), image, self.calibration, meta, affine, agreement)
             d[QC_KEY] = quality.as_dict()
         return d
 

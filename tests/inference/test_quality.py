@@ -16,8 +16,17 @@ from monai.data import MetaTensor
 from pipeline.cli import main
 from pipeline.config import RunConfig
 from pipeline.evaluation.handler import quality_agreement
+from pipeline.inference.inferers import VolumeInferer
 from pipeline.inference.postprocessing import build_postprocessing
-from pipeline.inference.quality import FLAGS, QC_KEY, CaseQuality, calibrated_score, case_quality
+from pipeline.inference.quality import (
+    FLAGS,
+    QC_KEY,
+    TTA_AGREEMENT_KEY,
+    CaseQuality,
+    calibrated_score,
+    case_quality,
+    flip_agreement,
+)
 from pipeline.model_files import create_network
 from pipeline.preprocessing.components import FilterComponentsd
 
@@ -151,6 +160,52 @@ def test_the_post_processing_writes_the_estimate_beside_the_mask():
     assert set(out[QC_KEY]) == {"qc_score", "review", "qc_flags", "qc_point"}
     assert out[QC_KEY]["review"] == "no" and out[QC_KEY]["qc_score"] > 0.8
     assert int(out["pred"].sum()) == 8 * 8 * 4
+
+
+# ------------------------------------------------------------------- test-time variants that disagree
+def test_flip_agreement_is_the_lowest_dice_with_the_plain_variant():
+    plain = torch.zeros(2, 1, 4, 4, 1)
+    plain[0, 0, :2, :2] = 0.9  # 4 voxels
+    left_right = plain.clone()
+    left_right[0, 0, :2, 2] = 0.9  # 6 voxels, 4 shared: Dice 8 / 10
+    up_down = plain.clone()
+    up_down[0, 0, 0, 0] = 0.1  # 3 voxels, 3 shared: Dice 6 / 7
+    agreement = flip_agreement([plain, left_right, up_down])
+    assert agreement[0].item() == pytest.approx(0.8)
+    assert agreement[1].item() == 1.0  # all three empty: they agree
+    assert flip_agreement([plain]).tolist() == [1.0, 1.0]
+
+
+class _LeftHalf(torch.nn.Module):
+    """A 2D 'network' that finds tumour in the left half of each slice only: its left-right flip disagrees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))  # the inferer runs the windows on its device
+
+    def forward(self, x):
+        logits = torch.full_like(x[:, :1], -10.0)
+        logits[..., : x.shape[-1] // 2] = 10.0
+        return logits
+
+
+def test_the_inferer_records_flip_agreement_and_the_estimate_flags_it():
+    image = MetaTensor(torch.from_numpy(_head((32, 32, 8)))[None], meta={"filename_or_obj": "case"})
+    plain = VolumeInferer(spatial_dims=2, tta="none")(image, _LeftHalf())
+    assert TTA_AGREEMENT_KEY not in plain.meta
+    flipped = VolumeInferer(spatial_dims=2, tta="flip")(image, _LeftHalf())
+    # plain: left half; left-right flip: right half (no overlap); up-down flip: left half again
+    assert flipped.meta[TTA_AGREEMENT_KEY].tolist() == [0.0]
+    assert TTA_AGREEMENT_KEY not in image.meta, "the input's metadata is left as it was"
+    assert torch.allclose(flipped.as_tensor(), (plain.as_tensor() * 2 + plain.as_tensor().flip(3)) / 3)
+    pred = MetaTensor(flipped.as_tensor()[0], meta={TTA_AGREEMENT_KEY: flipped.meta[TTA_AGREEMENT_KEY][0]})
+    out = build_postprocessing(quality=CALIBRATION)({"pred": pred, "image": MetaTensor(image.as_tensor()[0])})
+    assert "tta_disagree" in out[QC_KEY]["qc_flags"].split(";") and out[QC_KEY]["review"] == "yes"
+    agreed = MetaTensor(flipped.as_tensor()[0], meta={TTA_AGREEMENT_KEY: torch.tensor(0.9)})
+    out = build_postprocessing(quality=CALIBRATION)(
+        {"pred": agreed, "image": MetaTensor(image.as_tensor()[0])}
+    )
+    assert "tta_disagree" not in out[QC_KEY]["qc_flags"].split(";")
 
 
 def test_agreement_figures_are_hand_computable():
