@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.metrics import compute_dice
 from monai.transforms import MapTransform
 from scipy import ndimage
 
@@ -326,14 +327,13 @@ def flip_agreement(variants: Sequence[torch.Tensor], threshold: float = 0.5) -> 
     Returns:
         ``(B,)`` agreements in [0, 1] (all ones with fewer than two variants).
     """
-    reference = variants[0].flatten(1) > threshold
+    reference = (variants[0] > threshold).float()
     lowest = torch.ones(reference.shape[0], device=reference.device)
     for variant in variants[1:]:
-        mask = variant.flatten(1) > threshold
-        total = (reference.sum(1) + mask.sum(1)).float()
-        both = 2.0 * (reference & mask).sum(1).float()
-        dice = torch.where(total > 0, both / total.clamp(min=1.0), torch.ones_like(total))
-        lowest = torch.minimum(lowest, dice)
+        # MONAI's Dice per batch item; ignore_empty=False: two empty masks agree (1)
+        mask = (variant > threshold).float()
+        dice = compute_dice(mask, reference, include_background=True, ignore_empty=False)
+        lowest = torch.minimum(lowest, dice[:, 0])
     return lowest
 
 
