@@ -54,6 +54,7 @@ POSTPROCESSING_KEYS = (
     "edge_components",
     "min_mass_fraction",
     "tta",
+    "amp",
     "sw_batch_size",
     "num_workers",
     "grid_pixel_mm",
@@ -190,7 +191,9 @@ OPTION_HELP: dict[str, str] = {
     "cache": "memory (CacheDataset), disk (PersistentDataset) or none",
     "cache_dir": "folder of the disk cache (default OUTPUT/NAME/cache)",
     "val_interval": "validate every N epochs (and after the last)",
-    "amp": "mixed precision on CUDA (MONAI's float16 autocast and gradient scaling); the CPU: --amp-cpu",
+    "amp": "mixed precision: on CUDA MONAI's float16 autocast (and gradient scaling in training); "
+    "inference on CPUs with AVX512-BF16/AMX: bf16 autocast (float32 on other CPUs); --no-amp: float32; "
+    "CPU training: --amp-cpu",
     "amp_cpu": "training on the CPU: bf16 autocast and channels-last (AVX512-BF16/AMX CPUs; float32 "
     "where unsupported, said in one log line); float32 weights, model files as without it; CUDA: --amp",
     "crop_size": "2D training: crop each sampled slice to H W before the augmentations, tumour-centred in "

@@ -8,7 +8,11 @@ Three figures, each the wall time of whole ``lggseg`` processes (the median of `
   shipped model, ``--device cpu``): reading, model loading, inference, mask, QC picture, summary;
 - one ``lggseg infer`` of a batch of ``--batch`` patients, divided by the number of patients (per case).
 
-    python scripts/benchmark_cli.py [--data data/lgg] [--batch 5] [--rounds 3] [--output figures.json]
+With ``--float32-too`` both infer commands also run with ``--no-amp`` (float32 networks) in the same rounds,
+alternating, so that bf16 inference (the default on CPUs with AVX512-BF16 / AMX) is compared with float32
+on one machine at one time.
+
+    python scripts/benchmark_cli.py [--data data/lgg] [--batch 5] [--rounds 3] [--float32-too] [--output F]
 
 Goals of the issue: one case in at most 3 s, at most 1.5 s per case in a batch (a quiet machine). The CPU
 time of the processes (user + system) is printed beside the wall time: on a shared, busy machine it moves
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each command; the median is kept")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--output", type=Path, help="also write the figures as JSON")
+    parser.add_argument(
+        "--float32-too", action="store_true", help="also time both infer commands with --no-amp (float32)"
+    )
     args = parser.parse_args(argv)
     images = patients(args.data, args.batch) if args.data.is_dir() else []
     if len(images) < args.batch or args.batch < 1:
@@ -101,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     lggseg = lggseg_command()
     infer = [*lggseg, "infer", "--checkpoint", str(args.checkpoint.resolve()), "--device", args.device]
-    runs: dict[str, list[float]] = {"help": [], "one_case": [], "batch": []}
-    cpu: dict[str, list[float]] = {"help": [], "one_case": [], "batch": []}
+    keys = ["help", "one_case", "batch"] + (["one_case_float32", "batch_float32"] if args.float32_too else [])
+    runs: dict[str, list[float]] = {key: [] for key in keys}
+    cpu: dict[str, list[float]] = {key: [] for key in keys}
     work = Path(tempfile.mkdtemp(prefix="benchmark-cli-"))
     try:
         for round_ in range(args.rounds):
@@ -114,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
                 "--output",
                 str(work / f"b{round_}"),
             ]
-            for key, argv_ in (("help", [*lggseg, "--help"]), ("one_case", one), ("batch", batch)):
+            commands = {"help": [*lggseg, "--help"], "one_case": one, "batch": batch}
+            if args.float32_too:
+                commands["one_case_float32"] = [*one[:-1], one[-1] + "f", "--no-amp"]
+                commands["batch_float32"] = [*batch[:-1], batch[-1] + "f", "--no-amp"]
+            for key, argv_ in commands.items():
                 wall, used = timed(argv_, REPO_ROOT)
                 runs[key].append(wall)
                 cpu[key].append(used)
@@ -134,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         "one_case_s": round(median["one_case"], 3),
         "batch_s": round(median["batch"], 3),
         "per_case_in_batch_s": round(median["batch"] / len(images), 3),
+        **(
+            {
+                "one_case_float32_s": round(median["one_case_float32"], 3),
+                "per_case_in_batch_float32_s": round(median["batch_float32"] / len(images), 3),
+            }
+            if args.float32_too
+            else {}
+        ),
         "cpu_s": {key: round(value, 3) for key, value in median_cpu.items()},
         "runs_s": {key: [round(v, 3) for v in values] for key, values in runs.items()},
     }
@@ -146,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         f"lggseg infer, {len(images)} patients: {figures['batch_s']:.2f} s, "
         f"{figures['per_case_in_batch_s']:.2f} s per case (CPU {median_cpu['batch']:.2f} s)"
     )
+    if args.float32_too:
+        print(
+            f"float32 (--no-amp): one patient {figures['one_case_float32_s']:.2f} s, "
+            f"{figures['per_case_in_batch_float32_s']:.2f} s per case in the batch"
+        )
     print(f"(median of {args.rounds}; 1-minute load average {figures['load_average_1min']:.2f})")
     if args.output is not None:
         from figures import write_figures

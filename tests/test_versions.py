@@ -16,7 +16,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 import pipeline
-from pipeline.inference import case_report
+from pipeline.inference import case_report, dicom_seg
 from pipeline.inference.case_outputs_handler import CaseOutputsHandler
 from pipeline.inference.dicom_seg import write_dicom_seg
 from pipeline.model_files import MODEL_VERSION_KEY, SHIPPED_MODEL, load_checkpoint, model_version
@@ -66,7 +66,7 @@ def test_the_case_outputs_pass_the_model_version_to_the_seg(tmp_path, monkeypatc
         seen.update(kwargs, files=files)
         return None, "recorded"
 
-    monkeypatch.setattr(case_report, "try_write_dicom_seg", record)
+    monkeypatch.setattr(dicom_seg, "try_write_dicom_seg", record)  # imported when a case has DICOM files
     pred = MetaTensor(torch.zeros(1, 4, 4, 2), affine=torch.eye(4), meta={SCAN_META["source_files"]: "a\nb"})
     case = {"case": "c", "image": "c.nii.gz", "kind": "volume"}
     case_report.write_case_outputs(case, pred, tmp_path, algorithm_version="0.3.0")

@@ -26,7 +26,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipeline.inference.dicom_seg import try_write_dicom_seg
 from pipeline.inference.quality import CaseQuality
 from pipeline.inference.writer import case_output_paths
 from pipeline.ingestion.forms import summary_of
@@ -385,6 +384,9 @@ def write_case_outputs(
         logger.warning("%s: the QC picture is left out (the model's input is not on the mask's grid)", name)
     files = [f for f in _meta_text(meta, SCAN_META["source_files"]).split("\n") if f]
     if files:
+        # imported here: highdicom and pydicom's code dictionaries (about 0.3 s) serve DICOM input only
+        from pipeline.inference.dicom_seg import try_write_dicom_seg
+
         description = "lggseg FLAIR abnormality"
         if quality is not None:  # the score where a PACS user sees it
             description += f" QC {quality.score:.2f}{' REVIEW' if quality.review else ''}"

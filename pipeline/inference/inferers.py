@@ -8,6 +8,7 @@ volume can stay on the CPU. :class:`VolumePrepareBatch` keeps large volumes on t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from monai.engines import PrepareBatch, default_prepare_batch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 
 from pipeline.inference.quality import TTA_AGREEMENT_KEY, flip_agreement
+from pipeline.training.autocast import cpu_bf16_supported
 from pipeline.transforms import DEFAULT_PATCH_SIZE, SliceContext
 
 TTA_MODES = ("none", "flip", "scale", "flip+scale")
@@ -45,6 +47,10 @@ class VolumeInferer(Inferer):
             quality estimate's ``tta_disagree`` flag).
         scales: the multi-scale factors.
         sw_device: device of the windows (defaults to the network's device).
+        cpu_bf16: when the windows run on a CPU with native bf16 (AVX512-BF16 / AMX-BF16,
+            :func:`pipeline.training.autocast.cpu_bf16_supported`), run the network under bf16 autocast
+            (about twice as fast; the probabilities stay float32); float32 on other CPUs and on CUDA (where
+            the engine's ``amp`` decides).
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class VolumeInferer(Inferer):
         tta: str = "none",
         scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
         sw_device: torch.device | str | None = None,
+        cpu_bf16: bool = False,
     ) -> None:
         super().__init__()
         if tta not in TTA_MODES:
@@ -76,6 +83,14 @@ class VolumeInferer(Inferer):
         self.flips: list[tuple[int, ...]] = [()] + ([(3,), (2,)] if "flip" in tta else [])
         self.scales = tuple(scales) if "scale" in tta else (1.0,)
         self.sw_device = sw_device
+        self.cpu_bf16 = bool(cpu_bf16)
+
+    def _precision(self, sw_device: Any) -> contextlib.AbstractContextManager:
+        """bf16 autocast for windows on a bf16-capable CPU when ``cpu_bf16``; otherwise nothing changes."""
+        on_cpu = sw_device is None or torch.device(sw_device).type == "cpu"
+        if self.cpu_bf16 and on_cpu and cpu_bf16_supported():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _probability(self, logits: torch.Tensor) -> torch.Tensor:
         if self.num_classes == 1:
@@ -144,10 +159,12 @@ class VolumeInferer(Inferer):
             x = torch.flip(volume, dims) if dims else volume
             total: torch.Tensor | None = None
             for scale in scales:
-                if self.spatial_dims == 2:
-                    prob = self._slices(x, network, scale, sw_device)
-                else:
-                    prob = self._patches(x, network, sw_device)
+                with self._precision(sw_device):
+                    if self.spatial_dims == 2:
+                        prob = self._slices(x, network, scale, sw_device)
+                    else:
+                        prob = self._patches(x, network, sw_device)
+                prob = prob.float()
                 total = prob if total is None else total + prob
             assert total is not None
             variants.append(torch.flip(total, dims) / len(scales) if dims else total / len(scales))

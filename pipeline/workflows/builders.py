@@ -34,7 +34,8 @@ def transform_settings(cfg: RunConfig) -> TransformSettings:
 
 
 def make_inferer(cfg: RunConfig) -> VolumeInferer:
-    """The whole-volume inferer of a configuration (validation, evaluation, inference)."""
+    """The whole-volume inferer of a configuration (validation, evaluation, inference); with ``cfg.amp``
+    the network runs in bf16 on CPUs that have it natively (on CUDA the engine's ``amp`` autocasts)."""
     return VolumeInferer(
         spatial_dims=cfg.spatial_dims,
         num_classes=cfg.num_classes,
@@ -44,6 +45,7 @@ def make_inferer(cfg: RunConfig) -> VolumeInferer:
         patch_size=cfg.patch_size,
         sw_batch_size=cfg.sw_batch_size,
         tta=cfg.tta,
+        cpu_bf16=cfg.amp,
     )
 
 

@@ -35,6 +35,24 @@ def test_help_imports_no_heavy_module(argv):
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
+def test_segmenting_a_nifti_case_never_imports_highdicom(tmp_path):
+    """highdicom (and pydicom's code dictionaries, about 0.3 s) are imported only to write a DICOM SEG."""
+    code = (
+        "import sys\nimport numpy as np, nibabel as nib, torch\n"
+        "from monai.data import MetaTensor\n"
+        "from pipeline.inference.case_report import write_case_outputs\n"
+        f"out = {str(tmp_path)!r}\n"
+        "pred = MetaTensor(torch.zeros(1, 8, 8, 3), affine=torch.eye(4))\n"
+        "case = {'case': 'c', 'image': out + '/c.nii.gz', 'kind': 'volume'}\n"
+        "write_case_outputs(case, pred, out)\n"
+        "print([m for m in ('highdicom', 'pipeline.inference.dicom_seg') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_the_training_options_are_there_when_a_command_is_used(capsys):
     """The options described by heavy modules are added to the command that is parsed (or shown)."""
     with pytest.raises(SystemExit):
