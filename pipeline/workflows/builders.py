@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import Dataset
 
 from pipeline.config import RunConfig
@@ -23,6 +24,7 @@ from pipeline.engines import (
 from pipeline.inference.inferers import VolumeInferer
 from pipeline.inference.postprocessing import build_postprocessing
 from pipeline.ingestion.datalist import DATALIST_FILENAME, load_datalist, split_folds
+from pipeline.training.autocast import cpu_bf16_supported
 from pipeline.transforms import TransformSettings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,20 @@ def make_inferer(cfg: RunConfig) -> VolumeInferer:
         tta=cfg.tta,
         cpu_bf16=cfg.amp,
     )
+
+
+def network_precision(cfg: RunConfig, device: torch.device | str) -> str:
+    """How the networks of :func:`make_inferer` and the evaluator run on ``device``, for logs and reports.
+
+    Returns:
+        ``"float16 AMP"`` (CUDA with ``amp``), ``"bf16 autocast"`` (a CPU with native bf16 and ``amp``) or
+        ``"float32"``.
+    """
+    if not cfg.amp:
+        return "float32"
+    if torch.device(device).type == "cuda":
+        return "float16 AMP"
+    return "bf16 autocast" if cpu_bf16_supported() else "float32"
 
 
 def make_postprocessing(cfg: RunConfig, preprocessing: Any = None) -> Any:

@@ -29,7 +29,7 @@ from pipeline.ingestion.sequences import CASE_SEQUENCES, OTHER_SEQUENCES
 from pipeline.model_files import load_model, model_version
 from pipeline.safety import STAGING_MARKER, OutputTransaction, no_space_left
 from pipeline.transforms import build_transforms
-from pipeline.workflows.builders import datalist_entries, make_inferer, make_postprocessing
+from pipeline.workflows.builders import datalist_entries, make_inferer, make_postprocessing, network_precision
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ def _evaluate_into(
             "checkpoint": str(checkpoint),
             "postprocessing": {k: getattr(cfg, k) for k in ("threshold", "keep_largest", "min_size", "tta")},
             "device": str(dev),
+            "precision": network_precision(cfg, dev),
         },
         extra_slices=extra_slices,
     )
@@ -265,6 +266,7 @@ def infer(
         if case.get("kind") == SCAN_KIND:
             taken = ", ".join(f"{k.upper()} = {v}" for k, v in case["sequences"].items())
             logger.info("%s: %s%s", case["case"], taken, _stand_ins(case))
+    logger.info("%d cases on %s, networks in %s", len(cases), dev, network_precision(cfg, dev))
     preprocessing = build_transforms("infer", cfg)
     dataset = Dataset(cases, preprocessing)
     post = make_postprocessing(cfg, preprocessing=preprocessing)  # back onto each case's own grid

@@ -10,7 +10,8 @@ from pipeline.inference import inferers
 from pipeline.inference.inferers import VolumeInferer
 from pipeline.nets.unext import UNeXt
 from pipeline.training.autocast import cpu_bf16_supported
-from pipeline.workflows.builders import make_inferer
+from pipeline.workflows import builders
+from pipeline.workflows.builders import make_inferer, network_precision
 
 
 class _RecordsAutocast(torch.nn.Module):
@@ -74,3 +75,12 @@ def test_bf16_probability_of_a_unext_is_close_to_float32() -> None:
 @pytest.mark.parametrize("amp", [True, False])
 def test_the_configurations_amp_switches_bf16_inference(amp: bool) -> None:
     assert make_inferer(RunConfig(amp=amp)).cpu_bf16 is amp
+
+
+def test_network_precision_names_what_runs(monkeypatch) -> None:
+    assert network_precision(RunConfig(amp=False), "cpu") == "float32"
+    assert network_precision(RunConfig(amp=True), "cuda") == "float16 AMP"
+    monkeypatch.setattr(builders, "cpu_bf16_supported", lambda: True)
+    assert network_precision(RunConfig(amp=True), "cpu") == "bf16 autocast"
+    monkeypatch.setattr(builders, "cpu_bf16_supported", lambda: False)
+    assert network_precision(RunConfig(amp=True), torch.device("cpu")) == "float32"
