@@ -266,7 +266,8 @@ def infer(
         if case.get("kind") == SCAN_KIND:
             taken = ", ".join(f"{k.upper()} = {v}" for k, v in case["sequences"].items())
             logger.info("%s: %s%s", case["case"], taken, _stand_ins(case))
-    logger.info("%d cases on %s, networks in %s", len(cases), dev, network_precision(cfg, dev))
+    count = f"{len(cases)} case{'s' * (len(cases) != 1)}"
+    logger.info("%s on %s, networks in %s", count, dev, network_precision(cfg, dev))
     preprocessing = build_transforms("infer", cfg)
     dataset = Dataset(cases, preprocessing)
     post = make_postprocessing(cfg, preprocessing=preprocessing)  # back onto each case's own grid
