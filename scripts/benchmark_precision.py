@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fit_qc import dice  # the CV figures' Dice of boolean masks (1.0 when both are empty)
 from scipy import stats
 
 from pipeline.model_files import load_model
@@ -29,12 +30,6 @@ from pipeline.training.autocast import cpu_bf16_supported
 from pipeline.transforms import build_transforms
 from pipeline.workflows.builders import datalist_entries, make_inferer
 from pipeline.workflows.model_selection import finished_folds
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (1.0 when both are empty)."""
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
 def timed_probability(inferer, image: torch.Tensor, network: torch.nn.Module) -> tuple[np.ndarray, float]:

@@ -164,7 +164,6 @@ class VolumeInferer(Inferer):
                         prob = self._slices(x, network, scale, sw_device)
                     else:
                         prob = self._patches(x, network, sw_device)
-                prob = prob.float()
                 total = prob if total is None else total + prob
             assert total is not None
             variants.append(torch.flip(total, dims) / len(scales) if dims else total / len(scales))
